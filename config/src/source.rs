@@ -1,0 +1,82 @@
+//! The text of a watch-list file and the mapping from byte spans to
+//! `LINE:COLUMN`, plus the collector of problems found while walking it.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::error::Problem;
+
+/// A file's text with the byte offset of every line start.
+pub(crate) struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+    line_starts: Vec<usize>,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Source<'a> {
+    pub(crate) fn new(path: &'a Path, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Source {
+            path,
+            text,
+            line_starts,
+            problems: Vec::new(),
+        }
+    }
+
+    /// 1-based line and character column of a byte offset.
+    pub(crate) fn line_column(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |prefix| prefix.chars().count())
+            + 1;
+        (line, column)
+    }
+
+    /// Records a problem found at the start of `span`.
+    pub(crate) fn report(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = self.line_column(span.start);
+        self.problems.push(Problem {
+            path: PathBuf::from(self.path),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// The 1-based line of a byte offset, for messages that point elsewhere.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        self.line_column(offset).0
+    }
+
+    pub(crate) fn into_problems(self) -> Vec<Problem> {
+        let mut problems = self.problems;
+        problems.sort_by_key(|p| (p.line, p.column));
+        problems
+    }
+
+    pub(crate) fn has_problems(&self) -> bool {
+        !self.problems.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_are_one_based_and_count_characters() {
+        let source = Source::new(Path::new("f"), "ab\nçd = 1\n");
+        assert_eq!(source.line_column(0), (1, 1));
+        assert_eq!(source.line_column(3), (2, 1));
+        // 'ç' is two bytes: the '=' after "çd " is the 4th character.
+        assert_eq!(source.line_column(7), (2, 4));
+    }
+}

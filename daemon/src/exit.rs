@@ -1,0 +1,19 @@
+//! The process exit codes of `polld`, shared by every command.
+
+use std::process::ExitCode;
+
+/// Success.
+pub const OK: u8 = 0;
+/// Any other failure (and, for `polld await`, a `--fail-if` that matched or
+/// a permanent HTTP error).
+pub const FAILURE: u8 = 1;
+/// `polld await`: the timeout ran out or the attempts were exhausted.
+pub const TIMEOUT: u8 = 2;
+/// EX_CONFIG from sysexits.h: an invalid watch list or bad arguments.
+/// systemd's unit lists it in `RestartPreventExitStatus=`.
+pub const CONFIG: u8 = 78;
+
+/// An [`ExitCode`] from one of the constants above.
+pub fn code(code: u8) -> ExitCode {
+    ExitCode::from(code)
+}

@@ -1,0 +1,7 @@
+//! `polld` (the daemon crate) wires polld together: the command line, the
+//! polite HTTP agent, the scheduler and poll engine, reload and shutdown,
+//! systemd notification and telemetry. `main.rs` only hands the parsed
+//! command line to [`cli::main`].
+
+pub mod cli;
+pub mod exit;
