@@ -119,7 +119,11 @@ impl Condition {
         let lookup = |pointer: &JsonPointer| response.json().and_then(|doc| pointer.resolve(doc));
         match self {
             Condition::Status(code) => response.status == *code,
-            Condition::JsonEquals { pointer, raw, value } => match lookup(pointer) {
+            Condition::JsonEquals {
+                pointer,
+                raw,
+                value,
+            } => match lookup(pointer) {
                 Some(found) => {
                     value.as_ref() == Some(found) || found.as_str() == Some(raw.as_str())
                 }
@@ -173,7 +177,9 @@ impl FromStr for Condition {
                 None => (rest, None),
             };
             let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                ConditionError(format!("invalid condition {text:?}: {name:?} is not a header name"))
+                ConditionError(format!(
+                    "invalid condition {text:?}: {name:?} is not a header name"
+                ))
             })?;
             return Ok(match value {
                 Some(value) => Condition::HeaderEquals {
@@ -221,7 +227,14 @@ mod tests {
             let condition: Condition = text.parse().unwrap();
             assert_eq!(condition.to_string(), text);
         }
-        for bad in ["status=abc", "status=99", "json:status", "json:/a~2", "xml:/a", "header:bad name=1"] {
+        for bad in [
+            "status=abc",
+            "status=99",
+            "json:status",
+            "json:/a~2",
+            "xml:/a",
+            "header:bad name=1",
+        ] {
             assert!(bad.parse::<Condition>().is_err(), "{bad} should be refused");
         }
     }

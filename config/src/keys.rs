@@ -52,4 +52,3 @@ pub fn all_key_paths() -> Vec<String> {
     add("watch.cursor", CURSOR_KEYS);
     paths
 }
-

@@ -24,7 +24,7 @@ pub use condition::{Condition, ConditionError, JsonPointer, ResponseView};
 pub use error::{ConfigError, Problem};
 pub use keys::{CURSOR_KEYS, DAEMON_KEYS, POLICY_KEYS, TELEMETRY_KEYS, WATCH_KEYS, all_key_paths};
 pub use model::{
-    Config, CursorConfig, CursorSource, DaemonConfig, Listen, Policy, Schedule, TelemetryConfig,
-    Watch, WatchId, DEFAULT_CONFIG_PATH, DEFAULT_LISTEN,
+    Config, CursorConfig, CursorSource, DEFAULT_CONFIG_PATH, DEFAULT_LISTEN, DaemonConfig, Listen,
+    Policy, Schedule, TelemetryConfig, Watch, WatchId,
 };
 pub use values::{parse_duration, parse_size};

@@ -163,9 +163,16 @@ fn list(keys: &[&str]) -> String {
 
 impl<'a> Walker<'a> {
     fn document(&mut self, path: &Path, root: &DeTable<'_>) -> Config {
-        let top = self.fields(root, 0..0, &["daemon", "telemetry", "defaults", "watch"], "the top level");
+        let top = self.fields(
+            root,
+            0..0,
+            &["daemon", "telemetry", "defaults", "watch"],
+            "the top level",
+        );
 
-        let daemon_table = top.get("daemon").and_then(|item| self.table(item, "[daemon]"));
+        let daemon_table = top
+            .get("daemon")
+            .and_then(|item| self.table(item, "[daemon]"));
         let daemon = self.daemon(daemon_table.unwrap_or(&DeTable::new()), top.get("daemon"));
 
         let telemetry = top
@@ -176,13 +183,13 @@ impl<'a> Walker<'a> {
 
         let mut defaults_layer = PolicyLayer::default();
         let mut defaults = Policy::default();
-        if let Some(item) = top.get("defaults") {
-            if let Some(table) = self.table(item, "[defaults]") {
-                let fields = self.fields(table, item.span(), POLICY_KEYS, "[defaults]");
-                defaults_layer = self.policy_layer(&fields);
-                defaults_layer.apply(&mut defaults);
-                self.check_policy(&defaults, &[&defaults_layer], item.span());
-            }
+        if let Some(item) = top.get("defaults")
+            && let Some(table) = self.table(item, "[defaults]")
+        {
+            let fields = self.fields(table, item.span(), POLICY_KEYS, "[defaults]");
+            defaults_layer = self.policy_layer(&fields);
+            defaults_layer.apply(&mut defaults);
+            self.check_policy(&defaults, &[&defaults_layer], item.span());
         }
 
         let mut watches = Vec::new();
@@ -234,7 +241,10 @@ impl<'a> Walker<'a> {
                 }
                 None => self.src.report(
                     key.span(),
-                    format!("unknown key `{name}` in {context}; expected one of: {}", list(known)),
+                    format!(
+                        "unknown key `{name}` in {context}; expected one of: {}",
+                        list(known)
+                    ),
                 ),
             }
         }
@@ -245,8 +255,10 @@ impl<'a> Walker<'a> {
         match item.get_ref() {
             DeValue::Table(table) => Some(table),
             other => {
-                self.src
-                    .report(item.span(), format!("expected {what}, found {}", other.type_str()));
+                self.src.report(
+                    item.span(),
+                    format!("expected {what}, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -256,7 +268,10 @@ impl<'a> Walker<'a> {
         let DeValue::String(value) = item.get_ref() else {
             self.src.report(
                 item.span(),
-                format!("`{key}` must be a string, found {}", item.get_ref().type_str()),
+                format!(
+                    "`{key}` must be a string, found {}",
+                    item.get_ref().type_str()
+                ),
             );
             return None;
         };
@@ -272,7 +287,8 @@ impl<'a> Walker<'a> {
                 } else {
                     span.start
                 };
-                self.src.report(start..span.end, format!("`{key}`: {message}"));
+                self.src
+                    .report(start..span.end, format!("`{key}`: {message}"));
                 None
             }
         }
@@ -303,7 +319,11 @@ impl<'a> Walker<'a> {
         self.string(item, key)
     }
 
-    fn positive_duration(&mut self, item: &Item<'_>, key: &str) -> Option<(Duration, Range<usize>)> {
+    fn positive_duration(
+        &mut self,
+        item: &Item<'_>,
+        key: &str,
+    ) -> Option<(Duration, Range<usize>)> {
         let (duration, span) = self.duration(item, key)?;
         if duration.is_zero() {
             self.src
@@ -345,7 +365,10 @@ impl<'a> Walker<'a> {
         if value.is_none() {
             self.src.report(
                 item.span(),
-                format!("`{key}` must be a number, found {}", item.get_ref().type_str()),
+                format!(
+                    "`{key}` must be a number, found {}",
+                    item.get_ref().type_str()
+                ),
             );
         }
         value
@@ -445,8 +468,10 @@ impl<'a> Walker<'a> {
         let text = self.string(item, "listen")?;
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
-                self.src
-                    .report(item.span(), "`listen` \"unix:\" needs a socket path, e.g. \"unix:/run/polld/api.sock\"");
+                self.src.report(
+                    item.span(),
+                    "`listen` \"unix:\" needs a socket path, e.g. \"unix:/run/polld/api.sock\"",
+                );
                 return None;
             }
             return Some(Listen::Unix(PathBuf::from(path)));
@@ -515,7 +540,9 @@ impl<'a> Walker<'a> {
                 } else {
                     self.src.report(
                         item.span(),
-                        format!("`jitter` is {j}; expected a fraction in [0, 1), e.g. 0.1 for +-10%"),
+                        format!(
+                            "`jitter` is {j}; expected a fraction in [0, 1), e.g. 0.1 for +-10%"
+                        ),
                     );
                     None
                 }
@@ -557,7 +584,10 @@ impl<'a> Walker<'a> {
             other => {
                 self.src.report(
                     item.span(),
-                    format!("`{key}` must be a size such as \"8MiB\", found {}", other.type_str()),
+                    format!(
+                        "`{key}` must be a size such as \"8MiB\", found {}",
+                        other.type_str()
+                    ),
                 );
                 return None;
             }
@@ -763,15 +793,20 @@ impl<'a> Walker<'a> {
     }
 
     fn headers(&mut self, item: &Item<'_>) -> Vec<(HeaderName, HeaderValue)> {
-        let Some(table) = self.table(item, "`headers` as a table, e.g. { Accept = \"application/json\" }") else {
+        let Some(table) = self.table(
+            item,
+            "`headers` as a table, e.g. { Accept = \"application/json\" }",
+        ) else {
             return Vec::new();
         };
         let mut headers = Vec::new();
         for (key, value) in table.iter() {
             let name_text: &str = key.get_ref().as_ref();
             let Ok(name) = HeaderName::from_bytes(name_text.as_bytes()) else {
-                self.src
-                    .report(key.span(), format!("{name_text:?} is not a valid header name"));
+                self.src.report(
+                    key.span(),
+                    format!("{name_text:?} is not a valid header name"),
+                );
                 continue;
             };
             if MANAGED_HEADERS.contains(&name.as_str()) {
@@ -792,7 +827,10 @@ impl<'a> Walker<'a> {
                     };
                     // Credentials and anything from the environment never reach a log.
                     if raw.contains("${")
-                        || matches!(name.as_str(), "authorization" | "cookie" | "proxy-authorization")
+                        || matches!(
+                            name.as_str(),
+                            "authorization" | "cookie" | "proxy-authorization"
+                        )
                     {
                         header.set_sensitive(true);
                     }
@@ -800,7 +838,9 @@ impl<'a> Walker<'a> {
                 }
                 Err(_) => self.src.report(
                     value.span(),
-                    format!("the value of header {name_text} holds characters a header cannot carry"),
+                    format!(
+                        "the value of header {name_text} holds characters a header cannot carry"
+                    ),
                 ),
             }
         }
@@ -816,7 +856,11 @@ impl<'a> Walker<'a> {
                 let source = if text == "link:next" {
                     Some(CursorSource::LinkNext)
                 } else if let Some(pointer) = text.strip_prefix("json:") {
-                    pointer.parse().map(CursorSource::Json).map_err(|e| e.to_string()).ok()
+                    pointer
+                        .parse()
+                        .map(CursorSource::Json)
+                        .map_err(|e| e.to_string())
+                        .ok()
                 } else if let Some(name) = text.strip_prefix("header:") {
                     HeaderName::from_bytes(name.trim().as_bytes())
                         .ok()
@@ -843,18 +887,22 @@ impl<'a> Walker<'a> {
         let param = fields.get("param").and_then(|p| {
             let text = self.string(p, "param")?;
             if text.is_empty() {
-                self.src.report(p.span(), "cursor `param` must not be empty");
+                self.src
+                    .report(p.span(), "cursor `param` must not be empty");
                 return None;
             }
             Some(text)
         });
-        if param.is_none() && from != CursorSource::LinkNext && !fields.items.contains_key("param") {
+        if param.is_none() && from != CursorSource::LinkNext && !fields.items.contains_key("param")
+        {
             self.src.report(
                 item.span(),
                 "[watch.cursor] needs `param`, the query parameter that carries the cursor (only from = \"link:next\" does without)",
             );
         }
-        let initial = fields.get("initial").and_then(|i| self.string(i, "initial"));
+        let initial = fields
+            .get("initial")
+            .and_then(|i| self.string(i, "initial"));
         Some(CursorConfig {
             param,
             from,
@@ -866,7 +914,10 @@ impl<'a> Walker<'a> {
         let DeValue::Array(array) = item.get_ref() else {
             self.src.report(
                 item.span(),
-                format!("`{key}` must be an array of strings, found {}", item.get_ref().type_str()),
+                format!(
+                    "`{key}` must be an array of strings, found {}",
+                    item.get_ref().type_str()
+                ),
             );
             return Vec::new();
         };

@@ -16,7 +16,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// binary units only: a decimal `MB` is refused instead of silently meaning
 /// 1,000,000 bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let expected = || format!("invalid size {text:?}; expected bytes or a number with KiB, MiB or GiB, e.g. \"8MiB\"");
+    let expected = || {
+        format!(
+            "invalid size {text:?}; expected bytes or a number with KiB, MiB or GiB, e.g. \"8MiB\""
+        )
+    };
     let trimmed = text.trim();
     let digits_end = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -51,9 +55,9 @@ pub(crate) fn substitute_env(
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        if after.starts_with("$${") {
+        if let Some(literal) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = literal;
             offset += pos + 3;
             continue;
         }
@@ -64,7 +68,10 @@ pub(crate) fn substitute_env(
             continue;
         }
         let Some(close) = after.find('}') else {
-            return Err((offset + pos, "unterminated \"${\"; expected ${NAME}".to_owned()));
+            return Err((
+                offset + pos,
+                "unterminated \"${\"; expected ${NAME}".to_owned(),
+            ));
         };
         let inner = &after[2..close];
         let (name, default) = match inner.split_once(":-") {
@@ -77,7 +84,9 @@ pub(crate) fn substitute_env(
         if !valid_name {
             return Err((
                 offset + pos,
-                format!("invalid variable name {name:?} in \"${{{inner}}}\"; expected letters, digits and _"),
+                format!(
+                    "invalid variable name {name:?} in \"${{{inner}}}\"; expected letters, digits and _"
+                ),
             ));
         }
         match (lookup(name), default) {
@@ -86,7 +95,9 @@ pub(crate) fn substitute_env(
             (None, None) => {
                 return Err((
                     offset + pos,
-                    format!("environment variable {name} is not set (write ${{{name}:-default}} for a fallback)"),
+                    format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} for a fallback)"
+                    ),
                 ));
             }
         }
@@ -118,8 +129,14 @@ mod tests {
 
     #[test]
     fn env_substitution() {
-        assert_eq!(substitute_env("Bearer ${TOKEN}", &env).unwrap(), "Bearer s3cret");
-        assert_eq!(substitute_env("${NOPE:-x}/${TOKEN}", &env).unwrap(), "x/s3cret");
+        assert_eq!(
+            substitute_env("Bearer ${TOKEN}", &env).unwrap(),
+            "Bearer s3cret"
+        );
+        assert_eq!(
+            substitute_env("${NOPE:-x}/${TOKEN}", &env).unwrap(),
+            "x/s3cret"
+        );
         assert_eq!(substitute_env("$${TOKEN} $5", &env).unwrap(), "${TOKEN} $5");
         assert_eq!(substitute_env("ab${NOPE}", &env).unwrap_err().0, 2);
         assert!(substitute_env("${TOKEN", &env).is_err());

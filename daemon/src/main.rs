@@ -11,7 +11,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             // Help and version go to stdout with 0; bad arguments are EX_CONFIG.
-            let code = if err.use_stderr() { exit::CONFIG } else { exit::OK };
+            let code = if err.use_stderr() {
+                exit::CONFIG
+            } else {
+                exit::OK
+            };
             let _ = err.print();
             return exit::code(code);
         }
