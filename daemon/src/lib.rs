@@ -4,4 +4,5 @@
 //! command line to [`cli::main`].
 
 pub mod cli;
+pub mod engine;
 pub mod exit;

@@ -1,0 +1,5 @@
+//! The poll engine: schedules every watch, runs polls through the agent
+//! within the concurrency limits, applies the interval policy and hands every
+//! outcome to the store's batch writer.
+
+pub mod policy;
