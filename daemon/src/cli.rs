@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use polld_config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 
 use crate::exit;
+use crate::logging::LogFormat;
 
 /// polld polls a watch list of HTTP URLs politely (conditional requests,
 /// backoff, Retry-After) and keeps every change in an embedded store that a
@@ -47,6 +48,9 @@ pub struct ConfigArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Log line format: text (no timestamps under journald) or json.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -97,6 +101,7 @@ fn check_config(path: &Path) -> ExitCode {
 }
 
 fn run(args: &RunArgs) -> ExitCode {
+    crate::logging::init(args.log_format);
     let config = match load_config(&args.config.config) {
         Ok(config) => config,
         Err(code) => return code,

@@ -1,0 +1,128 @@
+//! The queue of due watches and the two concurrency limits (all hosts, one
+//! host), as owned semaphore permits moved into each poll task.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The permits a running poll holds; dropping them frees its slots.
+#[derive(Debug)]
+pub(crate) struct Permits {
+    _global: OwnedSemaphorePermit,
+    _host: OwnedSemaphorePermit,
+}
+
+/// Due watches waiting for a slot.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// Due watches in order; `push_front` jumps the queue ("poll now").
+    pub(crate) ready: VecDeque<String>,
+    /// Due watches whose host is at its limit, per host, in order.
+    waiting: HashMap<Arc<str>, VecDeque<String>>,
+    global: Arc<Semaphore>,
+    hosts: HashMap<Arc<str>, Arc<Semaphore>>,
+    per_host: usize,
+}
+
+impl Limits {
+    pub(crate) fn new(concurrency: usize, per_host: usize) -> Self {
+        Limits {
+            ready: VecDeque::new(),
+            waiting: HashMap::new(),
+            global: Arc::new(Semaphore::new(concurrency)),
+            hosts: HashMap::new(),
+            per_host,
+        }
+    }
+
+    /// The next due watch that may start now, with its permits. `host_of`
+    /// returns the host of a watch that can be polled (None skips it: it
+    /// was removed or is already in flight).
+    pub(crate) fn next_ready(
+        &mut self,
+        host_of: impl Fn(&str) -> Option<Arc<str>>,
+    ) -> Option<(String, Permits)> {
+        loop {
+            let id = self.ready.pop_front()?;
+            let Some(host) = host_of(&id) else {
+                continue;
+            };
+            let Ok(global) = self.global.clone().try_acquire_owned() else {
+                self.ready.push_front(id);
+                return None;
+            };
+            let per_host = self.per_host;
+            let semaphore = self
+                .hosts
+                .entry(host.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(per_host)));
+            match semaphore.clone().try_acquire_owned() {
+                Ok(host_permit) => {
+                    return Some((
+                        id,
+                        Permits {
+                            _global: global,
+                            _host: host_permit,
+                        },
+                    ));
+                }
+                Err(_) => self.waiting.entry(host).or_default().push_back(id),
+            }
+        }
+    }
+
+    /// A poll to `host` ended (its permits are already dropped): the next
+    /// watch waiting for that host becomes ready first.
+    pub(crate) fn release(&mut self, host: &Arc<str>) {
+        if let Some(queue) = self.waiting.get_mut(host) {
+            if let Some(id) = queue.pop_front() {
+                self.ready.push_front(id);
+            }
+            if queue.is_empty() {
+                self.waiting.remove(host);
+            }
+        }
+    }
+
+    /// Polls in flight.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self, concurrency: usize) -> usize {
+        concurrency - self.global.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_host_and_global_limits_hold_and_release_in_order() {
+        let mut limits = Limits::new(3, 2);
+        for id in ["a1", "a2", "a3", "b1", "b2"] {
+            limits.ready.push_back(id.to_owned());
+        }
+        let host = |id: &str| Some(Arc::<str>::from(&id[..1]));
+        let a1 = limits.next_ready(host).unwrap();
+        let a2 = limits.next_ready(host).unwrap();
+        // a3 waits for host a; b1 takes the last global slot.
+        let b1 = limits.next_ready(host).unwrap();
+        assert_eq!(
+            (a1.0.as_str(), a2.0.as_str(), b1.0.as_str()),
+            ("a1", "a2", "b1")
+        );
+        assert!(
+            limits.next_ready(host).is_none(),
+            "global limit of 3 reached"
+        );
+        assert_eq!(limits.in_flight(3), 3);
+        // a1 ends: a3 (waiting for host a) goes first.
+        drop(a1.1);
+        limits.release(&Arc::from("a"));
+        let next = limits.next_ready(host).unwrap();
+        assert_eq!(next.0, "a3");
+        drop(b1.1);
+        limits.release(&Arc::from("b"));
+        assert_eq!(limits.next_ready(host).unwrap().0, "b2");
+    }
+}

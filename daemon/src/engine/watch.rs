@@ -1,0 +1,83 @@
+//! What the engine derives from a watch's configuration: the request
+//! fingerprint, the host it is limited under, and its initial state.
+
+use std::sync::Arc;
+
+use polld_config::Watch;
+use polld_store::{WatchState, WatchStatus};
+
+/// A stable hash of everything that shapes the request (URL, method,
+/// headers, body, cursor settings). When it changes, stored validators and
+/// cursor no longer apply.
+pub fn fingerprint(watch: &Watch) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(watch.url.as_str().as_bytes());
+    field(watch.method.as_str().as_bytes());
+    for (name, value) in &watch.headers {
+        field(name.as_str().as_bytes());
+        field(value.as_bytes());
+    }
+    field(watch.body.as_deref().unwrap_or("").as_bytes());
+    if let Some(cursor) = &watch.cursor {
+        field(cursor.param.as_deref().unwrap_or("").as_bytes());
+        field(cursor.from.to_string().as_bytes());
+        field(cursor.initial.as_deref().unwrap_or("").as_bytes());
+    }
+    let hash = hasher.finalize();
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Whether two versions of a watch poll the same way (request and policy).
+pub(crate) fn same_settings(a: &Watch, b: &Watch) -> bool {
+    fingerprint(a) == fingerprint(b)
+        && a.policy == b.policy
+        && a.until == b.until
+        && a.fail_if == b.fail_if
+        && schedule_text(a) == schedule_text(b)
+}
+
+fn schedule_text(watch: &Watch) -> Option<&str> {
+    match &watch.schedule {
+        polld_config::Schedule::Interval => None,
+        polld_config::Schedule::Cron { expr, .. } => Some(expr),
+    }
+}
+
+/// The host a watch's polls count against for `per_host`.
+pub(crate) fn host_of(url: &str) -> Arc<str> {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default()
+        .into()
+}
+
+/// The state of a watch never polled before.
+pub(crate) fn new_state(watch: &Watch, fingerprint: u64) -> WatchState {
+    WatchState {
+        id: watch.id.to_string(),
+        url: watch.url.to_string(),
+        fingerprint,
+        cursor: watch.cursor.as_ref().and_then(|c| c.initial.clone()),
+        interval_ms: watch.policy.interval.as_millis() as u64,
+        status: WatchStatus::Ok,
+        ..WatchState::default()
+    }
+}
+
+/// The request changed: drop validators, cursor and any learned move.
+pub(crate) fn reset_request_state(state: &mut WatchState, watch: &Watch, fingerprint: u64) {
+    state.fingerprint = fingerprint;
+    state.url = watch.url.to_string();
+    state.etag = None;
+    state.last_modified = None;
+    state.cursor = watch.cursor.as_ref().and_then(|c| c.initial.clone());
+    state.consecutive_moves = 0;
+    if state.status == WatchStatus::Done {
+        state.status = WatchStatus::Ok;
+    }
+}

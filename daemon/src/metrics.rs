@@ -1,0 +1,208 @@
+//! The engine's instruments, with the names of DESIGN.md, in one
+//! `prometheus-client` registry: the API renders it at `/metrics`, and the
+//! OpenTelemetry exporter reads the same values.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `polld_polls_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    /// Watch id (empty when per-watch labels are off).
+    pub watch: String,
+    /// `not_modified`, `unchanged`, `changed`, `error` or `rate_limited`.
+    pub result: &'static str,
+}
+
+/// `polld_not_modified_ratio` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabel {
+    /// Watch id.
+    pub watch: String,
+}
+
+/// Every instrument of polld.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    per_watch: bool,
+    polls: Family<PollLabels, Counter>,
+    not_modified_ratio: Family<WatchLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    bytes_received: Counter,
+    poll_duration: Histogram,
+    schedule_lag: Histogram,
+    watches: Gauge,
+    changes: Counter,
+    store_errors: Counter,
+}
+
+impl Metrics {
+    /// A registry with every instrument; `per_watch` adds the `watch` label.
+    pub fn new(per_watch: bool) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let polls = Family::<PollLabels, Counter>::default();
+        let not_modified_ratio = Family::default();
+        let bytes_received = Counter::default();
+        let poll_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let schedule_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let watches = Gauge::default();
+        let changes = Counter::default();
+        let store_errors = Counter::default();
+        registry.register("polld_polls", "Polls by result", polls.clone());
+        if per_watch {
+            registry.register(
+                "polld_not_modified_ratio",
+                "Share of 304 answers among answered polls (not_modified / (not_modified + unchanged + changed))",
+                not_modified_ratio.clone(),
+            );
+        }
+        registry.register(
+            "polld_bytes_received",
+            "Body bytes received, after decompression",
+            bytes_received.clone(),
+        );
+        registry.register(
+            "polld_poll_duration_seconds",
+            "Duration of a poll, redirects and pages included",
+            poll_duration.clone(),
+        );
+        registry.register(
+            "polld_schedule_lag_seconds",
+            "Delay between a poll's due time and its start",
+            schedule_lag.clone(),
+        );
+        registry.register("polld_watches", "Watches being polled", watches.clone());
+        registry.register("polld_changes", "New versions stored", changes.clone());
+        registry.register(
+            "polld_store_errors",
+            "Failed store commits",
+            store_errors.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            per_watch,
+            polls,
+            not_modified_ratio,
+            bytes_received,
+            poll_duration,
+            schedule_lag,
+            watches,
+            changes,
+            store_errors,
+        })
+    }
+
+    /// Records one finished poll.
+    pub fn poll(&self, watch: &str, result: &'static str, duration: Duration, bytes: u64) {
+        let watch = if self.per_watch {
+            watch.to_owned()
+        } else {
+            String::new()
+        };
+        self.polls
+            .get_or_create(&PollLabels { watch, result })
+            .inc();
+        self.poll_duration.observe(duration.as_secs_f64());
+        self.bytes_received.inc_by(bytes);
+        if result == "changed" {
+            self.changes.inc();
+        }
+    }
+
+    /// Sets a watch's 304 ratio (only with per-watch labels).
+    pub fn ratio(&self, watch: &str, ratio: Option<f64>) {
+        if !self.per_watch {
+            return;
+        }
+        let label = WatchLabel {
+            watch: watch.to_owned(),
+        };
+        match ratio {
+            Some(ratio) => {
+                self.not_modified_ratio.get_or_create(&label).set(ratio);
+            }
+            None => {
+                self.not_modified_ratio.remove(&label);
+            }
+        }
+    }
+
+    /// Records how late a poll started.
+    pub fn lag(&self, lag: Duration) {
+        self.schedule_lag.observe(lag.as_secs_f64());
+    }
+
+    /// Sets the number of watches being polled.
+    pub fn set_watches(&self, n: usize) {
+        self.watches.set(n as i64);
+    }
+
+    /// Counts a failed store commit.
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    /// Forgets a removed watch's labelled series.
+    pub fn forget(&self, watch: &str) {
+        if !self.per_watch {
+            return;
+        }
+        for result in [
+            "not_modified",
+            "unchanged",
+            "changed",
+            "error",
+            "rate_limited",
+        ] {
+            self.polls.remove(&PollLabels {
+                watch: watch.to_owned(),
+                result,
+            });
+        }
+        self.not_modified_ratio.remove(&WatchLabel {
+            watch: watch.to_owned(),
+        });
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_names_of_the_design() {
+        let metrics = Metrics::new(true);
+        metrics.poll("a", "not_modified", Duration::from_millis(20), 0);
+        metrics.poll("a", "changed", Duration::from_millis(20), 100);
+        metrics.ratio("a", Some(0.5));
+        metrics.lag(Duration::from_millis(3));
+        metrics.set_watches(1);
+        let text = metrics.render();
+        for name in [
+            "polld_polls_total{watch=\"a\",result=\"not_modified\"} 1",
+            "polld_not_modified_ratio{watch=\"a\"} 0.5",
+            "polld_bytes_received_total 100",
+            "polld_poll_duration_seconds_bucket",
+            "polld_schedule_lag_seconds_count 1",
+            "polld_watches 1",
+            "polld_changes_total 1",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+    }
+}
