@@ -8,3 +8,4 @@ pub mod engine;
 pub mod exit;
 pub mod logging;
 pub mod metrics;
+pub mod notify;

@@ -3,6 +3,7 @@
 //! OpenTelemetry exporter reads the same values.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -41,6 +42,46 @@ pub struct Metrics {
     watches: Gauge,
     changes: Counter,
     store_errors: Counter,
+    /// Polls by result, all watches together, for the systemd status line.
+    totals: [AtomicU64; RESULTS.len()],
+    watch_count: AtomicU64,
+}
+
+/// The `result` label values, in the order of [`Totals`].
+pub const RESULTS: [&str; 5] = [
+    "not_modified",
+    "unchanged",
+    "changed",
+    "error",
+    "rate_limited",
+];
+
+/// Polls by result since start, all watches together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Polls answered 304.
+    pub not_modified: u64,
+    /// Polls answered 200 with the same body.
+    pub unchanged: u64,
+    /// Polls that made a new version.
+    pub changed: u64,
+    /// Failed polls.
+    pub errors: u64,
+    /// Polls answered 429/503.
+    pub rate_limited: u64,
+}
+
+impl Totals {
+    /// All polls.
+    pub fn polls(&self) -> u64 {
+        self.not_modified + self.unchanged + self.changed + self.errors + self.rate_limited
+    }
+
+    /// not_modified / (not_modified + unchanged + changed).
+    pub fn ratio_304(&self) -> Option<f64> {
+        let answered = self.not_modified + self.unchanged + self.changed;
+        (answered > 0).then(|| self.not_modified as f64 / answered as f64)
+    }
 }
 
 impl Metrics {
@@ -96,6 +137,8 @@ impl Metrics {
             watches,
             changes,
             store_errors,
+            totals: Default::default(),
+            watch_count: AtomicU64::new(0),
         })
     }
 
@@ -142,6 +185,24 @@ impl Metrics {
     /// Sets the number of watches being polled.
     pub fn set_watches(&self, n: usize) {
         self.watches.set(n as i64);
+        self.watch_count.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Polls by result since start.
+    pub fn totals(&self) -> Totals {
+        let get = |i: usize| self.totals[i].load(Ordering::Relaxed);
+        Totals {
+            not_modified: get(0),
+            unchanged: get(1),
+            changed: get(2),
+            errors: get(3),
+            rate_limited: get(4),
+        }
+    }
+
+    /// Watches being polled.
+    pub fn watch_count(&self) -> u64 {
+        self.watch_count.load(Ordering::Relaxed)
     }
 
     /// Counts a failed store commit.
