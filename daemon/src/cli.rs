@@ -32,6 +32,16 @@ pub enum Command {
     /// file is valid and 78 after printing every problem with its
     /// FILE:LINE:COLUMN otherwise. Touches nothing else.
     CheckConfig(ConfigArgs),
+    /// Print a shell completion script, e.g.
+    /// `polld completions bash > /usr/share/bash-completion/completions/polld`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
 }
 
 /// Where the watch list is.
@@ -58,6 +68,21 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig(args) => check_config(&args.config),
         Command::Run(args) => run(&args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "polld", &mut std::io::stdout());
+            exit::code(exit::OK)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => exit::code(exit::OK),
+                Err(err) => {
+                    eprintln!("polld: cannot write the man page: {err}");
+                    exit::code(exit::FAILURE)
+                }
+            }
+        }
     }
 }
 
