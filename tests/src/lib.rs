@@ -1,3 +1,182 @@
 //! `polld-tests` holds the end-to-end tests of polld (in `tests/`): a real
 //! `polld` binary run against wiremock and other servers on loopback. This
-//! library holds the helpers those tests share.
+//! library holds what those tests share: finding the binary, writing a
+//! watch list, starting, signalling and stopping the daemon.
+//!
+//! The binary is `target/<profile>/polld`, which `cargo test --workspace`
+//! builds; set `POLLD_BIN` to test another one.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The polld binary under test.
+pub fn polld_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("POLLD_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/polld
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("polld");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p polld` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `polld run` with its own state directory and watch list.
+#[derive(Debug)]
+pub struct Polld {
+    child: Option<Child>,
+    /// The temporary directory holding the watch list and the state.
+    pub dir: tempfile::TempDir,
+    /// The API's base URL.
+    pub api: String,
+    /// Everything the daemon wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Polld {
+    /// Writes `watches` (TOML: [defaults] and [[watch]] tables) below a
+    /// generated [daemon] table and starts `polld run` on it.
+    pub fn start(watches: &str) -> Polld {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nconcurrency = 16\nper_host = 4\n\n{watches}",
+            dir.path().join("state").display()
+        );
+        std::fs::write(dir.path().join("watchlist.toml"), config).expect("write watch list");
+        let mut polld = Polld {
+            child: None,
+            dir,
+            api: format!("http://127.0.0.1:{port}"),
+            log: Arc::default(),
+        };
+        polld.spawn();
+        polld
+    }
+
+    /// The watch-list file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("watchlist.toml")
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("state").join("polld.redb")
+    }
+
+    /// Starts (or restarts) the process.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(polld_bin())
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "polld=debug,polld_daemon=debug,polld_store=info,polld_api=info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn polld");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("kill");
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (at most 20 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("polld did not stop within 20 s; log:\n{}", self.log()))
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Opens the store (the daemon must be stopped: the file is locked).
+    pub fn open_store(&self) -> polld_store::Store {
+        polld_store::Store::open(&self.db_path()).expect("open the store")
+    }
+}
+
+impl Drop for Polld {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it returns Some, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
