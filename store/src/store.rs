@@ -1,0 +1,802 @@
+//! The [`Store`] handle: opening, committing outcomes, reads, retention and
+//! closing.
+//!
+//! Owns the redb `Database`, the in-memory copy of the change-log bounds and
+//! the `tokio::sync::watch` channel that tells waiters about the last
+//! committed seq. Every function here is blocking; async callers run them
+//! under `spawn_blocking` (the batch writer in [`crate::writer`] does so for
+//! commits). No read transaction outlives the call that opened it, so a
+//! waiter on [`Store::subscribe`] never pins old pages.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Bound;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table};
+use tokio::sync::watch;
+
+use crate::codec::{
+    BODY_RAW, BODY_ZSTD, decode_change, decode_state, decode_version, encode_change, encode_state,
+    encode_version,
+};
+use crate::error::StoreError;
+use crate::model::{Change, ChangeKind, Committed, Outcome, Version, WatchState};
+use crate::schema::{
+    self, BODIES, BODY_REFS, CHANGES, KEY_LAST_SEQ, KEY_OLDEST_SEQ, META, VERSIONS, WATCHES,
+};
+use crate::{Hash, hash_body};
+
+/// Default redb page cache: redb's own default is 1 GiB, too much for a
+/// daemon that mostly appends.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// Default number of change-log entries kept.
+pub const DEFAULT_MAX_CHANGES: u64 = 1_000_000;
+/// Default zstd level for bodies: level 3 is zstd's own default and keeps a
+/// 1 KiB body well under 10 µs.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// How a [`Store`] is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// redb page cache in bytes.
+    pub cache_bytes: usize,
+    /// Change-log entries kept; older ones are pruned on commit (at least 1).
+    pub max_changes: u64,
+    /// Verify every page checksum on open. A plain redb open trusts a
+    /// cleanly closed file and may panic on one damaged later; with this set
+    /// such a file is reported as [`StoreError::Corrupted`]. It reads the
+    /// whole file, so it costs start-up time on a large store.
+    pub verify_on_open: bool,
+    /// zstd level for new bodies.
+    pub zstd_level: i32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            max_changes: DEFAULT_MAX_CHANGES,
+            verify_on_open: true,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Opens (or creates) the database file at `path` with these options.
+    pub fn open(&self, path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, self.clone())
+    }
+}
+
+/// The health the store reports: commit failures are remembered here so
+/// that `/readyz` and the status line can show them.
+#[derive(Debug, Default)]
+struct Health {
+    /// The last commit failed with this (cleared by a later good commit).
+    last_commit_error: Option<String>,
+    /// The writer stopped with this; sticky.
+    writer_stopped: Option<String>,
+}
+
+struct Inner {
+    /// `None` once [`Store::close`] ran. Operations hold the read side for
+    /// their whole transaction, so close waits for them to finish.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+    opts: StoreOptions,
+    last_seq: AtomicU64,
+    oldest_seq: AtomicU64,
+    /// Last committed seq, sent only after a commit returned Ok.
+    seq_tx: watch::Sender<u64>,
+    health: Mutex<Health>,
+    /// Write transactions committed since open (one per batch).
+    commits: AtomicU64,
+}
+
+/// Sizes of the store, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Watch states stored (removed watches included).
+    pub watches: u64,
+    /// Versions retained, all watches.
+    pub versions: u64,
+    /// Distinct bodies stored.
+    pub bodies: u64,
+    /// Change-log entries retained.
+    pub changes: u64,
+    /// Write transactions committed since this handle was opened.
+    pub commits: u64,
+}
+
+/// Handle on the open database. Cheap to clone; all clones share one file.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("last_seq", &self.last_seq())
+            .field("oldest_seq", &self.oldest_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Store {
+    /// Opens (or creates) the database file at `path` with default options.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, StoreOptions::default())
+    }
+
+    /// Opens (or creates) the database file at `path`.
+    ///
+    /// Errors: [`StoreError::Locked`] if another process has it open,
+    /// [`StoreError::Corrupted`] if it is damaged (nothing is written to it
+    /// then), [`StoreError::NewerSchema`] if a newer polld wrote it. A file
+    /// left by a crash is repaired by redb; an older schema is migrated.
+    pub fn open_with(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let mut builder = Database::builder();
+        builder
+            .set_cache_size(opts.cache_bytes)
+            .set_check_integrity_on_open(opts.verify_on_open);
+        // redb documents that opening a file damaged outside redb may panic
+        // without the integrity check; a panic there is a corrupted file, not
+        // a bug of ours, and must not take the daemon down with a backtrace.
+        let opened = catch_unwind(AssertUnwindSafe(|| builder.create(path)));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(StoreError::from_open(path.to_owned(), e)),
+            Err(_) => {
+                return Err(StoreError::Corrupted {
+                    path: path.to_owned(),
+                    detail: "redb failed while reading it".into(),
+                });
+            }
+        };
+        let (last, oldest) = match schema::prepare(&db, path) {
+            Ok(bounds) => bounds,
+            Err(StoreError::Storage(redb::StorageError::Corrupted(detail))) => {
+                return Err(StoreError::Corrupted {
+                    path: path.to_owned(),
+                    detail,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let (seq_tx, _) = watch::channel(last);
+        tracing::debug!(path = %path.display(), last_seq = last, oldest_seq = oldest, "store open");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(db)),
+                path: path.to_owned(),
+                opts,
+                last_seq: AtomicU64::new(last),
+                oldest_seq: AtomicU64::new(oldest),
+                seq_tx,
+                health: Mutex::new(Health::default()),
+                commits: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Closes the database cleanly, so the next open needs no repair.
+    /// Waits for transactions in progress on other clones; afterwards every
+    /// clone's operations fail with [`StoreError::Closed`].
+    pub fn close(self) -> Result<(), StoreError> {
+        let db = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match db {
+            Some(db) => db.close().map_err(|source| StoreError::Open {
+                path: self.inner.path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let guard = self.inner.db.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_db(|db| f(&db.begin_read()?))
+    }
+
+    /// Oldest retained seq; entries below it were pruned (the API answers
+    /// 410 for `after` below `oldest_seq() - 1`). `last_seq() + 1` when the
+    /// log is empty.
+    #[must_use]
+    pub fn oldest_seq(&self) -> u64 {
+        self.inner.oldest_seq.load(Ordering::Acquire)
+    }
+
+    /// Newest committed seq (0 before the first change).
+    #[must_use]
+    pub fn last_seq(&self) -> u64 {
+        self.inner.last_seq.load(Ordering::Acquire)
+    }
+
+    /// The last committed seq, updated only after a commit returned Ok.
+    /// Waiters `changed().await` on it without holding any transaction.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.seq_tx.subscribe()
+    }
+
+    /// `Ok` while commits succeed; otherwise the last commit error, or why
+    /// the writer stopped.
+    pub fn health(&self) -> Result<(), String> {
+        let h = self
+            .inner
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (&h.writer_stopped, &h.last_commit_error) {
+            (Some(e), _) => Err(format!("store writer stopped: {e}")),
+            (None, Some(e)) => Err(format!("last commit failed: {e}")),
+            (None, None) => Ok(()),
+        }
+    }
+
+    pub(crate) fn note_writer_stopped(&self, why: String) {
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .writer_stopped = Some(why);
+    }
+
+    fn note_commit(&self, result: Result<(), &StoreError>) {
+        let mut h = self
+            .inner
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        h.last_commit_error = result.err().map(error_chain);
+    }
+
+    /// Commits `outcomes` in one write transaction with
+    /// `Durability::Immediate`: all of them or none. Returns what each became,
+    /// in order. Waiters on [`Store::subscribe`] are woken after the commit.
+    pub fn apply_blocking(&self, outcomes: Vec<Outcome>) -> Result<Vec<Committed>, StoreError> {
+        for o in &outcomes {
+            validate(o)?;
+        }
+        self.apply_validated(outcomes)
+    }
+
+    /// [`Store::apply_blocking`] for outcomes already passed through
+    /// [`validate`] (the writer validates on submit, so a body is hashed once).
+    pub(crate) fn apply_validated(
+        &self,
+        outcomes: Vec<Outcome>,
+    ) -> Result<Vec<Committed>, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let applied = {
+                let mut t = WriteTables::open(&txn)?;
+                t.apply(outcomes, &self.inner.opts)?
+            };
+            txn.commit()?;
+            Ok(applied)
+        });
+        match result {
+            Ok((committed, last, oldest)) => {
+                self.note_commit(Ok(()));
+                self.inner.commits.fetch_add(1, Ordering::Relaxed);
+                self.inner.oldest_seq.store(oldest, Ordering::Release);
+                self.inner.last_seq.store(last, Ordering::Release);
+                self.inner.seq_tx.send_if_modified(|seq| {
+                    let moved = *seq != last;
+                    *seq = last;
+                    moved
+                });
+                Ok(committed)
+            }
+            Err(e) => {
+                if !matches!(e, StoreError::Closed) {
+                    self.note_commit(Err(&e));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Row counts of the tables and the commits made since open.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        use redb::ReadableTableMetadata;
+        self.read(|txn| {
+            Ok(StoreStats {
+                watches: txn.open_table(WATCHES)?.len()?,
+                versions: txn.open_table(VERSIONS)?.len()?,
+                bodies: txn.open_table(BODIES)?.len()?,
+                changes: txn.open_table(CHANGES)?.len()?,
+                commits: self.inner.commits.load(Ordering::Relaxed),
+            })
+        })
+    }
+
+    /// One watch's state.
+    pub fn watch(&self, id: &str) -> Result<Option<WatchState>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(WATCHES)?;
+            let g = t.get(id)?;
+            Ok(g.map(|g| decode_state(id, g.value())).transpose()?)
+        })
+    }
+
+    /// Up to `limit` watches with ids after `after`, ordered by id: pass the
+    /// last id of one page as `after` to get the next.
+    pub fn watches(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WatchState>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(WATCHES)?;
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for item in t.range::<&str>((lower, Bound::Unbounded))?.take(limit) {
+                let (k, v) = item?;
+                out.push(decode_state(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every watch, ordered by id.
+    pub fn all_watches(&self) -> Result<Vec<WatchState>, StoreError> {
+        self.watches(None, usize::MAX)
+    }
+
+    /// The retained versions of a watch, oldest first.
+    pub fn versions(&self, id: &str) -> Result<Vec<Version>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(VERSIONS)?;
+            let mut out = Vec::new();
+            for item in t.range((id, 0u64)..=(id, u64::MAX))? {
+                let (k, v) = item?;
+                out.push(decode_version(k.value().1, v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// One version's metadata.
+    pub fn version(&self, id: &str, number: u64) -> Result<Option<Version>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(VERSIONS)?;
+            let g = t.get((id, number))?;
+            Ok(g.map(|g| decode_version(number, g.value())).transpose()?)
+        })
+    }
+
+    /// One version with its body (decompressed).
+    pub fn body(&self, id: &str, number: u64) -> Result<Option<(Version, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let versions = txn.open_table(VERSIONS)?;
+            let Some(g) = versions.get((id, number))? else {
+                return Ok(None);
+            };
+            let version = decode_version(number, g.value())?;
+            let bodies = txn.open_table(BODIES)?;
+            let blob = bodies.get(&version.hash)?.ok_or_else(|| {
+                StoreError::Inconsistent(format!("the body of {id} version {number} is missing"))
+            })?;
+            let body = unpack_body(blob.value(), version.size).map_err(|source| {
+                StoreError::Decompress {
+                    watch: id.to_owned(),
+                    version: number,
+                    source,
+                }
+            })?;
+            Ok(Some((version, body)))
+        })
+    }
+
+    /// Up to `limit` change-log entries with seq greater than `seq`, oldest
+    /// first. Entries below [`Store::oldest_seq`] are gone: the caller
+    /// compares `seq + 1` with it to tell a gap from an empty answer.
+    pub fn changes_after(&self, seq: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(CHANGES)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for item in t
+                .range::<u64>((Bound::Excluded(seq), Bound::Unbounded))?
+                .take(limit)
+            {
+                let (k, v) = item?;
+                out.push(decode_change(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Checks that the tables agree with each other: every version's body is
+    /// stored, every reference count equals the versions naming that body,
+    /// no body is unreferenced, each watch's `versions` / `latest_*` match
+    /// its versions, and the change log is dense between its bounds. Reads
+    /// everything; meant for tests and a manual `fsck`, not the hot path.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let bad = |s: String| Err(StoreError::Inconsistent(s));
+        self.read(|txn| {
+            let versions = txn.open_table(VERSIONS)?;
+            let mut per_watch: HashMap<String, (u64, u64, Hash)> = HashMap::new();
+            let mut counts: HashMap<Hash, u64> = HashMap::new();
+            for item in versions.iter()? {
+                let (k, v) = item?;
+                let (id, n) = k.value();
+                let version = decode_version(n, v.value())?;
+                *counts.entry(version.hash).or_default() += 1;
+                let e = per_watch.entry(id.to_owned()).or_insert((0, 0, [0; 32]));
+                e.0 += 1;
+                // Keys come in order, so the last one seen is the newest.
+                e.1 = n;
+                e.2 = version.hash;
+            }
+            let refs = txn.open_table(BODY_REFS)?;
+            let bodies = txn.open_table(BODIES)?;
+            for item in refs.iter()? {
+                let (k, v) = item?;
+                let hash = *k.value();
+                let want = counts.get(&hash).copied().unwrap_or(0);
+                if v.value() != want {
+                    return bad(format!(
+                        "body {} has refcount {} but {want} versions name it",
+                        crate::hex(&hash),
+                        v.value()
+                    ));
+                }
+            }
+            for item in bodies.iter()? {
+                let (k, _) = item?;
+                if !counts.contains_key(k.value()) {
+                    return bad(format!("body {} is not referenced", crate::hex(k.value())));
+                }
+            }
+            for hash in counts.keys() {
+                if bodies.get(hash)?.is_none() || refs.get(hash)?.is_none() {
+                    return bad(format!("body {} is missing", crate::hex(hash)));
+                }
+            }
+            let watches = txn.open_table(WATCHES)?;
+            for item in watches.iter()? {
+                let (k, v) = item?;
+                let s = decode_state(k.value(), v.value())?;
+                let (count, latest, hash) = per_watch.remove(&s.id).unwrap_or((0, 0, [0; 32]));
+                let expect = (count, (count > 0).then_some(latest), (count > 0).then_some(hash));
+                if (s.versions, s.latest_version, s.latest_hash) != expect {
+                    return bad(format!(
+                        "watch {}: state says {} versions, latest {:?}, but {count} are stored, latest {latest}",
+                        s.id, s.versions, s.latest_version
+                    ));
+                }
+            }
+            if let Some(id) = per_watch.keys().next() {
+                return bad(format!("versions of {id} have no watch state"));
+            }
+            let meta = txn.open_table(META)?;
+            let last = meta.get(KEY_LAST_SEQ)?.map_or(0, |g| g.value());
+            let oldest = meta.get(KEY_OLDEST_SEQ)?.map_or(last + 1, |g| g.value());
+            let changes = txn.open_table(CHANGES)?;
+            let mut expect = oldest;
+            for item in changes.iter()? {
+                let (k, v) = item?;
+                if k.value() != expect {
+                    return bad(format!("change log has seq {} where {expect} was due", k.value()));
+                }
+                decode_change(k.value(), v.value())?;
+                expect += 1;
+            }
+            if expect != last + 1 {
+                return bad(format!("change log ends at {} but last_seq is {last}", expect - 1));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The error and its sources on one line, for the health text.
+pub(crate) fn error_chain(e: &StoreError) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    // Bounded: error chains are short, but a cycle must not hang health().
+    for _ in 0..8 {
+        let Some(err) = source else { break };
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        source = err.source();
+    }
+    s
+}
+
+/// Rejects an outcome that would corrupt the store before any transaction:
+/// one bad outcome must not fail the batch it would have joined.
+pub(crate) fn validate(o: &Outcome) -> Result<(), StoreError> {
+    let invalid = |why| {
+        Err(StoreError::InvalidOutcome {
+            watch: o.state.id.clone(),
+            why,
+        })
+    };
+    if o.state.id.is_empty() {
+        return invalid("empty watch id");
+    }
+    if o.events.contains(&ChangeKind::NewVersion) {
+        return invalid(
+            "NewVersion is appended by the store for new_version, not passed as an event",
+        );
+    }
+    if let Some(nv) = &o.new_version
+        && hash_body(&nv.body) != nv.hash
+    {
+        return invalid("the body does not match its hash");
+    }
+    Ok(())
+}
+
+fn unpack_body(blob: &[u8], size: u64) -> Result<Vec<u8>, std::io::Error> {
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let size = usize::try_from(size).map_err(|_| bad("body size out of range"))?;
+    let body = match blob.split_first() {
+        Some((&BODY_RAW, raw)) => raw.to_vec(),
+        // The version's size bounds the output, so a damaged blob cannot
+        // inflate into more memory than the body ever took.
+        Some((&BODY_ZSTD, z)) => zstd::bulk::decompress(z, size)?,
+        _ => return Err(bad("unknown body encoding")),
+    };
+    if body.len() != size {
+        return Err(bad("decompressed size differs from the version's size"));
+    }
+    Ok(body)
+}
+
+/// The tables of one write transaction, opened once per batch.
+struct WriteTables<'t> {
+    meta: Table<'t, &'static str, u64>,
+    watches: Table<'t, &'static str, &'static [u8]>,
+    versions: Table<'t, (&'static str, u64), &'static [u8]>,
+    bodies: Table<'t, &'static [u8; 32], &'static [u8]>,
+    refs: Table<'t, &'static [u8; 32], u64>,
+    changes: Table<'t, u64, &'static [u8]>,
+    /// Created on the first body of a batch and reused for the rest.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl<'t> WriteTables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(WriteTables {
+            meta: txn.open_table(META)?,
+            watches: txn.open_table(WATCHES)?,
+            versions: txn.open_table(VERSIONS)?,
+            bodies: txn.open_table(BODIES)?,
+            refs: txn.open_table(BODY_REFS)?,
+            changes: txn.open_table(CHANGES)?,
+            compressor: None,
+        })
+    }
+
+    /// Applies a batch; returns what each outcome became and the new
+    /// `(last_seq, oldest_seq)`.
+    fn apply(
+        &mut self,
+        outcomes: Vec<Outcome>,
+        opts: &StoreOptions,
+    ) -> Result<(Vec<Committed>, u64, u64), StoreError> {
+        // Read inside the transaction rather than from the in-memory copy:
+        // the file is the authority, and write transactions are serialized.
+        let mut seq = self.meta.get(KEY_LAST_SEQ)?.map_or(0, |g| g.value());
+        let mut oldest = self
+            .meta
+            .get(KEY_OLDEST_SEQ)?
+            .map_or(seq + 1, |g| g.value());
+        let now = now_ms();
+        let mut out = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            out.push(self.apply_one(o, &mut seq, now, opts.zstd_level)?);
+        }
+        let keep = opts.max_changes.max(1);
+        if seq + 1 - oldest > keep {
+            let new_oldest = seq + 1 - keep;
+            self.changes
+                .retain_in::<u64, _>(oldest..new_oldest, |_, _| false)?;
+            oldest = new_oldest;
+        }
+        self.meta.insert(KEY_LAST_SEQ, seq)?;
+        self.meta.insert(KEY_OLDEST_SEQ, oldest)?;
+        Ok((out, seq, oldest))
+    }
+
+    fn apply_one(
+        &mut self,
+        o: Outcome,
+        seq: &mut u64,
+        now: u64,
+        level: i32,
+    ) -> Result<Committed, StoreError> {
+        let Outcome {
+            mut state,
+            new_version,
+            events,
+            keep_versions,
+        } = o;
+        let id = state.id.clone();
+        let prev = self
+            .watches
+            .get(id.as_str())?
+            .map(|g| decode_state(&id, g.value()))
+            .transpose()?;
+        // What is stored is the store's business: the engine's copy of these
+        // may lag behind pruning or a batch it has not seen committed.
+        (state.versions, state.latest_version, state.latest_hash) = prev
+            .map(|p| (p.versions, p.latest_version, p.latest_hash))
+            .unwrap_or_default();
+
+        let mut committed = Committed::default();
+        if let Some(nv) = new_version {
+            let number = state.latest_version.map_or(1, |n| n + 1);
+            self.add_body(&nv.hash, &nv.body, level)?;
+            let version = Version {
+                number,
+                fetched_at_ms: nv.fetched_at_ms,
+                hash: nv.hash,
+                size: nv.body.len() as u64,
+                content_type: nv.content_type,
+                headers: nv.headers,
+            };
+            self.versions
+                .insert((id.as_str(), number), encode_version(&version).as_slice())?;
+            state.versions += 1;
+            state.latest_version = Some(number);
+            state.latest_hash = Some(nv.hash);
+            *seq += 1;
+            self.changes.insert(
+                *seq,
+                encode_change(&id, Some(number), ChangeKind::NewVersion, nv.fetched_at_ms)
+                    .as_slice(),
+            )?;
+            committed.seqs.push(*seq);
+            committed.version = Some(number);
+        }
+        for kind in events {
+            *seq += 1;
+            self.changes
+                .insert(*seq, encode_change(&id, None, kind, now).as_slice())?;
+            committed.seqs.push(*seq);
+        }
+        self.prune_versions(&id, &mut state, keep_versions)?;
+        self.watches
+            .insert(id.as_str(), encode_state(&state).as_slice())?;
+        Ok(committed)
+    }
+
+    /// Stores a body once per hash; later versions only count a reference.
+    fn add_body(&mut self, hash: &Hash, body: &[u8], level: i32) -> Result<(), StoreError> {
+        let refs = self.refs.get(hash)?.map(|g| g.value());
+        if let Some(n) = refs {
+            self.refs.insert(hash, n + 1)?;
+            return Ok(());
+        }
+        let compressor = match &mut self.compressor {
+            Some(c) => c,
+            None => self
+                .compressor
+                .insert(
+                    zstd::bulk::Compressor::new(level).map_err(|source| StoreError::Io {
+                        path: PathBuf::from("<zstd>"),
+                        source,
+                    })?,
+                ),
+        };
+        let z = compressor.compress(body).map_err(|source| StoreError::Io {
+            path: PathBuf::from("<zstd>"),
+            source,
+        })?;
+        let mut blob = Vec::with_capacity(1 + z.len().min(body.len()));
+        if z.len() < body.len() {
+            blob.push(BODY_ZSTD);
+            blob.extend_from_slice(&z);
+        } else {
+            blob.push(BODY_RAW);
+            blob.extend_from_slice(body);
+        }
+        self.bodies.insert(hash, blob.as_slice())?;
+        self.refs.insert(hash, 1)?;
+        Ok(())
+    }
+
+    /// Drops one reference; the body goes with its last one.
+    fn release_body(&mut self, hash: &Hash) -> Result<(), StoreError> {
+        let refs = self.refs.get(hash)?.map(|g| g.value());
+        match refs {
+            Some(n) if n > 1 => {
+                self.refs.insert(hash, n - 1)?;
+            }
+            Some(_) => {
+                self.refs.remove(hash)?;
+                self.bodies.remove(hash)?;
+            }
+            None => {
+                // Failing here would fail this watch's every commit from now
+                // on; deleting the unaccounted body keeps the store usable.
+                tracing::warn!(hash = %crate::hex(hash), "pruned a version whose body had no reference count");
+                self.bodies.remove(hash)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the newest `keep` (at least 1) versions of the watch.
+    fn prune_versions(
+        &mut self,
+        id: &str,
+        state: &mut WatchState,
+        keep: u32,
+    ) -> Result<(), StoreError> {
+        let keep = u64::from(keep.max(1));
+        if state.versions <= keep {
+            return Ok(());
+        }
+        let excess = usize::try_from(state.versions - keep).unwrap_or(usize::MAX);
+        let mut doomed = Vec::with_capacity(excess.min(1024));
+        for item in self
+            .versions
+            .range((id, 0u64)..=(id, u64::MAX))?
+            .take(excess)
+        {
+            let (k, v) = item?;
+            let n = k.value().1;
+            doomed.push((n, decode_version(n, v.value())?.hash));
+        }
+        for (n, hash) in &doomed {
+            self.versions.remove((id, *n))?;
+            self.release_body(hash)?;
+        }
+        state.versions -= doomed.len() as u64;
+        Ok(())
+    }
+}

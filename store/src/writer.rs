@@ -1,0 +1,160 @@
+//! The batch writer: group commit of poll outcomes.
+//!
+//! Owns the task that collects outcomes from any number of [`Writer`]
+//! handles and commits them together, one write transaction per batch with
+//! `Durability::Immediate`, on a blocking thread. A batch closes when it
+//! holds `max_batch` outcomes or `max_delay` after its first one arrived;
+//! outcomes queued while a commit runs form the next batch, so under load
+//! the batches grow by themselves.
+//!
+//! # Failure policy: stop
+//! When a commit fails, every outcome of that batch resolves to
+//! [`StoreError::BatchFailed`], [`Store::health`] reports the error, the
+//! outcomes still queued resolve to [`StoreError::WriterStopped`], and the
+//! task ends with the error. It does not reopen the database: after a failed
+//! write redb refuses further writes until the file is reopened, and the
+//! reopen (with its crash repair) belongs to a fresh process, so the daemon
+//! exits with the error and systemd restarts it. Nothing is dropped
+//! silently: the engine sees every failure on its own submit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::StoreError;
+use crate::model::{Committed, Outcome};
+use crate::store::{Store, validate};
+
+/// How the writer groups outcomes.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Most outcomes in one transaction.
+    pub max_batch: usize,
+    /// Longest an outcome waits for others before its batch commits. Zero
+    /// commits whatever is queued at once.
+    pub max_delay: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        // 5 ms is short against a poll's round trip and long enough to
+        // gather the outcomes of a burst of due watches into one fsync.
+        WriterConfig {
+            max_batch: 1024,
+            max_delay: Duration::from_millis(5),
+        }
+    }
+}
+
+struct Request {
+    outcome: Outcome,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+/// Submits outcomes to the writer task. Clone it freely; the task flushes
+/// what is queued and ends once every clone is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("closed", &self.tx.is_closed())
+            .finish()
+    }
+}
+
+impl Writer {
+    /// Queues `outcome` and resolves once the batch holding it has been
+    /// committed (then the outcome is durable and its changes are visible),
+    /// or with the error that kept it from being stored. An invalid outcome
+    /// is refused here, before it can join (and fail) a batch.
+    pub async fn submit(&self, outcome: Outcome) -> Result<Committed, StoreError> {
+        validate(&outcome)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { outcome, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        rx.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+impl Store {
+    /// Starts the writer task on the current tokio runtime (panics outside
+    /// one). The handle ends with `Ok` once all [`Writer`]s are dropped and
+    /// the queue is flushed, or with the error of a failed commit.
+    pub fn spawn_writer(
+        &self,
+        config: WriterConfig,
+    ) -> (Writer, JoinHandle<Result<(), StoreError>>) {
+        let max_batch = config.max_batch.max(1);
+        // Room for two batches: one committing, one gathering. A fuller
+        // queue makes submitters wait, which is the backpressure the engine
+        // needs when the disk is slower than the network.
+        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(2));
+        let task = tokio::spawn(run(self.clone(), rx, max_batch, config.max_delay));
+        (Writer { tx }, task)
+    }
+}
+
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Request>,
+    max_batch: usize,
+    max_delay: Duration,
+) -> Result<(), StoreError> {
+    let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
+    loop {
+        if rx.recv_many(&mut batch, max_batch).await == 0 {
+            // Every Writer is gone and the queue is empty.
+            return Ok(());
+        }
+        let deadline = Instant::now() + max_delay;
+        while batch.len() < max_batch && !max_delay.is_zero() {
+            let room = max_batch - batch.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let (outcomes, replies): (Vec<Outcome>, Vec<_>) =
+            batch.drain(..).map(|r| (r.outcome, r.reply)).unzip();
+        let committer = store.clone();
+        let result = tokio::task::spawn_blocking(move || committer.apply_validated(outcomes))
+            .await
+            .unwrap_or_else(|panic| {
+                Err(StoreError::Inconsistent(format!(
+                    "the commit panicked: {panic}"
+                )))
+            });
+        match result {
+            Ok(committed) => {
+                for (reply, c) in replies.into_iter().zip(committed) {
+                    // A submitter that stopped waiting is fine: its outcome
+                    // is stored all the same.
+                    let _ = reply.send(Ok(c));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                tracing::error!(error = %crate::store::error_chain(&e), outcomes = replies.len(), "store commit failed; the writer stops");
+                store.note_writer_stopped(crate::store::error_chain(&e));
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::BatchFailed(e.clone())));
+                }
+                rx.close();
+                // Closed: no new request can arrive, so this ends.
+                while let Ok(r) = rx.try_recv() {
+                    let _ = r.reply.send(Err(StoreError::WriterStopped));
+                }
+                return Err(StoreError::BatchFailed(e));
+            }
+        }
+    }
+}

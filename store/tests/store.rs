@@ -1,0 +1,525 @@
+//! The store's operations through its public API: upserts, versions,
+//! bodies, the change log, retention, reads and the open/close contract.
+
+mod common;
+
+use common::{changed, event, not_modified, state};
+use polld_store::{
+    ChangeKind, Outcome, Store, StoreError, StoreOptions, WatchStatus, hash_body, hex, parse_hex,
+};
+
+fn fresh() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("polld.redb")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn hash_and_hex_round_trip() {
+    let h = hash_body(b"hello");
+    assert_eq!(h, *blake3::hash(b"hello").as_bytes());
+    let s = hex(&h);
+    assert_eq!(s.len(), 64);
+    assert_eq!(s, s.to_lowercase());
+    assert_eq!(parse_hex(&s), Some(h));
+    assert_eq!(parse_hex(&s.to_uppercase()), Some(h));
+    assert_eq!(parse_hex(&s[1..]), None);
+    assert_eq!(parse_hex(&format!("{}g", &s[1..])), None);
+}
+
+#[test]
+fn status_and_kind_spellings() {
+    let statuses = [
+        (WatchStatus::Ok, "ok"),
+        (WatchStatus::Error, "error"),
+        (WatchStatus::RateLimited, "rate_limited"),
+        (WatchStatus::Done, "done"),
+        (WatchStatus::Removed, "removed"),
+    ];
+    for (s, name) in statuses {
+        assert_eq!(s.as_str(), name);
+    }
+    let kinds = [
+        (ChangeKind::NewVersion, "new_version"),
+        (ChangeKind::WatchAdded, "watch_added"),
+        (ChangeKind::WatchRemoved, "watch_removed"),
+        (ChangeKind::ErrorStarted, "error_started"),
+        (ChangeKind::ErrorCleared, "error_cleared"),
+        (ChangeKind::Done, "done"),
+    ];
+    for (k, name) in kinds {
+        assert_eq!(k.as_str(), name);
+    }
+}
+
+#[test]
+fn state_is_upserted_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/dir/polld.redb");
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.watch("a").unwrap(), None);
+    let committed = store.apply_blocking(vec![not_modified("a", 1)]).unwrap();
+    assert_eq!(committed.len(), 1);
+    assert!(committed[0].seqs.is_empty(), "a 304 appends no change");
+    assert_eq!(committed[0].version, None);
+    store.apply_blocking(vec![not_modified("a", 2)]).unwrap();
+    let got = store.watch("a").unwrap().unwrap();
+    assert_eq!(got.polls, 2);
+    assert_eq!(got.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(store.last_seq(), 0);
+    store.close().unwrap();
+
+    let store = Store::open(&path).unwrap();
+    let again = store.watch("a").unwrap().unwrap();
+    assert_eq!(again, got);
+    assert_eq!(store.stats().unwrap().watches, 1);
+}
+
+#[test]
+fn every_state_field_is_kept() {
+    let (_dir, store) = fresh();
+    let mut s = state("full");
+    s.last_modified = Some("Wed, 21 Oct 2015 07:28:00 GMT".into());
+    s.cursor = Some("page=3".into());
+    s.next_due_ms = Some(1_800_000_000_000);
+    s.backoff_level = 4;
+    s.consecutive_errors = 2;
+    s.consecutive_moves = 1;
+    s.last_status = Some(503);
+    s.last_error = Some("503 Service Unavailable".into());
+    s.status = WatchStatus::RateLimited;
+    s.last_checked_ms = Some(7);
+    s.last_changed_ms = Some(6);
+    s.polls = 9;
+    s.unchanged = 3;
+    s.errors = 2;
+    s.rate_limited = 1;
+    s.bytes_received = 123_456;
+    let o = Outcome {
+        state: s.clone(),
+        new_version: None,
+        events: vec![],
+        keep_versions: 3,
+    };
+    store.apply_blocking(vec![o]).unwrap();
+    assert_eq!(store.watch("full").unwrap().unwrap(), s);
+}
+
+#[test]
+fn versions_are_numbered_and_bodies_read_back() {
+    let (_dir, store) = fresh();
+    let body1 =
+        b"first body, long enough to be worth compressing: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .to_vec();
+    let body2 = vec![7u8; 10_000];
+    let c1 = store
+        .apply_blocking(vec![changed("w", &body1, 10)])
+        .unwrap();
+    let c2 = store
+        .apply_blocking(vec![changed("w", &body2, 10)])
+        .unwrap();
+    assert_eq!(c1[0].version, Some(1));
+    assert_eq!(c2[0].version, Some(2));
+    assert_eq!(c1[0].seqs, vec![1]);
+    assert_eq!(c2[0].seqs, vec![2]);
+
+    let versions = store.versions("w").unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.number).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(versions[1].size, 10_000);
+    assert_eq!(versions[1].hash, hash_body(&body2));
+    assert_eq!(versions[1].content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        versions[1].headers,
+        vec![("etag".to_owned(), "\"x\"".to_owned())]
+    );
+    assert_eq!(versions[1].fetched_at_ms, 1_000);
+
+    let (v, b) = store.body("w", 2).unwrap().unwrap();
+    assert_eq!(v, versions[1]);
+    assert_eq!(b, body2);
+    assert_eq!(store.body("w", 1).unwrap().unwrap().1, body1);
+    assert_eq!(store.body("w", 3).unwrap(), None);
+    assert_eq!(store.body("other", 1).unwrap(), None);
+    assert_eq!(store.version("w", 1).unwrap().unwrap(), versions[0]);
+    assert_eq!(store.version("w", 9).unwrap(), None);
+
+    let s = store.watch("w").unwrap().unwrap();
+    assert_eq!(
+        (s.versions, s.latest_version, s.latest_hash),
+        (2, Some(2), Some(hash_body(&body2)))
+    );
+    store.check().unwrap();
+}
+
+#[test]
+fn incompressible_and_empty_bodies_round_trip() {
+    let (_dir, store) = fresh();
+    // A pseudo-random body: zstd cannot shrink it, so it is kept raw.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    store
+        .apply_blocking(vec![changed("n", &noise, 10), changed("e", b"", 10)])
+        .unwrap();
+    assert_eq!(store.body("n", 1).unwrap().unwrap().1, noise);
+    assert_eq!(store.body("e", 1).unwrap().unwrap().1, Vec::<u8>::new());
+    store.check().unwrap();
+}
+
+#[test]
+fn identical_bodies_are_stored_once() {
+    let (_dir, store) = fresh();
+    let body = b"same everywhere".to_vec();
+    store
+        .apply_blocking(vec![
+            changed("a", &body, 10),
+            changed("b", &body, 10),
+            changed("a", b"other", 10),
+            changed("a", &body, 10),
+        ])
+        .unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.versions, 4);
+    assert_eq!(stats.bodies, 2, "two distinct bodies");
+    assert_eq!(store.body("b", 1).unwrap().unwrap().1, body);
+    assert_eq!(store.body("a", 3).unwrap().unwrap().1, body);
+    store.check().unwrap();
+}
+
+#[test]
+fn store_owns_version_counters_in_the_state() {
+    let (_dir, store) = fresh();
+    store
+        .apply_blocking(vec![changed("w", b"one", 10)])
+        .unwrap();
+    // The engine hands in stale or made-up values: they are ignored.
+    let mut o = not_modified("w", 2);
+    o.state.versions = 99;
+    o.state.latest_version = Some(42);
+    o.state.latest_hash = Some([1; 32]);
+    store.apply_blocking(vec![o]).unwrap();
+    let s = store.watch("w").unwrap().unwrap();
+    assert_eq!(
+        (s.versions, s.latest_version, s.latest_hash),
+        (1, Some(1), Some(hash_body(b"one")))
+    );
+}
+
+#[test]
+fn events_follow_the_version_in_order_and_carry_no_version() {
+    let (_dir, store) = fresh();
+    let mut o = changed("w", b"body", 10);
+    o.events = vec![ChangeKind::ErrorCleared, ChangeKind::Done];
+    let c = store
+        .apply_blocking(vec![event("w", ChangeKind::WatchAdded), o])
+        .unwrap();
+    assert_eq!(c[0].seqs, vec![1]);
+    assert_eq!(c[1].seqs, vec![2, 3, 4]);
+    assert_eq!(store.last_seq(), 4);
+    let log = store.changes_after(0, 100).unwrap();
+    let got: Vec<_> = log
+        .iter()
+        .map(|c| (c.seq, c.watch.as_str(), c.version, c.kind))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "w", None, ChangeKind::WatchAdded),
+            (2, "w", Some(1), ChangeKind::NewVersion),
+            (3, "w", None, ChangeKind::ErrorCleared),
+            (4, "w", None, ChangeKind::Done),
+        ]
+    );
+    assert_eq!(
+        log[1].at_ms, 1_000,
+        "a version's change is dated by its fetch"
+    );
+    assert!(
+        log[0].at_ms > 1_600_000_000_000,
+        "events are dated by the commit"
+    );
+    // Paging.
+    let page: Vec<u64> = store
+        .changes_after(1, 2)
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(page, vec![2, 3]);
+    assert!(store.changes_after(4, 10).unwrap().is_empty());
+}
+
+#[test]
+fn watches_page_in_id_order() {
+    let (_dir, store) = fresh();
+    let ids = ["delta", "alpha", "echo", "charlie", "bravo"];
+    store
+        .apply_blocking(ids.iter().map(|id| not_modified(id, 1)).collect())
+        .unwrap();
+    let names = |v: Vec<polld_store::WatchState>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(names(store.watches(None, 2).unwrap()), ["alpha", "bravo"]);
+    assert_eq!(
+        names(store.watches(Some("bravo"), 2).unwrap()),
+        ["charlie", "delta"]
+    );
+    assert_eq!(names(store.watches(Some("delta"), 2).unwrap()), ["echo"]);
+    assert!(store.watches(Some("echo"), 2).unwrap().is_empty());
+    // `after` need not be an existing id.
+    assert_eq!(names(store.watches(Some("b"), 1).unwrap()), ["bravo"]);
+    assert_eq!(store.all_watches().unwrap().len(), 5);
+    assert!(store.watches(None, 0).unwrap().is_empty());
+}
+
+#[test]
+fn retention_prunes_old_versions_and_unreferenced_bodies() {
+    let (_dir, store) = fresh();
+    let shared = b"shared with watch b".to_vec();
+    store
+        .apply_blocking(vec![changed("b", &shared, 10)])
+        .unwrap();
+    store
+        .apply_blocking(vec![changed("a", &shared, 2)])
+        .unwrap(); // a/1
+    store
+        .apply_blocking(vec![changed("a", b"a-two", 2)])
+        .unwrap(); // a/2
+    store
+        .apply_blocking(vec![changed("a", b"a-three", 2)])
+        .unwrap(); // a/3 prunes a/1
+    assert_eq!(
+        store
+            .versions("a")
+            .unwrap()
+            .iter()
+            .map(|v| v.number)
+            .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert_eq!(store.body("a", 1).unwrap(), None);
+    // a/1's body is still named by b/1, so it stays.
+    assert_eq!(store.body("b", 1).unwrap().unwrap().1, shared);
+    assert_eq!(store.stats().unwrap().bodies, 3);
+
+    store
+        .apply_blocking(vec![changed("a", b"a-four", 2)])
+        .unwrap(); // prunes a/2
+    assert_eq!(
+        store.stats().unwrap().bodies,
+        3,
+        "a-two's body went with its last version"
+    );
+    let s = store.watch("a").unwrap().unwrap();
+    assert_eq!((s.versions, s.latest_version), (2, Some(4)));
+    store.check().unwrap();
+
+    // Lowering keep_versions on a state-only outcome prunes too; at least
+    // one version always stays, and numbers are never reused.
+    let mut o = not_modified("a", 5);
+    o.keep_versions = 0;
+    store.apply_blocking(vec![o]).unwrap();
+    assert_eq!(
+        store
+            .versions("a")
+            .unwrap()
+            .iter()
+            .map(|v| v.number)
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    let c = store
+        .apply_blocking(vec![changed("a", b"a-five", 1)])
+        .unwrap();
+    assert_eq!(c[0].version, Some(5));
+    assert_eq!(store.versions("a").unwrap().len(), 1);
+    store.check().unwrap();
+}
+
+#[test]
+fn change_log_retention_advances_oldest_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("polld.redb");
+    let opts = StoreOptions {
+        max_changes: 5,
+        ..StoreOptions::default()
+    };
+    let store = opts.open(&path).unwrap();
+    assert_eq!((store.oldest_seq(), store.last_seq()), (1, 0), "empty log");
+    for i in 0..4u64 {
+        store
+            .apply_blocking(vec![changed("w", format!("body {i}").as_bytes(), 100)])
+            .unwrap();
+    }
+    assert_eq!((store.oldest_seq(), store.last_seq()), (1, 4));
+    // One batch of 4 more: 8 appended, 5 kept.
+    store
+        .apply_blocking(
+            (4..8)
+                .map(|i| changed("w", format!("body {i}").as_bytes(), 100))
+                .collect(),
+        )
+        .unwrap();
+    assert_eq!((store.oldest_seq(), store.last_seq()), (4, 8));
+    let seqs: Vec<u64> = store
+        .changes_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
+    assert_eq!(store.stats().unwrap().changes, 5);
+    store.check().unwrap();
+    // Versions are governed by keep_versions, not by the log.
+    assert_eq!(store.versions("w").unwrap().len(), 8);
+    store.close().unwrap();
+    let store = opts.open(&path).unwrap();
+    assert_eq!(
+        (store.oldest_seq(), store.last_seq()),
+        (4, 8),
+        "bounds survive reopen"
+    );
+}
+
+#[test]
+fn removed_watch_keeps_its_history() {
+    let (_dir, store) = fresh();
+    store
+        .apply_blocking(vec![changed("gone", b"v1", 10)])
+        .unwrap();
+    let mut o = not_modified("gone", 3);
+    o.state.status = WatchStatus::Removed;
+    o.state.next_due_ms = None;
+    o.events = vec![ChangeKind::WatchRemoved];
+    let c = store.apply_blocking(vec![o]).unwrap();
+    assert_eq!(c[0].seqs, vec![2]);
+    let s = store.watch("gone").unwrap().unwrap();
+    assert_eq!(s.status, WatchStatus::Removed);
+    assert_eq!(s.versions, 1);
+    assert_eq!(store.body("gone", 1).unwrap().unwrap().1, b"v1");
+    assert_eq!(
+        store.changes_after(1, 10).unwrap()[0].kind,
+        ChangeKind::WatchRemoved
+    );
+}
+
+#[test]
+fn batch_is_atomic_and_invalid_outcomes_are_refused() {
+    let (_dir, store) = fresh();
+    let mut bad_hash = changed("x", b"body", 10);
+    bad_hash.new_version.as_mut().unwrap().hash = hash_body(b"another body");
+    let mut bad_event = event("x", ChangeKind::Done);
+    bad_event.events.push(ChangeKind::NewVersion);
+    let empty_id = not_modified("", 1);
+    for bad in [bad_hash, bad_event, empty_id] {
+        let err = store
+            .apply_blocking(vec![not_modified("ok", 1), bad])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidOutcome { .. }), "{err:?}");
+    }
+    // Nothing of those batches was stored, and no failure is reported as
+    // ill health: the store itself is fine.
+    assert_eq!(store.watch("ok").unwrap(), None);
+    assert_eq!(store.last_seq(), 0);
+    assert!(store.health().is_ok());
+    assert_eq!(store.apply_blocking(vec![]).unwrap(), vec![]);
+}
+
+#[test]
+fn several_outcomes_for_one_watch_in_one_batch() {
+    let (_dir, store) = fresh();
+    let c = store
+        .apply_blocking(vec![
+            changed("w", b"1", 2),
+            changed("w", b"2", 2),
+            not_modified("w", 3),
+            changed("w", b"3", 2),
+        ])
+        .unwrap();
+    assert_eq!(
+        c.iter().map(|c| c.version).collect::<Vec<_>>(),
+        vec![Some(1), Some(2), None, Some(3)]
+    );
+    assert_eq!(
+        store
+            .versions("w")
+            .unwrap()
+            .iter()
+            .map(|v| v.number)
+            .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    store.check().unwrap();
+}
+
+#[tokio::test]
+async fn subscribers_see_only_committed_seqs() {
+    let (_dir, store) = fresh();
+    let mut rx = store.subscribe();
+    assert_eq!(*rx.borrow_and_update(), 0);
+    let waiter = tokio::spawn(async move {
+        // Bounded: the sender lives as long as the store.
+        rx.wait_for(|seq| *seq >= 2).await.map(|s| *s)
+    });
+    let s2 = store.clone();
+    tokio::task::spawn_blocking(move || {
+        s2.apply_blocking(vec![event("w", ChangeKind::WatchAdded)])
+            .unwrap();
+        // A refused batch moves nothing.
+        let mut bad = event("w", ChangeKind::Done);
+        bad.events.push(ChangeKind::NewVersion);
+        s2.apply_blocking(vec![bad]).unwrap_err();
+        s2.apply_blocking(vec![event("w", ChangeKind::ErrorStarted)])
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), 2);
+    let mut rx = store.subscribe();
+    assert_eq!(
+        *rx.borrow_and_update(),
+        2,
+        "a new subscriber starts at the last committed seq"
+    );
+    // A state-only commit does not move the seq, so nobody is woken for it.
+    store.apply_blocking(vec![not_modified("w", 1)]).unwrap();
+    assert!(!rx.has_changed().unwrap());
+}
+
+#[test]
+fn closed_store_refuses_operations_on_every_clone() {
+    let (_dir, store) = fresh();
+    let other = store.clone();
+    store.close().unwrap();
+    assert!(matches!(other.watch("a"), Err(StoreError::Closed)));
+    assert!(matches!(
+        other.apply_blocking(vec![not_modified("a", 1)]),
+        Err(StoreError::Closed)
+    ));
+    assert!(other.health().is_ok(), "closing is not a failure");
+    other.close().unwrap();
+}
+
+#[test]
+fn second_open_in_the_same_process_is_locked() {
+    let (dir, store) = fresh();
+    let path = dir.path().join("polld.redb");
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("already in use by another polld"),
+        "{err}"
+    );
+    store.close().unwrap();
+    Store::open(&path)
+        .expect("free again after close")
+        .close()
+        .unwrap();
+}
