@@ -1,0 +1,354 @@
+//! The changes feed: an in-memory tail of the change log, kept current by
+//! one task that follows the store's commits, from which long polls and SSE
+//! streams are answered.
+//!
+//! Why a tail: when a commit wakes 10,000 long polls, each reading the store
+//! in `spawn_blocking` would queue 10,000 read transactions on the blocking
+//! pool. Instead one task reads the new changes once per commit and publishes
+//! an immutable snapshot through a `watch` channel; waiters wake on that
+//! channel and slice the snapshot. Cursors older than the tail fall back to a
+//! store read. No read transaction is ever held while waiting: each store
+//! read is one short `spawn_blocking` call.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use polld_store::{Store, StoreError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::json::ChangeJson;
+
+/// Changes kept in memory: enough for every waiter that is at most this many
+/// changes behind to be answered without touching the store.
+pub(crate) const TAIL_CAP: usize = 1024;
+
+/// An immutable view of the newest changes: every change with
+/// `first_after < seq <= last_seq`, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    pub(crate) first_after: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) changes: VecDeque<ChangeJson>,
+}
+
+impl Tail {
+    /// The changes after `after`, at most `limit`, when the tail covers
+    /// `after`; `None` when it does not (older, or newer than the tail knows).
+    pub(crate) fn page(&self, after: u64, limit: usize) -> Option<Vec<ChangeJson>> {
+        if after < self.first_after || after > self.last_seq {
+            return None;
+        }
+        let start = self.changes.partition_point(|c| c.seq <= after);
+        Some(self.changes.range(start..).take(limit).cloned().collect())
+    }
+}
+
+/// A page of the feed: the changes and the cursor to pass back.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) changes: Vec<ChangeJson>,
+    pub(crate) next: u64,
+}
+
+/// The shared end of the feed: the store and the current tail.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    store: Store,
+    tail: watch::Receiver<Arc<Tail>>,
+}
+
+impl Feed {
+    /// Starts the task that follows the store's commits. It ends when every
+    /// `Feed` (and every waiter's receiver) is dropped, when the store's
+    /// commit channel closes, or on `closing`.
+    pub(crate) fn start(store: Store, closing: CancellationToken) -> Feed {
+        let mut commits = store.subscribe();
+        let committed = *commits.borrow_and_update();
+        // The tail starts empty at the last committed seq: older cursors are
+        // answered from the store, newer changes arrive through the task.
+        let (tx, rx) = watch::channel(Arc::new(Tail {
+            first_after: committed,
+            last_seq: committed,
+            changes: VecDeque::new(),
+        }));
+        tokio::spawn(follow_commits(store.clone(), commits, tx, closing));
+        Feed { store, tail: rx }
+    }
+
+    /// The changes after `after` (or from the oldest retained one when
+    /// `None`), waiting until `deadline` for one to be committed when there
+    /// are none yet. Returns an empty page at the deadline or on `closing`.
+    pub(crate) async fn next_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        deadline: Option<Instant>,
+        closing: &CancellationToken,
+    ) -> Result<Page, ApiError> {
+        // Clone the receiver before looking at the tail: an update published
+        // after this point marks it changed, so no commit slips between the
+        // first look and the wait.
+        let mut rx = self.tail.clone();
+        let tail = rx.borrow_and_update().clone();
+        let after = match after {
+            Some(after) => after,
+            None => self.start_cursor(),
+        };
+        // Retention decides, not the tail: a cursor below it is 410 even if
+        // the tail still holds some of what came after it, so that clients
+        // see one rule.
+        let oldest = self.store.oldest_seq();
+        if is_gone(after, oldest) {
+            return Err(gone(after, oldest));
+        }
+        let last = self.store.last_seq();
+        if after > last {
+            return Err(ApiError::Gone {
+                message: format!(
+                    "cursor {after} is ahead of this feed (last seq {last}): the database was \
+                     replaced; re-read /v1/watches and follow /v1/changes without `after`"
+                ),
+                resync: String::new(),
+            });
+        }
+        let mut next = after;
+        match tail.page(after, limit) {
+            Some(changes) if !changes.is_empty() => return Ok(page(changes, after)),
+            // Nothing after `after` up to the tail's end, and the tail is
+            // current: waiting from its end is safe, and a client resuming
+            // from `next` loses nothing.
+            Some(_) if tail.last_seq >= last => next = tail.last_seq,
+            // The cursor is older than the tail, or the tail lags a commit
+            // by a moment: the store has the answer.
+            _ => {
+                let changes = self.read_store(after, limit).await?;
+                if !changes.is_empty() || deadline.is_none() {
+                    return Ok(page(changes, after));
+                }
+            }
+        }
+        let Some(deadline) = deadline else {
+            return Ok(Page {
+                changes: Vec::new(),
+                next,
+            });
+        };
+        // Bounded by `deadline`: every pass either returns or waits for the
+        // next published tail.
+        loop {
+            tokio::select! {
+                biased;
+                () = closing.cancelled() => break,
+                () = tokio::time::sleep_until(deadline) => break,
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // The feed task ended (store closed): nothing more
+                        // will be committed, so the wait is over.
+                        break;
+                    }
+                }
+            }
+            let tail = rx.borrow_and_update().clone();
+            match tail.page(after, limit) {
+                Some(changes) if !changes.is_empty() => return Ok(page(changes, after)),
+                Some(_) => next = tail.last_seq,
+                // The tail moved past `after` in one jump (a burst of more
+                // than TAIL_CAP changes): read the store.
+                None if after < tail.first_after => {
+                    let changes = self.read_store(after, limit).await?;
+                    return Ok(page(changes, after));
+                }
+                None => {}
+            }
+        }
+        Ok(Page {
+            changes: Vec::new(),
+            next,
+        })
+    }
+
+    /// The cursor just before the oldest retained change.
+    fn start_cursor(&self) -> u64 {
+        self.store.oldest_seq().saturating_sub(1)
+    }
+
+    /// Changes after `after` from the store, or 410 when some of them were
+    /// pruned already.
+    async fn read_store(&self, after: u64, limit: usize) -> Result<Vec<ChangeJson>, ApiError> {
+        let store = self.store.clone();
+        let read = blocking(move || {
+            let changes = store.changes_after(after, limit)?;
+            // Checked after the read: `oldest_seq` only grows, so if nothing
+            // after `after` was pruned now, the read saw no gap either.
+            let oldest = store.oldest_seq();
+            if is_gone(after, oldest) {
+                return Ok(Err(oldest));
+            }
+            Ok(Ok(changes))
+        })
+        .await?;
+        match read {
+            Ok(changes) => Ok(changes.iter().map(ChangeJson::from).collect()),
+            Err(oldest) => Err(gone(after, oldest)),
+        }
+    }
+}
+
+fn gone(after: u64, oldest: u64) -> ApiError {
+    let resync = oldest.saturating_sub(1);
+    ApiError::Gone {
+        message: format!(
+            "cursor {after} is older than the retained history (oldest seq {oldest}): changes \
+             were pruned; re-read /v1/watches, then resume with after={resync}"
+        ),
+        resync: resync.to_string(),
+    }
+}
+
+/// Whether changes after `after` have been pruned: the oldest retained change
+/// is not the one right after it.
+pub(crate) fn is_gone(after: u64, oldest: u64) -> bool {
+    after.saturating_add(1) < oldest
+}
+
+fn page(changes: Vec<ChangeJson>, after: u64) -> Page {
+    let next = changes.last().map_or(after, |c| c.seq);
+    Page { changes, next }
+}
+
+/// Runs a blocking store call off the runtime.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| ApiError::Internal(format!("store task failed: {err}")))?
+        .map_err(ApiError::from)
+}
+
+/// Follows the store's commits and publishes a new tail after each.
+async fn follow_commits(
+    store: Store,
+    mut commits: watch::Receiver<u64>,
+    tx: watch::Sender<Arc<Tail>>,
+    closing: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            () = closing.cancelled() => return,
+            changed = commits.changed() => if changed.is_err() { return },
+        }
+        let committed = *commits.borrow_and_update();
+        let current = tx.borrow().clone();
+        if committed <= current.last_seq {
+            continue;
+        }
+        let store = store.clone();
+        let extended =
+            tokio::task::spawn_blocking(move || extend(&store, &current, committed)).await;
+        match extended {
+            Ok(Ok(tail)) => {
+                tx.send_replace(Arc::new(tail));
+            }
+            // Waiters keep waiting for the next commit (or their deadline);
+            // the next commit retries from the same point.
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "changes feed: reading the change log failed")
+            }
+            Err(err) => tracing::warn!(error = %err, "changes feed: read task failed"),
+        }
+    }
+}
+
+/// The tail after reading the changes up to `committed`.
+fn extend(store: &Store, current: &Tail, committed: u64) -> Result<Tail, StoreError> {
+    let mut first_after = current.first_after;
+    let mut after = current.last_seq;
+    let mut changes = current.changes.clone();
+    let cap = TAIL_CAP as u64;
+    if committed - after > cap {
+        // Too far behind to keep continuity: start a fresh tail; older
+        // cursors go to the store.
+        after = committed - cap;
+        first_after = after;
+        changes.clear();
+    }
+    // At most TAIL_CAP changes are missing, so two pages suffice even if a
+    // commit lands between them; the bound keeps a misbehaving store from
+    // spinning us.
+    let mut last_seq = committed;
+    for _ in 0..2 {
+        let batch = store.changes_after(after, TAIL_CAP)?;
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            break;
+        };
+        if first.seq > after + 1 {
+            // A gap: the log was pruned past our end while we were behind.
+            // The tail must cover a contiguous range, so start it afresh.
+            changes.clear();
+            first_after = first.seq - 1;
+        }
+        after = last.seq;
+        changes.extend(batch.iter().map(ChangeJson::from));
+        last_seq = last_seq.max(after);
+        if after >= committed {
+            break;
+        }
+    }
+    while changes.len() > TAIL_CAP {
+        if let Some(dropped) = changes.pop_front() {
+            first_after = dropped.seq;
+        }
+    }
+    Ok(Tail {
+        first_after,
+        last_seq,
+        changes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(seq: u64) -> ChangeJson {
+        ChangeJson {
+            seq,
+            watch: "w".into(),
+            version: None,
+            kind: "watch_added",
+            at: String::new(),
+        }
+    }
+
+    #[test]
+    fn tail_pages_only_what_it_covers() {
+        let tail = Tail {
+            first_after: 10,
+            last_seq: 14,
+            changes: (11..=14).map(change).collect(),
+        };
+        assert!(tail.page(9, 10).is_none(), "older than the tail");
+        assert!(tail.page(15, 10).is_none(), "newer than the tail");
+        let seqs = |p: Vec<ChangeJson>| p.iter().map(|c| c.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(tail.page(10, 10).unwrap()), [11, 12, 13, 14]);
+        assert_eq!(seqs(tail.page(12, 1).unwrap()), [13]);
+        assert!(tail.page(14, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn gone_only_when_changes_after_the_cursor_were_pruned() {
+        assert!(!is_gone(0, 0));
+        assert!(!is_gone(0, 1));
+        assert!(is_gone(0, 2));
+        assert!(!is_gone(9, 10));
+        assert!(is_gone(8, 10));
+        assert!(!is_gone(u64::MAX, 3));
+    }
+}

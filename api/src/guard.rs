@@ -1,0 +1,196 @@
+//! The request guards: the DNS-rebinding `Host` check (every path), the
+//! bearer token (every `/v1` path), and the middleware that turns any error
+//! response without a JSON body (axum's own rejections, 405s) into
+//! `{"error": "..."}`.
+
+use std::net::IpAddr;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{ApiError, json_error};
+use crate::state::ApiState;
+
+/// Rejects requests whose `Host` is a DNS name other than `localhost` or a
+/// configured one.
+///
+/// Why: a web page on `evil.example` can rebind its name to 127.0.0.1 and
+/// then read this API from the victim's browser; the browser still sends
+/// `Host: evil.example`. IP literals cannot be rebound, so they pass (that
+/// covers the listen address whatever its port). A request without `Host`
+/// (HTTP/1.0, tests) did not come from a browser and passes too.
+pub(crate) async fn check_host(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(host) = host_of(req.headers())
+        && !host_allowed(&host, &state.inner.options.allowed_hosts)
+    {
+        tracing::debug!(host = %host, "rejected a request for another host");
+        return ApiError::ForbiddenHost(host).into_response();
+    }
+    next.run(req).await
+}
+
+fn host_of(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::HOST)?;
+    // A Host that is not even text is certainly not ours.
+    Some(value.to_str().unwrap_or("\u{fffd}").to_owned())
+}
+
+/// Whether `host` (as sent, with or without a port) may be served.
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = strip_port(host);
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    allowed
+        .iter()
+        .any(|a| strip_port(a).eq_ignore_ascii_case(name))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// With a token configured, every `/v1` request needs
+/// `Authorization: Bearer TOKEN`, compared in constant time so that the
+/// answer time does not leak how much of a guess was right.
+pub(crate) async fn check_token(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.inner.options.token else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if !(path == "/v1" || path.starts_with("/v1/")) {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    match presented {
+        Some(p) if constant_time_eq::constant_time_eq(p.as_bytes(), token.as_bytes()) => {
+            next.run(req).await
+        }
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// Every 4xx/5xx leaves as JSON: responses that are errors but not JSON
+/// (axum's extractor rejections, the 405 of a method router) get their text
+/// wrapped.
+pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    // Rejection texts are short; the cap keeps a surprise from being buffered.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text.trim().to_owned()
+    };
+    let mut out = json_error(status, &message);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Paths that exist nowhere.
+pub(crate) async fn not_found(req: Request<Body>) -> ApiError {
+    ApiError::NotFound(format!("no such path: {}", req.uri().path()))
+}
+
+/// Methods a path does not serve.
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Logs each request at debug level: method, path, status. The query and
+/// headers are not logged (headers carry the token).
+pub(crate) async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let res = next.run(req).await;
+    let status = res.status();
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::warn!(%method, %path, status = status.as_u16(), "API request failed");
+    } else {
+        tracing::debug!(%method, %path, status = status.as_u16(), "API request");
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let allowed = vec!["polld.internal".to_owned()];
+        for ok in [
+            "localhost",
+            "LOCALHOST:8377",
+            "127.0.0.1:8377",
+            "127.0.0.1",
+            "[::1]:8377",
+            "[::1]",
+            "10.1.2.3:80",
+            "polld.internal",
+            "polld.internal:8377",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok} should pass");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8377",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "polld.internal.evil",
+            "",
+            "\u{fffd}",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad} should be rejected");
+        }
+    }
+}

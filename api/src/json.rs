@@ -1,0 +1,237 @@
+//! The JSON shapes of DESIGN.md ("Local API") and their conversion from the
+//! store's records. Field names here are the contract: more fields may be
+//! added, none renamed.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use polld_store::{Change, Version, WatchState};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// not_modified / (not_modified + unchanged + changed): the share of
+/// successful polls that a conditional request saved. `None` before any
+/// successful poll (errors and rate limits say nothing about caching).
+#[must_use]
+pub fn ratio_304(not_modified: u64, unchanged: u64, changed: u64) -> Option<f64> {
+    let total = not_modified
+        .saturating_add(unchanged)
+        .saturating_add(changed);
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    (total > 0).then(|| not_modified as f64 / total as f64)
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds, e.g.
+/// `2026-01-02T03:04:05.678Z`.
+pub(crate) fn rfc3339(ms: u64) -> String {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Lower-case hex of a content hash.
+pub(crate) fn hex(hash: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(hash.len() * 2);
+    for b in hash {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// One watch with its state.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct WatchJson {
+    /// Watch id.
+    pub(crate) id: String,
+    /// The URL polled (follows permanent redirects).
+    pub(crate) url: String,
+    /// `ok`, `error`, `rate_limited`, `done` or `removed`.
+    pub(crate) state: &'static str,
+    /// HTTP status of the last answer.
+    pub(crate) last_status: Option<u16>,
+    /// Text of the last error.
+    pub(crate) last_error: Option<String>,
+    /// Last poll (RFC 3339).
+    pub(crate) last_checked: Option<String>,
+    /// Last new version (RFC 3339).
+    pub(crate) last_changed: Option<String>,
+    /// Next scheduled poll (RFC 3339); null when not scheduled.
+    pub(crate) next_poll: Option<String>,
+    /// Current interval in seconds.
+    pub(crate) interval_s: f64,
+    /// Versions retained.
+    pub(crate) versions: u64,
+    /// Number of the newest version.
+    pub(crate) latest_version: Option<u64>,
+    /// Polls made.
+    pub(crate) polls: u64,
+    /// 304 answers.
+    pub(crate) not_modified: u64,
+    /// 200 answers whose body equalled the latest version.
+    pub(crate) unchanged: u64,
+    /// Answers that made a new version.
+    pub(crate) changed: u64,
+    /// Failed polls.
+    pub(crate) errors: u64,
+    /// 429/503 answers.
+    pub(crate) rate_limited: u64,
+    /// Failed polls in a row.
+    pub(crate) consecutive_errors: u32,
+    /// Body bytes received.
+    pub(crate) bytes_received: u64,
+    /// not_modified / (not_modified + unchanged + changed); null before any
+    /// successful poll.
+    pub(crate) ratio_304: Option<f64>,
+}
+
+impl From<&WatchState> for WatchJson {
+    fn from(w: &WatchState) -> Self {
+        #[allow(clippy::cast_precision_loss)] // intervals are far below 2^52 ms
+        let interval_s = w.interval_ms as f64 / 1000.0;
+        WatchJson {
+            id: w.id.clone(),
+            url: w.url.clone(),
+            state: w.status.as_str(),
+            last_status: w.last_status,
+            last_error: w.last_error.clone(),
+            last_checked: w.last_checked_ms.map(rfc3339),
+            last_changed: w.last_changed_ms.map(rfc3339),
+            next_poll: w.next_due_ms.map(rfc3339),
+            interval_s,
+            versions: w.versions,
+            latest_version: w.latest_version,
+            polls: w.polls,
+            not_modified: w.not_modified,
+            unchanged: w.unchanged,
+            changed: w.changed,
+            errors: w.errors,
+            rate_limited: w.rate_limited,
+            consecutive_errors: w.consecutive_errors,
+            bytes_received: w.bytes_received,
+            ratio_304: ratio_304(w.not_modified, w.unchanged, w.changed),
+        }
+    }
+}
+
+/// A page of watches.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WatchList {
+    /// Watches, ordered by id.
+    pub(crate) watches: Vec<WatchJson>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub(crate) next: Option<String>,
+}
+
+/// One stored version (without its body).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct VersionJson {
+    /// 1, 2, … per watch; never reused.
+    pub(crate) number: u64,
+    /// When the body was fetched (RFC 3339).
+    pub(crate) fetched_at: String,
+    /// Body size in bytes.
+    pub(crate) size: u64,
+    /// `Content-Type` of the response that carried it.
+    pub(crate) content_type: Option<String>,
+    /// BLAKE3 of the body, hex; also the body's `ETag`.
+    pub(crate) hash: String,
+}
+
+impl From<&Version> for VersionJson {
+    fn from(v: &Version) -> Self {
+        VersionJson {
+            number: v.number,
+            fetched_at: rfc3339(v.fetched_at_ms),
+            size: v.size,
+            content_type: v.content_type.clone(),
+            hash: hex(&v.hash),
+        }
+    }
+}
+
+/// The versions of a watch.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct VersionList {
+    /// Oldest first.
+    pub(crate) versions: Vec<VersionJson>,
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct ChangeJson {
+    /// Position in the global change log.
+    pub(crate) seq: u64,
+    /// Watch id.
+    pub(crate) watch: String,
+    /// The version made; null for changes that made none.
+    pub(crate) version: Option<u64>,
+    /// `new_version`, `watch_added`, `watch_removed`, `error_started`,
+    /// `error_cleared` or `done`.
+    pub(crate) kind: &'static str,
+    /// When (RFC 3339).
+    pub(crate) at: String,
+}
+
+impl From<&Change> for ChangeJson {
+    fn from(c: &Change) -> Self {
+        ChangeJson {
+            seq: c.seq,
+            watch: c.watch.clone(),
+            version: c.version,
+            kind: c.kind.as_str(),
+            at: rfc3339(c.at_ms),
+        }
+    }
+}
+
+/// A page of the changes feed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChangesPage {
+    /// Changes after the cursor, oldest first (at most `limit`).
+    pub(crate) changes: Vec<ChangeJson>,
+    /// Opaque cursor: pass it back as `after`. Delivery is at least once.
+    pub(crate) next: String,
+}
+
+/// An error body: every 4xx and 5xx answer has this shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorJson {
+    /// What went wrong.
+    pub(crate) error: String,
+}
+
+/// The body of `202` on `POST /v1/watches/{id}/poll`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PollQueued {
+    /// Watch id.
+    pub(crate) watch: String,
+    /// Always true: the poll was queued.
+    pub(crate) queued: bool,
+}
+
+/// The body of a successful `/healthz` or `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HealthJson {
+    /// `ok`.
+    pub(crate) status: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_is_null_without_successful_polls() {
+        assert_eq!(ratio_304(0, 0, 0), None);
+        assert_eq!(ratio_304(3, 1, 0), Some(0.75));
+        assert_eq!(ratio_304(0, 2, 2), Some(0.0));
+        assert_eq!(ratio_304(u64::MAX, u64::MAX, 0), Some(1.0));
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_millis() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+}

@@ -1,0 +1,435 @@
+//! `/v1/watches/{id}/versions`, one version's body (polld as a
+//! conditional-GET cache: strong `ETag`, `Last-Modified`, 304), and
+//! `/v1/watches/{id}/diff` (unified text diff or RFC 6902 patch).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use polld_store::Version;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::query;
+use super::watches::no_watch;
+use crate::error::ApiError;
+use crate::feed::blocking;
+use crate::json::{ErrorJson, VersionJson, VersionList, hex};
+use crate::state::ApiState;
+
+/// The versions of a watch, oldest first.
+#[utoipa::path(get, path = "/v1/watches/{id}/versions", tag = "versions",
+    params(("id" = String, Path, description = "Watch id")),
+    responses(
+        (status = 200, description = "The versions", body = VersionList),
+        (status = 404, description = "No such watch", body = ErrorJson),
+    ))]
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<VersionList>, ApiError> {
+    let store = state.inner.store.clone();
+    let key = id.clone();
+    let versions = blocking(move || {
+        if store.watch(&key)?.is_none() {
+            return Ok(None);
+        }
+        store.versions(&key).map(Some)
+    })
+    .await?
+    .ok_or_else(|| no_watch(&id))?;
+    Ok(Json(VersionList {
+        versions: versions.iter().map(VersionJson::from).collect(),
+    }))
+}
+
+/// `n` of a version path: a number or `latest`.
+fn parse_n(n: &str) -> Result<Option<u64>, ApiError> {
+    if n == "latest" {
+        return Ok(None);
+    }
+    n.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::BadRequest(format!("version must be a number or \"latest\", got {n:?}"))
+    })
+}
+
+/// What a body lookup found.
+enum Lookup<T> {
+    NoWatch,
+    NoVersion(u64),
+    NoVersions,
+    Found(T),
+}
+
+/// The strong entity tag of a body: its content hash.
+fn etag(v: &Version) -> String {
+    format!("\"{}\"", hex(&v.hash))
+}
+
+fn last_modified(v: &Version) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(v.fetched_at_ms))
+}
+
+/// Whether `If-None-Match` (or, without it, `If-Modified-Since`) says the
+/// client already has this body. `If-None-Match` compares weakly (RFC 9110
+/// 13.1.2), so `W/"h"` matches `"h"`.
+fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
+    let tag = etag(v);
+    let inm: Vec<&str> = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .collect();
+    if !inm.is_empty() {
+        return inm.iter().flat_map(|h| h.split(',')).any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == tag
+        });
+    }
+    let since = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| httpdate::parse_http_date(h).ok());
+    since.is_some_and(|since| {
+        // HTTP dates have whole seconds: compare at that precision.
+        let modified = UNIX_EPOCH + Duration::from_secs(v.fetched_at_ms / 1000);
+        modified <= since
+    })
+}
+
+/// One version's body with its original `Content-Type`, a strong `ETag`
+/// (the content hash) and `Last-Modified` (when it was fetched).
+#[utoipa::path(get, path = "/v1/watches/{id}/versions/{n}", tag = "versions",
+    params(
+        ("id" = String, Path, description = "Watch id"),
+        ("n" = String, Path, description = "Version number, or `latest`"),
+        ("If-None-Match" = Option<String>, Header, description = "ETags the client has"),
+    ),
+    responses(
+        (status = 200, description = "The stored body, with its original Content-Type", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "The client's copy is current"),
+        (status = 400, description = "Bad version number", body = ErrorJson),
+        (status = 404, description = "No such watch or version", body = ErrorJson),
+    ))]
+pub(crate) async fn body(
+    State(state): State<ApiState>,
+    Path((id, n)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let wanted = parse_n(&n)?;
+    let store = state.inner.store.clone();
+    let key = id.clone();
+    let conditional = headers.contains_key(header::IF_NONE_MATCH)
+        || headers.contains_key(header::IF_MODIFIED_SINCE);
+    let found = blocking(move || {
+        let Some(watch) = store.watch(&key)? else {
+            return Ok(Lookup::NoWatch);
+        };
+        let number = match wanted.or(watch.latest_version) {
+            Some(n) => n,
+            None => return Ok(Lookup::NoVersions),
+        };
+        // A conditional request reads the small record first: a 304 needs
+        // no body, which may be megabytes to decompress.
+        if conditional {
+            match store.version(&key, number)? {
+                Some(v) if not_modified(&headers, &v) => return Ok(Lookup::Found((v, None))),
+                Some(_) => {}
+                None => return Ok(Lookup::NoVersion(number)),
+            }
+        }
+        Ok(match store.body(&key, number)? {
+            Some((v, body)) => Lookup::Found((v, Some(body))),
+            None => Lookup::NoVersion(number),
+        })
+    })
+    .await?;
+    let (version, body) = match found {
+        Lookup::Found(found) => found,
+        Lookup::NoWatch => return Err(no_watch(&id)),
+        Lookup::NoVersions => {
+            return Err(ApiError::NotFound(format!(
+                "watch {id:?} has no versions yet"
+            )));
+        }
+        Lookup::NoVersion(n) => {
+            return Err(ApiError::NotFound(format!(
+                "watch {id:?} has no version {n} (never made, or pruned)"
+            )));
+        }
+    };
+    let mut res = match body {
+        None => StatusCode::NOT_MODIFIED.into_response(),
+        Some(body) => {
+            let mut res = Body::from(body).into_response();
+            let ct = version
+                .content_type
+                .as_deref()
+                .and_then(|ct| HeaderValue::from_str(ct).ok())
+                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            res.headers_mut().insert(header::CONTENT_TYPE, ct);
+            res
+        }
+    };
+    let h = res.headers_mut();
+    insert(h, header::ETAG, &etag(&version));
+    insert(h, header::LAST_MODIFIED, &last_modified(&version));
+    insert(h, "x-polld-version", &version.number.to_string());
+    // A numbered version never changes; `latest` does.
+    let cache = if wanted.is_some() {
+        "max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    insert(h, header::CACHE_CONTROL, cache);
+    // The body is someone else's content served from the API's origin: a
+    // stored HTML page must not run scripts here, nor be sniffed into one.
+    insert(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    insert(h, header::CONTENT_SECURITY_POLICY, "sandbox");
+    Ok(res)
+}
+
+fn insert(h: &mut HeaderMap, name: impl axum::http::header::IntoHeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        h.insert(name, value);
+    }
+}
+
+/// The two versions to compare.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DiffQuery {
+    /// The older version (default: the version before `to`).
+    from: Option<String>,
+    /// The newer version (default: the latest).
+    to: Option<String>,
+}
+
+/// A diff that takes longer than this is cut to a coarser one.
+const DIFF_DEADLINE: Duration = Duration::from_secs(2);
+/// The JSON Patch media type (RFC 6902).
+const JSON_PATCH: &str = "application/json-patch+json";
+
+/// The difference between two versions: a unified diff (`text/x-diff`), or
+/// with `Accept: application/json-patch+json` an RFC 6902 patch between two
+/// JSON bodies. Binary bodies get a one-line summary.
+#[utoipa::path(get, path = "/v1/watches/{id}/diff", tag = "versions",
+    params(("id" = String, Path, description = "Watch id"), DiffQuery),
+    responses(
+        (status = 200, description = "Unified diff", content_type = "text/x-diff", body = String),
+        (status = 400, description = "Bad version number", body = ErrorJson),
+        (status = 404, description = "No such watch or version, or fewer than two versions", body = ErrorJson),
+        (status = 406, description = "A JSON patch was asked for but a body is not JSON", body = ErrorJson),
+    ))]
+pub(crate) async fn diff(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let parse = |name: &str, raw: Option<String>| -> Result<Option<u64>, ApiError> {
+        raw.map(|raw| {
+            raw.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("{name} must be a version number, got {raw:?}"))
+            })
+        })
+        .transpose()
+    };
+    let from = parse("from", q.from)?;
+    let to = parse("to", q.to)?;
+    let want_patch = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .any(|t| t.trim().starts_with(JSON_PATCH));
+
+    let store = state.inner.store.clone();
+    let key = id.clone();
+    let bodies = blocking(move || {
+        if store.watch(&key)?.is_none() {
+            return Ok(Err(no_watch(&key)));
+        }
+        let versions = store.versions(&key)?;
+        let to = match to.or(versions.last().map(|v| v.number)) {
+            Some(to) => to,
+            None => {
+                return Ok(Err(ApiError::NotFound(format!(
+                    "watch {key:?} has no versions yet"
+                ))));
+            }
+        };
+        let from = match from.or_else(|| versions.iter().rev().map(|v| v.number).find(|&n| n < to))
+        {
+            Some(from) => from,
+            None => {
+                return Ok(Err(ApiError::NotFound(format!(
+                    "watch {key:?} has no version before {to} to compare with; pass from="
+                ))));
+            }
+        };
+        let mut pair = Vec::with_capacity(2);
+        for n in [from, to] {
+            match store.body(&key, n)? {
+                Some(found) => pair.push(found),
+                None => {
+                    return Ok(Err(ApiError::NotFound(format!(
+                        "watch {key:?} has no version {n} (never made, or pruned)"
+                    ))));
+                }
+            }
+        }
+        Ok(Ok(pair))
+    })
+    .await??;
+    let [(va, a), (vb, b)]: [(Version, Vec<u8>); 2] = bodies
+        .try_into()
+        .map_err(|_| ApiError::Internal("two bodies expected".into()))?;
+    // Diffing megabytes is CPU work: keep it off the async workers.
+    let id2 = id.clone();
+    tokio::task::spawn_blocking(move || {
+        if want_patch {
+            json_patch_response(&va, &a, &vb, &b)
+        } else {
+            Ok(text_diff_response(&id2, &va, &a, &vb, &b))
+        }
+    })
+    .await
+    .map_err(|err| ApiError::Internal(format!("diff task failed: {err}")))?
+}
+
+fn json_patch_response(
+    va: &Version,
+    a: &[u8],
+    vb: &Version,
+    b: &[u8],
+) -> Result<Response, ApiError> {
+    let parse = |v: &Version, body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body).map_err(|_| {
+            ApiError::NotAcceptable(format!(
+                "version {} is not JSON: no JSON patch; ask for text/x-diff instead",
+                v.number
+            ))
+        })
+    };
+    let patch = json_patch::diff(&parse(va, a)?, &parse(vb, b)?);
+    let body = serde_json::to_vec(&patch)
+        .map_err(|err| ApiError::Internal(format!("cannot serialize a patch: {err}")))?;
+    Ok(([(header::CONTENT_TYPE, JSON_PATCH)], body).into_response())
+}
+
+/// Whether a body is to be treated as binary: not UTF-8, or with NUL bytes
+/// (what git looks at), or a media type that is not text.
+fn is_binary(v: &Version, body: &[u8]) -> bool {
+    let textual_type = v.content_type.as_deref().is_none_or(|ct| {
+        let ct = ct.to_ascii_lowercase();
+        ct.starts_with("text/")
+            || ct.contains("json")
+            || ct.contains("xml")
+            || ct.contains("javascript")
+            || ct.contains("yaml")
+            || ct.contains("csv")
+            || ct.starts_with("application/x-www-form-urlencoded")
+    });
+    !textual_type || body.contains(&0) || std::str::from_utf8(body).is_err()
+}
+
+fn text_diff_response(id: &str, va: &Version, a: &[u8], vb: &Version, b: &[u8]) -> Response {
+    let old = format!("{id}@{}", va.number);
+    let new = format!("{id}@{}", vb.number);
+    let text = if is_binary(va, a) || is_binary(vb, b) {
+        if va.hash == vb.hash {
+            String::new()
+        } else {
+            format!(
+                "Binary versions {old} and {new} differ ({} -> {} bytes, {} -> {})\n",
+                va.size,
+                vb.size,
+                short(&va.hash),
+                short(&vb.hash)
+            )
+        }
+    } else {
+        // Both are valid UTF-8 (checked by is_binary).
+        let a = String::from_utf8_lossy(a);
+        let b = String::from_utf8_lossy(b);
+        let diff = similar::TextDiff::configure()
+            .algorithm(similar::Algorithm::Myers)
+            .deadline(std::time::Instant::now() + DIFF_DEADLINE)
+            .diff_lines(a.as_ref(), b.as_ref());
+        diff.unified_diff()
+            .context_radius(3)
+            .header(&old, &new)
+            .to_string()
+    };
+    ([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], text).into_response()
+}
+
+fn short(hash: &[u8]) -> String {
+    hex(&hash[..hash.len().min(6)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(content_type: Option<&str>, at_ms: u64) -> Version {
+        Version {
+            number: 1,
+            fetched_at_ms: at_ms,
+            hash: [7; 32],
+            size: 3,
+            content_type: content_type.map(str::to_owned),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn conditional_headers() {
+        let v = version(None, 1_700_000_000_500);
+        let tag = etag(&v);
+        let mut h = HeaderMap::new();
+        assert!(!not_modified(&h, &v));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_str(&format!("\"x\", W/{tag}")).unwrap(),
+        );
+        assert!(not_modified(&h, &v), "weak comparison matches");
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
+        // An ETag that does not match wins over a matching date.
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_str(&last_modified(&v)).unwrap(),
+        );
+        assert!(!not_modified(&h, &v));
+        h.remove(header::IF_NONE_MATCH);
+        assert!(not_modified(&h, &v), "same second counts as not modified");
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Tue, 14 Nov 2023 22:13:19 GMT"),
+        );
+        assert!(!not_modified(&h, &v));
+    }
+
+    #[test]
+    fn binary_detection() {
+        assert!(!is_binary(&version(Some("application/json"), 0), b"{}"));
+        assert!(!is_binary(&version(None, 0), b"plain"));
+        assert!(is_binary(&version(None, 0), b"a\0b"));
+        assert!(is_binary(&version(Some("text/plain"), 0), &[0xff, 0xfe]));
+        assert!(is_binary(&version(Some("image/png"), 0), b"png"));
+    }
+
+    #[test]
+    fn version_numbers() {
+        assert_eq!(parse_n("latest").unwrap(), None);
+        assert_eq!(parse_n("12").unwrap(), Some(12));
+        assert!(parse_n("-1").is_err());
+        assert!(parse_n("Latest").is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! Binding and serving: TCP or a Unix socket (`unix:PATH`, mode 0660), one
+//! hyper HTTP/1 connection per client with a header-read timeout, a limit on
+//! open connections, and a bounded drain on shutdown.
+//!
+//! Why not `axum::serve`: it has no header-read timeout, so a client that
+//! sends headers slowly would hold a connection for ever; and no connection
+//! limit, so such clients could pile up.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use polld_config::Listen;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Why binding or serving failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The TCP address could not be bound.
+    #[error("cannot listen on {addr}")]
+    BindTcp {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The Unix socket could not be created.
+    #[error("cannot listen on unix:{}", .path.display())]
+    BindUnix {
+        /// The socket path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process answers on the socket path already.
+    #[error("unix:{}: another process is listening there", .path.display())]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The socket path exists and is not a socket: it is not ours to remove.
+    #[error("unix:{}: exists and is not a socket", .path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+/// Limits of the server.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ServeLimits {
+    /// Connections open at once; further clients wait in the listen backlog.
+    /// Must exceed `ApiOptions::max_waiters`, since each waiter holds one.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (also the idle time of
+    /// a kept-alive connection before its next request).
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get to finish after shutdown; then the
+    /// remaining connections are dropped.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A bound listener, before serving.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A Unix socket listener and its path (removed when serving ends).
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Where it listens, in the config's syntax (`IP:PORT` with the real
+    /// port, or `unix:PATH`).
+    #[must_use]
+    pub fn local_addr(&self) -> Option<Listen> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok().map(Listen::Tcp),
+            Listener::Unix(_, path) => Some(Listen::Unix(path.clone())),
+        }
+    }
+}
+
+/// Binds `listen`. For a Unix socket, a stale socket file left by a crashed
+/// run is removed (one that still answers is not), and the new socket gets
+/// mode 0660 so that only the service's user and group can talk to it.
+pub async fn bind(listen: &Listen) -> Result<Listener, ServeError> {
+    match listen {
+        Listen::Tcp(addr) => TcpListener::bind(addr)
+            .await
+            .map(Listener::Tcp)
+            .map_err(|source| ServeError::BindTcp {
+                addr: *addr,
+                source,
+            }),
+        Listen::Unix(path) => bind_unix(path).await,
+    }
+}
+
+async fn bind_unix(path: &Path) -> Result<Listener, ServeError> {
+    let err = |source| ServeError::BindUnix {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(ServeError::SocketInUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Ok(_) => {
+            return Err(ServeError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(Listener::Unix(listener, path.to_owned()))
+}
+
+/// Binds `listen` and serves `router` until `shutdown` resolves; see
+/// [`Listener::serve`].
+pub async fn serve(
+    listen: &Listen,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    bind(listen).await?.serve(router, limits, shutdown).await;
+    Ok(())
+}
+
+impl Listener {
+    /// Serves `router` until `shutdown` resolves, then stops accepting,
+    /// lets in-flight requests finish for up to `limits.drain_timeout`
+    /// (kept-alive connections close after their current request), drops
+    /// what remains, and removes a Unix socket file. Call
+    /// [`crate::ApiState::close`] at shutdown too, so that held long polls
+    /// answer at once instead of at the end of their wait.
+    pub async fn serve(
+        self,
+        router: Router,
+        limits: ServeLimits,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let draining = CancellationToken::new();
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        // Ends on shutdown; each pass accepts one connection.
+        loop {
+            // Reap finished connections so the set stays as small as the
+            // number of open ones.
+            while conns.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                a = self.accept() => a,
+            };
+            let io = match accepted {
+                Ok(io) => io,
+                Err(err) => {
+                    // EMFILE and friends: pause instead of spinning on a
+                    // listener that keeps failing.
+                    tracing::warn!(error = %err, "API: accept failed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            };
+            let service = TowerToHyperService::new(router.clone());
+            let draining = draining.clone();
+            conns.spawn(async move {
+                let _permit = permit;
+                serve_connection(io, service, limits, draining).await;
+            });
+        }
+        draining.cancel();
+        let drained = tokio::time::timeout(limits.drain_timeout, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = conns.len(),
+                "API: connections still open after the drain timeout; closing them"
+            );
+            conns.shutdown().await;
+        }
+        if let Listener::Unix(_, path) = &self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    async fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                // Small JSON answers should not wait for Nagle.
+                let _ = s.set_nodelay(true);
+                Conn::Tcp(s)
+            }),
+            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        }
+    }
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn serve_connection(
+    conn: Conn,
+    service: TowerToHyperService<Router>,
+    limits: ServeLimits,
+    draining: CancellationToken,
+) {
+    match conn {
+        Conn::Tcp(s) => serve_io(s, service, limits, draining).await,
+        Conn::Unix(s) => serve_io(s, service, limits, draining).await,
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    service: TowerToHyperService<Router>,
+    limits: ServeLimits,
+    draining: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = draining.cancelled() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "API connection ended with an error");
+    }
+}

@@ -1,0 +1,248 @@
+//! The server over real sockets (loopback and Unix only): answering,
+//! Unix socket mode and stale-file handling, the header-read timeout, and
+//! shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use polld_api::{Listener, ServeError, ServeLimits};
+use polld_config::Listen;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use crate::common::fixture;
+
+const HANG: Duration = Duration::from_secs(20);
+
+/// Sends one HTTP/1.1 request with `Connection: close`, returns the whole
+/// answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(HANG, s.read_to_string(&mut out))
+        .await
+        .expect("no answer")
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn serves_on_loopback_and_stops_on_shutdown() {
+    let fx = fixture();
+    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
+        panic!("not TCP")
+    };
+    assert!(addr.ip().is_loopback() && addr.port() != 0);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(fx.router(), ServeLimits::default(), async {
+        let _ = stopped.await;
+    }));
+
+    let answer = exchange(
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        "/healthz",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("{\"status\":\"ok\"}"), "{answer}");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(HANG, server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let fx = fixture();
+    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
+        panic!("not TCP")
+    };
+    let mut limits = ServeLimits::default();
+    limits.header_read_timeout = Duration::from_millis(300);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(fx.router(), limits, async {
+        let _ = stopped.await;
+    }));
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
+        .await
+        .unwrap();
+    // The server closes the connection (possibly after a 408); the read
+    // ends instead of waiting for ever. HANG only guards against a hang.
+    let mut rest = Vec::new();
+    tokio::time::timeout(HANG, slow.read_to_end(&mut rest))
+        .await
+        .expect("slow client was never cut off")
+        .ok();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(HANG, server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_connection_limit_holds_further_clients_back() {
+    let fx = fixture();
+    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
+        panic!("not TCP")
+    };
+    let mut limits = ServeLimits::default();
+    limits.max_connections = 1;
+    limits.header_read_timeout = Duration::from_secs(60);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(fx.router(), limits, async {
+        let _ = stopped.await;
+    }));
+    // The first client holds the only slot (it never sends a request).
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let mut read = Box::pin(second.read_to_string(&mut answer));
+    // Not served while the slot is taken: the read is still pending after
+    // the server has had every chance to run.
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        futures_poll_once(&mut read).await.is_none(),
+        "served past the limit"
+    );
+    drop(first);
+    tokio::time::timeout(HANG, &mut read)
+        .await
+        .expect("never served")
+        .unwrap();
+    drop(read);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(HANG, server).await.unwrap().unwrap();
+}
+
+/// Polls a future once.
+async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *f).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unix_socket_mode_0660_and_stale_files() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+
+    // A socket file left by a crashed run (nobody listens) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let listener = polld_api::bind(&Listen::Unix(path.clone())).await.unwrap();
+    assert!(matches!(listener, Listener::Unix(..)));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+
+    // One that answers belongs to a running polld: left alone.
+    let err = polld_api::bind(&Listen::Unix(path.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServeError::SocketInUse { .. }), "{err}");
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(fx.router(), ServeLimits::default(), async {
+        let _ = stopped.await;
+    }));
+    let answer = exchange(
+        tokio::net::UnixStream::connect(&path).await.unwrap(),
+        "/v1/watches",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(HANG, server).await.unwrap().unwrap();
+    assert!(!path.exists(), "socket file left behind");
+
+    // Not a socket: not ours to delete.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep me").unwrap();
+    let err = polld_api::bind(&Listen::Unix(file.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServeError::NotASocket { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&file)).unwrap(),
+        "keep me"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_held_long_polls_and_drains() {
+    let fx = fixture();
+    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
+        panic!("not TCP")
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let state = fx.state.clone();
+    let server = tokio::spawn(
+        listener.serve(fx.router(), ServeLimits::default(), async move {
+            let _ = stopped.await;
+            state.close();
+        }),
+    );
+    let poll = tokio::spawn(async move {
+        exchange(
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            "/v1/changes?after=0&wait=50s",
+        )
+        .await
+    });
+    for _ in 0..1_000_000 {
+        if fx.state.waiters() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fx.state.waiters(), 1);
+    stop.send(()).unwrap();
+    let answer = tokio::time::timeout(HANG, poll)
+        .await
+        .expect("long poll held through shutdown")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("{\"changes\":[],\"next\":\"0\"}"),
+        "{answer}"
+    );
+    tokio::time::timeout(HANG, server)
+        .await
+        .expect("no drain")
+        .unwrap();
+}
