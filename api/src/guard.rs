@@ -1,39 +1,60 @@
-//! The request guards: the DNS-rebinding `Host` check (every path), the
-//! bearer token (every `/v1` path), and the middleware that turns any error
-//! response without a JSON body (axum's own rejections, 405s) into
+//! The request guards, as one middleware: the DNS-rebinding `Host` check
+//! (every path), the bearer token (every `/v1` path), and the rewrite of any
+//! error response without a JSON body (axum's own rejections, 405s) into
 //! `{"error": "..."}`.
 
 use std::net::IpAddr;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, json_error};
-use crate::state::ApiState;
+use crate::state::{ApiState, ApiToken};
 
-/// Rejects requests whose `Host` is a DNS name other than `localhost` or a
-/// configured one.
-///
-/// Why: a web page on `evil.example` can rebind its name to 127.0.0.1 and
-/// then read this API from the victim's browser; the browser still sends
-/// `Host: evil.example`. IP literals cannot be rebound, so they pass (that
-/// covers the listen address whatever its port). A request without `Host`
-/// (HTTP/1.0, tests) did not come from a browser and passes too.
-pub(crate) async fn check_host(
-    State(state): State<ApiState>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// All the guards in one middleware (one layer, so that each request
+/// allocates and polls one wrapper instead of four): the `Host` check, the
+/// token, the call, JSON error bodies, and a debug log line.
+pub(crate) async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let res = match check(&state, &req) {
+        Err(err) => err.into_response(),
+        Ok(()) => json_errors(next.run(req).await).await,
+    };
+    let status = res.status();
+    // The query and headers are not logged: headers carry the token.
+    if status.is_server_error() {
+        tracing::warn!(%method, %path, status = status.as_u16(), "API request failed");
+    } else {
+        tracing::debug!(%method, %path, status = status.as_u16(), "API request");
+    }
+    res
+}
+
+fn check(state: &ApiState, req: &Request) -> Result<(), ApiError> {
+    let options = &state.inner.options;
+    // DNS rebinding: a web page on `evil.example` can rebind its name to
+    // 127.0.0.1 and then read this API from the victim's browser; the
+    // browser still sends `Host: evil.example`. IP literals cannot be
+    // rebound, so they pass (that covers the listen address whatever its
+    // port). A request without `Host` (HTTP/1.0, tests) did not come from a
+    // browser and passes too.
     if let Some(host) = host_of(req.headers())
-        && !host_allowed(&host, &state.inner.options.allowed_hosts)
+        && !host_allowed(&host, &options.allowed_hosts)
     {
         tracing::debug!(host = %host, "rejected a request for another host");
-        return ApiError::ForbiddenHost(host).into_response();
+        return Err(ApiError::ForbiddenHost(host));
     }
-    next.run(req).await
+    if let Some(token) = &options.token {
+        let path = req.uri().path();
+        if (path == "/v1" || path.starts_with("/v1/")) && !token_matches(req, token) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(())
 }
 
 fn host_of(headers: &HeaderMap) -> Option<String> {
@@ -70,42 +91,24 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// With a token configured, every `/v1` request needs
-/// `Authorization: Bearer TOKEN`, compared in constant time so that the
-/// answer time does not leak how much of a guess was right.
-pub(crate) async fn check_token(
-    State(state): State<ApiState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = &state.inner.options.token else {
-        return next.run(req).await;
-    };
-    let path = req.uri().path();
-    if !(path == "/v1" || path.starts_with("/v1/")) {
-        return next.run(req).await;
-    }
-    let presented = req
-        .headers()
+/// Whether the request carries `Authorization: Bearer TOKEN`, compared in
+/// constant time so that the answer time does not leak how much of a guess
+/// was right.
+fn token_matches(req: &Request, token: &ApiToken) -> bool {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-    match presented {
-        Some(p) if constant_time_eq::constant_time_eq(p.as_bytes(), token.as_bytes()) => {
-            next.run(req).await
-        }
-        _ => ApiError::Unauthorized.into_response(),
-    }
+        })
+        .is_some_and(|p| constant_time_eq::constant_time_eq(p.as_bytes(), token.as_bytes()))
 }
 
 /// Every 4xx/5xx leaves as JSON: responses that are errors but not JSON
 /// (axum's extractor rejections, the 405 of a method router) get their text
 /// wrapped.
-pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+async fn json_errors(res: Response) -> Response {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
@@ -144,21 +147,6 @@ pub(crate) async fn not_found(req: Request<Body>) -> ApiError {
 /// Methods a path does not serve.
 pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// Logs each request at debug level: method, path, status. The query and
-/// headers are not logged (headers carry the token).
-pub(crate) async fn log_request(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let res = next.run(req).await;
-    let status = res.status();
-    if status == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::warn!(%method, %path, status = status.as_u16(), "API request failed");
-    } else {
-        tracing::debug!(%method, %path, status = status.as_u16(), "API request");
-    }
-    res
 }
 
 #[cfg(test)]

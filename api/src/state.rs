@@ -103,6 +103,8 @@ impl ApiOptions {
 #[derive(Clone)]
 pub struct ApiState {
     pub(crate) inner: Arc<Inner>,
+    /// Set by [`crate::router`], which renders the document once.
+    pub(crate) openapi: Option<crate::routes::OpenApiJson>,
 }
 
 pub(crate) struct Inner {
@@ -149,7 +151,13 @@ impl ApiState {
                 waiters,
                 closing,
             }),
+            openapi: None,
         }
+    }
+
+    pub(crate) fn with_openapi(mut self, doc: crate::routes::OpenApiJson) -> Self {
+        self.openapi = Some(doc);
+        self
     }
 
     /// Begins shutdown: held long polls answer now (with no changes and

@@ -8,9 +8,9 @@ pub(crate) mod watches;
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::middleware::{from_fn, from_fn_with_state};
-use axum::{Extension, Router};
+use axum::middleware::from_fn_with_state;
 
 use crate::error::ApiError;
 use crate::guard;
@@ -31,12 +31,8 @@ pub fn router(state: ApiState) -> Router {
     routes
         .fallback(guard::not_found)
         .method_not_allowed_fallback(guard::method_not_allowed)
-        .layer(Extension(OpenApiJson(Arc::new(doc))))
-        .layer(from_fn(guard::json_errors))
-        .layer(from_fn_with_state(state.clone(), guard::check_token))
-        .layer(from_fn_with_state(state.clone(), guard::check_host))
-        .layer(from_fn(guard::log_request))
-        .with_state(state)
+        .layer(from_fn_with_state(state.clone(), guard::guard))
+        .with_state(state.with_openapi(OpenApiJson(Arc::new(doc))))
 }
 
 /// Maps a malformed query string to a 400 with axum's explanation.
