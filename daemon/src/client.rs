@@ -1,0 +1,489 @@
+//! The HTTP-client side of `polld status`, `polld diff` and `polld changes`:
+//! thin clients of the local API (`polld-api`), over TCP or the Unix socket
+//! (`--api unix:/run/polld/api.sock`), printing to stdout.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use polld_config::Listen;
+use serde_json::Value;
+use url::Url;
+
+/// Time for one plain request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `changes --follow` asks the server to hold each long poll.
+const FOLLOW_WAIT_S: u64 = 30;
+/// Client-side timeout of a long poll: above the hold, so that the server's
+/// empty answer, not our timeout, ends an idle poll.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(FOLLOW_WAIT_S + 15);
+/// Pages read at most: 1,000 watches or changes a page, so a million.
+const MAX_PAGES: usize = 1000;
+/// `--follow` gives up after this many failed requests in a row.
+const MAX_FAILURES: u32 = 10;
+
+/// The API URL for a config's `listen`: `http://IP:PORT/` (an unspecified
+/// address becomes loopback) or `unix:PATH`.
+#[must_use]
+pub fn api_url(listen: &Listen) -> Url {
+    match listen {
+        Listen::Tcp(addr) => {
+            let mut addr = *addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            Url::parse(&format!("http://{addr}/")).expect("an address makes a valid URL")
+        }
+        Listen::Unix(path) => {
+            Url::parse(&format!("unix:{}", path.display())).expect("a path makes a valid URL")
+        }
+    }
+}
+
+/// `polld status`: every watch, one line each.
+pub async fn status(api: &Url, token: Option<&str>) -> anyhow::Result<()> {
+    let client = Client::new(api, token, REQUEST_TIMEOUT)?;
+    let mut out = Out::new();
+    out.line(&format!(
+        "{:<24} {:<12} {:>4} {:>8} {:>8} {:>6}  {:<20}  {:<20}",
+        "WATCH", "STATE", "HTTP", "VERSIONS", "POLLS", "304%", "LAST CHECKED", "NEXT POLL"
+    ))?;
+    let mut after: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![("limit", "1000".to_owned())];
+        if let Some(after) = &after {
+            query.push(("after", after.clone()));
+        }
+        let page = client.json(&["v1", "watches"], &query).await?;
+        for w in page["watches"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let ratio = w["ratio_304"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |r| format!("{:.1}", r * 100.0));
+            let line = format!(
+                "{:<24} {:<12} {:>4} {:>8} {:>8} {:>6}  {:<20}  {:<20}",
+                text(&w["id"]),
+                text(&w["state"]),
+                text(&w["last_status"]),
+                text(&w["versions"]),
+                text(&w["polls"]),
+                ratio,
+                time(&w["last_checked"]),
+                time(&w["next_poll"]),
+            );
+            if !out.line(line.trim_end())? {
+                return Ok(());
+            }
+            if let Some(err) = w["last_error"].as_str() {
+                out.line(&format!("    error: {err}"))?;
+            }
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return Ok(()),
+        }
+    }
+    bail!("more than {MAX_PAGES} pages of watches; stopped")
+}
+
+/// `polld diff WATCH [--from N] [--to M]`: the unified diff, as the API
+/// makes it (the last two versions by default).
+pub async fn diff(
+    api: &Url,
+    token: Option<&str>,
+    watch: &str,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> anyhow::Result<()> {
+    let client = Client::new(api, token, REQUEST_TIMEOUT)?;
+    let mut query = Vec::new();
+    if let Some(from) = from {
+        query.push(("from", from.to_string()));
+    }
+    if let Some(to) = to {
+        query.push(("to", to.to_string()));
+    }
+    let res = client
+        .send(&["v1", "watches", watch, "diff"], &query)
+        .await?;
+    let body = res.bytes().await.context("reading the diff")?;
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(&body).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
+/// `polld changes [--follow]`: the retained change log, one change a line
+/// (`SEQ AT WATCH KIND VERSION`); with `--follow`, then every new change as
+/// it is committed, until interrupted.
+pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Result<()> {
+    let client = Client::new(api, token, FOLLOW_TIMEOUT)?;
+    let mut out = Out::new();
+    let mut after: Option<String> = None;
+    // Backlog: pages without waiting until one comes back empty.
+    for page_no in 0..=MAX_PAGES {
+        if page_no == MAX_PAGES {
+            bail!("more than {MAX_PAGES} pages of changes; stopped");
+        }
+        let page = client.changes_page(after.as_deref(), 0).await?;
+        let (n, next) = (page_len(&page), next_of(&page)?);
+        if !print_changes(&mut out, &page)? {
+            return Ok(());
+        }
+        after = Some(next);
+        if n == 0 {
+            break;
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut failures = 0;
+    // Runs until interrupted (the user's Ctrl-C ends the process), or until
+    // MAX_FAILURES requests in a row failed.
+    loop {
+        match client.changes_page(after.as_deref(), FOLLOW_WAIT_S).await {
+            Ok(page) => {
+                failures = 0;
+                if !print_changes(&mut out, &page)? {
+                    return Ok(());
+                }
+                after = Some(next_of(&page)?);
+            }
+            Err(err) => {
+                if let Some(ApiFailure { status: 410, .. }) = err.downcast_ref::<ApiFailure>() {
+                    return Err(
+                        err.context("the feed moved past our position; run again to resync")
+                    );
+                }
+                failures += 1;
+                if failures >= MAX_FAILURES {
+                    return Err(err.context(format!("{failures} failed requests in a row")));
+                }
+                let delay = match err.downcast_ref::<ApiFailure>() {
+                    Some(ApiFailure {
+                        retry_after: Some(s),
+                        ..
+                    }) => Duration::from_secs((*s).min(60)),
+                    _ => Duration::from_secs(1 << failures.min(5)),
+                };
+                eprintln!("polld: {err:#}; retrying in {} s", delay.as_secs());
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn page_len(page: &Value) -> usize {
+    page["changes"].as_array().map_or(0, Vec::len)
+}
+
+fn next_of(page: &Value) -> anyhow::Result<String> {
+    page["next"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the API answered a page without `next`")
+}
+
+fn print_changes(out: &mut Out, page: &Value) -> anyhow::Result<bool> {
+    for c in page["changes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let version = c["version"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let line = format!(
+            "{}\t{}\t{}\t{}\t{}",
+            text(&c["seq"]),
+            time(&c["at"]),
+            text(&c["watch"]),
+            text(&c["kind"]),
+            version
+        );
+        if !out.line(&line)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An RFC 3339 time to the second (`2026-01-02T03:04:05Z`), or `-`.
+fn time(v: &Value) -> String {
+    match v.as_str() {
+        Some(t) if t.len() > 19 && t.ends_with('Z') => format!("{}Z", &t[..19]),
+        Some(t) => t.to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+/// Stdout that treats a closed pipe (`polld changes | head`) as the end,
+/// not as an error.
+struct Out(io::Stdout);
+
+impl Out {
+    fn new() -> Self {
+        Out(io::stdout())
+    }
+
+    /// Writes one line; `false` once the reader has gone.
+    fn line(&mut self, line: &str) -> anyhow::Result<bool> {
+        let mut lock = self.0.lock();
+        match writeln!(lock, "{line}").and_then(|()| lock.flush()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e).context("writing to stdout"),
+        }
+    }
+}
+
+/// A non-2xx answer of the API, with its `{"error": "..."}` text.
+#[derive(Debug, thiserror::Error)]
+#[error("the API answered {status}: {message}")]
+struct ApiFailure {
+    status: u16,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(api: &Url, token: Option<&str>, timeout: Duration) -> anyhow::Result<Client> {
+        let builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            // The API is local: a proxy from the environment must not see it.
+            .no_proxy();
+        let (builder, base) = match api.scheme() {
+            "http" | "https" => (builder, api.clone()),
+            "unix" => {
+                if api.path().is_empty() {
+                    bail!("API URL {api}: unix: needs a socket path");
+                }
+                let base = Url::parse("http://localhost/").expect("a valid URL");
+                (builder.unix_socket(api.path()), base)
+            }
+            other => {
+                bail!("API URL {api}: unsupported scheme {other:?} (use http:// or unix:PATH)")
+            }
+        };
+        let http = builder.build().context("building the HTTP client")?;
+        Ok(Client {
+            http,
+            base,
+            token: token.map(str::to_owned),
+        })
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> anyhow::Result<Url> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("API URL {} cannot take a path", self.base))?
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        Ok(url)
+    }
+
+    /// GETs a path; a non-2xx answer becomes an [`ApiFailure`].
+    async fn send(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = self.url(segments, query)?;
+        let mut req = self.http.get(url.clone());
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        // The URL carries no secret (the token is a header), so it may be
+        // named in the error.
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the polld API at {url}"))?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let retry_after = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = res.bytes().await.unwrap_or_default();
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+        Err(ApiFailure {
+            status: status.as_u16(),
+            message,
+            retry_after,
+        }
+        .into())
+    }
+
+    async fn json(&self, segments: &[&str], query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let body = self
+            .send(segments, query)
+            .await?
+            .bytes()
+            .await
+            .context("reading the answer")?;
+        serde_json::from_slice(&body).context("the API answered something that is not JSON")
+    }
+
+    async fn changes_page(&self, after: Option<&str>, wait_s: u64) -> anyhow::Result<Value> {
+        let mut query = vec![("limit", "1000".to_owned()), ("wait", wait_s.to_string())];
+        if let Some(after) = after {
+            query.push(("after", after.to_owned()));
+        }
+        self.json(&["v1", "changes"], &query).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls() {
+        let url = api_url(&Listen::Tcp("127.0.0.1:8377".parse().unwrap()));
+        assert_eq!(url.as_str(), "http://127.0.0.1:8377/");
+        let url = api_url(&Listen::Tcp("0.0.0.0:8377".parse().unwrap()));
+        assert_eq!(url.as_str(), "http://127.0.0.1:8377/");
+        let url = api_url(&Listen::Tcp("[::]:8377".parse().unwrap()));
+        assert_eq!(url.as_str(), "http://[::1]:8377/");
+        let url = api_url(&Listen::Unix("/run/polld/api.sock".into()));
+        assert_eq!(url.scheme(), "unix");
+        assert_eq!(url.path(), "/run/polld/api.sock");
+    }
+
+    #[test]
+    fn request_urls_escape_the_watch_id() {
+        let base = Url::parse("http://127.0.0.1:8377/").unwrap();
+        let c = Client::new(&base, None, REQUEST_TIMEOUT).unwrap();
+        let url = c
+            .url(&["v1", "watches", "a/b?c", "diff"], &[("from", "1".into())])
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8377/v1/watches/a%2Fb%3Fc/diff?from=1"
+        );
+        let c = Client::new(
+            &Url::parse("unix:/tmp/x.sock").unwrap(),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .unwrap();
+        assert_eq!(
+            c.url(&["v1", "changes"], &[]).unwrap().as_str(),
+            "http://localhost/v1/changes"
+        );
+        assert!(Client::new(&Url::parse("ftp://x/").unwrap(), None, REQUEST_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn cells() {
+        assert_eq!(text(&Value::Null), "-");
+        assert_eq!(text(&serde_json::json!("ok")), "ok");
+        assert_eq!(text(&serde_json::json!(304)), "304");
+        assert_eq!(
+            time(&serde_json::json!("2026-01-02T03:04:05.678Z")),
+            "2026-01-02T03:04:05Z"
+        );
+        assert_eq!(time(&Value::Null), "-");
+    }
+
+    /// The clients against the real API over loopback.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn against_a_real_api() {
+        use polld_store::{ChangeKind, NewVersion, Outcome, WatchState, hash_body};
+        struct NoEngine;
+        impl polld_api::Engine for NoEngine {
+            fn poll_now(&self, _: &str) -> polld_api::BoxFuture<bool> {
+                Box::pin(async { false })
+            }
+            fn is_running(&self) -> bool {
+                true
+            }
+        }
+        impl polld_api::MetricsSource for NoEngine {
+            fn render(&self) -> String {
+                String::new()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = polld_store::Store::open(&dir.path().join("db")).unwrap();
+        for body in [&b"one\n"[..], b"two\n"] {
+            store
+                .apply_blocking(vec![Outcome {
+                    state: WatchState {
+                        id: "w".into(),
+                        url: "https://example.org/".into(),
+                        ..WatchState::default()
+                    },
+                    new_version: Some(NewVersion {
+                        body: body.to_vec(),
+                        hash: hash_body(body),
+                        content_type: Some("text/plain".into()),
+                        headers: Vec::new(),
+                        fetched_at_ms: 1,
+                    }),
+                    events: vec![ChangeKind::WatchAdded],
+                    keep_versions: 10,
+                }])
+                .unwrap();
+        }
+        let listen = Listen::Tcp("127.0.0.1:0".parse().unwrap());
+        let mut options = polld_api::ApiOptions::new(listen.clone());
+        options.token = Some(polld_api::ApiToken::new("t"));
+        let engine = std::sync::Arc::new(NoEngine);
+        let state = polld_api::ApiState::new(store, engine.clone(), engine, options);
+        let listener = polld_api::bind(&listen).await.unwrap();
+        let url = api_url(&listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(listener.serve(
+            polld_api::router(state),
+            polld_api::ServeLimits::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        status(&url, Some("t")).await.unwrap();
+        diff(&url, Some("t"), "w", None, None).await.unwrap();
+        changes(&url, Some("t"), false).await.unwrap();
+        let err = status(&url, Some("wrong")).await.unwrap_err();
+        assert!(format!("{err:#}").contains("401"), "{err:#}");
+        let err = diff(&url, Some("t"), "nope", None, None).await.unwrap_err();
+        assert!(format!("{err:#}").contains("no watch"), "{err:#}");
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+}
