@@ -151,7 +151,8 @@ async fn run(n: usize, tcp: bool) {
                     .unwrap();
                     let mut out = Vec::with_capacity(512);
                     s.read_to_end(&mut out).await.unwrap();
-                    out.windows(12).any(|w| w == b"\"seq\":2,\"wa")
+                    let want = b"{\"changes\":[{\"seq\":2,";
+                    out.windows(want.len()).any(|w| w == want)
                 }
             };
             (Instant::now(), ok)

@@ -19,7 +19,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::json::ChangeJson;
+use axum::body::Bytes;
+
+use crate::json::{ChangeJson, ChangesPage};
 
 /// Changes kept in memory: enough for every waiter that is at most this many
 /// changes behind to be answered without touching the store.
@@ -29,10 +31,34 @@ pub(crate) const TAIL_CAP: usize = 1024;
 /// `first_after < seq <= last_seq`, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
+    /// Set once at shutdown: waiters answer at once. Carried here rather
+    /// than by each waiter also waiting on the cancellation token, which
+    /// would cost every waiter one more registration and a contended
+    /// deregistration when it wakes.
+    pub(crate) closed: bool,
     pub(crate) first_after: u64,
     pub(crate) last_seq: u64,
     pub(crate) changes: VecDeque<ChangeJson>,
+    /// The answer, serialized once, for the waiters that were parked at the
+    /// previous end of the tail: after a commit they all want the same page,
+    /// and handing each a clone of these bytes saves serializing it (and a
+    /// handful of allocations) thousands of times.
+    pub(crate) fresh: Option<Fresh>,
 }
+
+/// A ready `{"changes": [...], "next": "N"}` body.
+#[derive(Debug)]
+pub(crate) struct Fresh {
+    /// The cursor it answers.
+    pub(crate) after: u64,
+    /// Changes in it.
+    pub(crate) count: usize,
+    /// The JSON.
+    pub(crate) json: Bytes,
+}
+
+/// Largest page served from [`Fresh`] (the API's largest `limit`).
+const FRESH_MAX: usize = 1000;
 
 impl Tail {
     /// The changes after `after`, at most `limit`, when the tail covers
@@ -51,6 +77,9 @@ impl Tail {
 pub(crate) struct Page {
     pub(crate) changes: Vec<ChangeJson>,
     pub(crate) next: u64,
+    /// When set, the whole answer already serialized (`changes` is then
+    /// empty and `next` is that of the JSON).
+    pub(crate) json: Option<Bytes>,
 }
 
 /// The shared end of the feed: the store and the current tail.
@@ -70,9 +99,11 @@ impl Feed {
         // The tail starts empty at the last committed seq: older cursors are
         // answered from the store, newer changes arrive through the task.
         let (tx, rx) = watch::channel(Arc::new(Tail {
+            closed: closing.is_cancelled(),
             first_after: committed,
             last_seq: committed,
             changes: VecDeque::new(),
+            fresh: None,
         }));
         tokio::spawn(follow_commits(store.clone(), commits, tx, closing));
         Feed { store, tail: rx }
@@ -80,19 +111,23 @@ impl Feed {
 
     /// The changes after `after` (or from the oldest retained one when
     /// `None`), waiting until `deadline` for one to be committed when there
-    /// are none yet. Returns an empty page at the deadline or on `closing`.
+    /// are none yet. Returns an empty page at the deadline or once the
+    /// state is closed (`closing` is checked first; the wait itself learns
+    /// of it through the tail). With `want_json`, a page may come back
+    /// already serialized (see [`Page::json`]).
     pub(crate) async fn next_page(
         &self,
         after: Option<u64>,
         limit: usize,
         deadline: Option<Instant>,
         closing: &CancellationToken,
+        want_json: bool,
     ) -> Result<Page, ApiError> {
         // Clone the receiver before looking at the tail: an update published
         // after this point marks it changed, so no commit slips between the
         // first look and the wait.
         let mut rx = self.tail.clone();
-        let tail = rx.borrow_and_update().clone();
+        let mut tail = rx.borrow_and_update().clone();
         let after = match after {
             Some(after) => after,
             None => self.start_cursor(),
@@ -134,14 +169,17 @@ impl Feed {
             return Ok(Page {
                 changes: Vec::new(),
                 next,
+                json: None,
             });
         };
         // Bounded by `deadline`: every pass either returns or waits for the
         // next published tail.
         loop {
+            if tail.closed || closing.is_cancelled() {
+                break;
+            }
             tokio::select! {
                 biased;
-                () = closing.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => break,
                 changed = rx.changed() => {
                     if changed.is_err() {
@@ -151,7 +189,21 @@ impl Feed {
                     }
                 }
             }
-            let tail = rx.borrow_and_update().clone();
+            tail = rx.borrow_and_update().clone();
+            if tail.closed {
+                break;
+            }
+            if want_json
+                && let Some(fresh) = &tail.fresh
+                && fresh.after == after
+                && fresh.count <= limit
+            {
+                return Ok(Page {
+                    changes: Vec::new(),
+                    next: tail.last_seq,
+                    json: Some(fresh.json.clone()),
+                });
+            }
             match tail.page(after, limit) {
                 Some(changes) if !changes.is_empty() => return Ok(page(changes, after)),
                 Some(_) => next = tail.last_seq,
@@ -167,6 +219,7 @@ impl Feed {
         Ok(Page {
             changes: Vec::new(),
             next,
+            json: None,
         })
     }
 
@@ -216,7 +269,11 @@ pub(crate) fn is_gone(after: u64, oldest: u64) -> bool {
 
 fn page(changes: Vec<ChangeJson>, after: u64) -> Page {
     let next = changes.last().map_or(after, |c| c.seq);
-    Page { changes, next }
+    Page {
+        changes,
+        next,
+        json: None,
+    }
 }
 
 /// Runs a blocking store call off the runtime.
@@ -241,7 +298,17 @@ async fn follow_commits(
     loop {
         tokio::select! {
             () = tx.closed() => return,
-            () = closing.cancelled() => return,
+            () = closing.cancelled() => {
+                let current = tx.borrow().clone();
+                tx.send_replace(Arc::new(Tail {
+                    closed: true,
+                    first_after: current.first_after,
+                    last_seq: current.last_seq,
+                    changes: current.changes.clone(),
+                    fresh: None,
+                }));
+                return;
+            }
             changed = commits.changed() => if changed.is_err() { return },
         }
         let committed = *commits.borrow_and_update();
@@ -306,10 +373,31 @@ fn extend(store: &Store, current: &Tail, committed: u64) -> Result<Tail, StoreEr
             first_after = dropped.seq;
         }
     }
+    let fresh = fresh_page(&changes, current.last_seq);
     Ok(Tail {
+        closed: false,
         first_after,
         last_seq,
         changes,
+        fresh,
+    })
+}
+
+/// The serialized page of the changes after `after`, the previous end.
+fn fresh_page(changes: &VecDeque<ChangeJson>, after: u64) -> Option<Fresh> {
+    let start = changes.partition_point(|c| c.seq <= after);
+    let count = changes.len() - start;
+    if count == 0 || count > FRESH_MAX || start == 0 && changes.front()?.seq != after + 1 {
+        // Nothing new, too much, or the tail was restarted past `after`.
+        return None;
+    }
+    let new: Vec<ChangeJson> = changes.range(start..).cloned().collect();
+    let next = new.last()?.seq.to_string();
+    let json = serde_json::to_vec(&ChangesPage { changes: new, next }).ok()?;
+    Some(Fresh {
+        after,
+        count,
+        json: Bytes::from(json),
     })
 }
 
@@ -330,9 +418,11 @@ mod tests {
     #[test]
     fn tail_pages_only_what_it_covers() {
         let tail = Tail {
+            closed: false,
             first_after: 10,
             last_seq: 14,
             changes: (11..=14).map(change).collect(),
+            fresh: None,
         };
         assert!(tail.page(9, 10).is_none(), "older than the tail");
         assert!(tail.page(15, 10).is_none(), "newer than the tail");
@@ -340,6 +430,22 @@ mod tests {
         assert_eq!(seqs(tail.page(10, 10).unwrap()), [11, 12, 13, 14]);
         assert_eq!(seqs(tail.page(12, 1).unwrap()), [13]);
         assert!(tail.page(14, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fresh_page_is_the_answer_for_the_previous_end() {
+        let changes: VecDeque<ChangeJson> = (11..=14).map(change).collect();
+        let fresh = fresh_page(&changes, 12).unwrap();
+        assert_eq!((fresh.after, fresh.count), (12, 2));
+        let json: serde_json::Value = serde_json::from_slice(&fresh.json).unwrap();
+        assert_eq!(json["next"], "14");
+        assert_eq!(json["changes"][0]["seq"], 13);
+        assert!(fresh_page(&changes, 14).is_none(), "nothing new");
+        assert!(
+            fresh_page(&changes, 5).is_none(),
+            "the tail does not reach back to 5"
+        );
+        assert_eq!(fresh_page(&changes, 10).unwrap().count, 4);
     }
 
     #[test]

@@ -48,10 +48,6 @@ pub fn api_url(listen: &Listen) -> Url {
 pub async fn status(api: &Url, token: Option<&str>) -> anyhow::Result<()> {
     let client = Client::new(api, token, REQUEST_TIMEOUT)?;
     let mut out = Out::new();
-    out.line(&format!(
-        "{:<24} {:<12} {:>4} {:>8} {:>8} {:>6}  {:<20}  {:<20}",
-        "WATCH", "STATE", "HTTP", "VERSIONS", "POLLS", "304%", "LAST CHECKED", "NEXT POLL"
-    ))?;
     let mut after: Option<String> = None;
     for _ in 0..MAX_PAGES {
         let mut query = vec![("limit", "1000".to_owned())];
@@ -59,6 +55,17 @@ pub async fn status(api: &Url, token: Option<&str>) -> anyhow::Result<()> {
             query.push(("after", after.clone()));
         }
         let page = client.json(&["v1", "watches"], &query).await?;
+        if after.is_none() {
+            // After the first answer, so that an error is not preceded by a
+            // header.
+            let header = format!(
+                "{:<24} {:<12} {:>4} {:>8} {:>8} {:>6}  {:<20}  {:<20}",
+                "WATCH", "STATE", "HTTP", "VERSIONS", "POLLS", "304%", "LAST CHECKED", "NEXT POLL"
+            );
+            if !out.line(header.trim_end())? {
+                return Ok(());
+            }
+        }
         for w in page["watches"]
             .as_array()
             .map(Vec::as_slice)

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -100,7 +100,7 @@ fn waiter_permit(state: &ApiState) -> Result<OwnedSemaphorePermit, ApiError> {
 pub(crate) async fn long_poll(
     State(state): State<ApiState>,
     q: Result<Query<ChangesQuery>, QueryRejection>,
-) -> Result<Json<ChangesPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let after = parse_cursor(q.after.as_deref())?;
     let wait = parse_wait(q.wait.as_deref())?;
@@ -110,7 +110,7 @@ pub(crate) async fn long_poll(
     // no waiter slot.
     let page = inner
         .feed
-        .next_page(after, limit, None, &inner.closing)
+        .next_page(after, limit, None, &inner.closing, false)
         .await?;
     let hold = hold_for(wait, inner.options.max_wait);
     let page = if page.changes.is_empty() && !hold.is_zero() && !inner.closing.is_cancelled() {
@@ -118,15 +118,19 @@ pub(crate) async fn long_poll(
         let deadline = Instant::now() + hold;
         inner
             .feed
-            .next_page(Some(page.next), limit, Some(deadline), &inner.closing)
+            .next_page(Some(page.next), limit, Some(deadline), &inner.closing, true)
             .await?
     } else {
         page
     };
+    if let Some(json) = page.json {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
+    }
     Ok(Json(ChangesPage {
         changes: page.changes,
         next: page.next.to_string(),
-    }))
+    })
+    .into_response())
 }
 
 /// The parameters of the stream.
@@ -164,7 +168,7 @@ pub(crate) async fn sse(
     let first = state
         .inner
         .feed
-        .next_page(after, DEFAULT_LIMIT, None, &state.inner.closing)
+        .next_page(after, DEFAULT_LIMIT, None, &state.inner.closing, false)
         .await?;
     let events = events(state, first, permit);
     Ok(Sse::new(events)
@@ -215,6 +219,7 @@ fn events(
                 DEFAULT_LIMIT,
                 Some(deadline),
                 &inner.closing,
+                false,
             )
             .await
         {
