@@ -1,20 +1,26 @@
 //! Memory of 10,000 concurrent long-poll waiters, and the time from a commit
 //! to their responses.
 //!
-//! `cargo bench -p polld-api --bench waiters` (optionally `-- N` waiters and
-//! `--tcp` to go through real loopback sockets and the hyper server instead
-//! of `oneshot`; mind `ulimit -n`, each TCP waiter costs two descriptors).
+//! `cargo bench -p polld-api --bench waiters [-- N] [--tcp]`
 //!
-//! Memory is the growth of the process's resident set (VmRSS) from before
-//! the waiters were started to when all of them are parked (allocator
-//! overhead included; the workspace forbids the unsafe code a counting
-//! global allocator would need); latency
-//! is measured from the return of the commit (when the store publishes the
-//! new seq) to each response's body being complete.
+//! - default: N requests (10,000) driven through the router with `oneshot`
+//!   in this process: what the API itself costs per waiter.
+//! - `--tcp`: the real server (`polld_api::serve`, hyper over loopback); the
+//!   N clients run in a child process (this binary with `--client`), so
+//!   the memory figure is the server's alone. Both share the 2 cores.
+//!
+//! Memory is the growth of this process's resident set (VmRSS) from before
+//! the waiters arrived to when all of them are parked (allocator overhead
+//! included; the workspace forbids the unsafe code a counting global
+//! allocator would need). Latency runs from the return of the commit (when
+//! the store publishes the new seq) to each response being complete at its
+//! client (wall clock, shared by both processes in `--tcp`).
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::Request;
@@ -24,6 +30,10 @@ use polld_config::Listen;
 use polld_store::{ChangeKind, Outcome, Store, WatchState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
+
+const PATH: &str = "/v1/changes?after=1&wait=100s";
+/// The start of every correct answer: the change committed during the run.
+const WANT: &[u8] = b"{\"changes\":[{\"seq\":2,";
 
 struct Idle(AtomicBool);
 impl Engine for Idle {
@@ -64,16 +74,65 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let tcp = args.iter().any(|a| a == "--tcp");
-    let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// Wall-clock nanoseconds, comparable between the two processes.
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(run(n, tcp));
+        .unwrap()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--client") {
+        let addr = args[i + 1].parse().unwrap();
+        let n = args[i + 2].parse().unwrap();
+        runtime().block_on(client(addr, n));
+        return;
+    }
+    let tcp = args.iter().any(|a| a == "--tcp");
+    let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000);
+    runtime().block_on(run(n, tcp));
+}
+
+/// The `--tcp` clients: N connections, one long poll each; prints `sent`
+/// once every request is written, then for each answer its completion time
+/// and whether it carried the change.
+async fn client(addr: std::net::SocketAddr, n: usize) {
+    let mut tasks = Vec::with_capacity(n);
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+    for _ in 0..n {
+        let sent = sent_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req =
+                format!("GET {PATH} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            sent.send(()).await.unwrap();
+            let mut out = Vec::with_capacity(512);
+            s.read_to_end(&mut out).await.unwrap();
+            let done = now_ns();
+            (done, out.windows(WANT.len()).any(|w| w == WANT))
+        }));
+    }
+    drop(sent_tx);
+    for _ in 0..n {
+        sent_rx.recv().await.unwrap();
+    }
+    println!("sent");
+    let mut stdout = std::io::stdout().lock();
+    for t in tasks {
+        let (done, ok) = t.await.unwrap();
+        writeln!(stdout, "{done} {}", u8::from(ok)).unwrap();
+    }
 }
 
 async fn run(n: usize, tcp: bool) {
@@ -89,29 +148,6 @@ async fn run(n: usize, tcp: bool) {
     let state = ApiState::new(store.clone(), idle.clone(), idle, options);
     let router = polld_api::router(state.clone());
 
-    let mut server = None;
-    let mut addr = None;
-    if tcp {
-        let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
-        let Some(Listen::Tcp(a)) = listener.local_addr() else {
-            unreachable!()
-        };
-        addr = Some(a);
-        let mut limits = ServeLimits::default();
-        limits.max_connections = n + 16;
-        let closer = state.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        server = Some((
-            stop,
-            tokio::spawn(listener.serve(router.clone(), limits, async move {
-                let _ = stopped.await;
-                closer.close();
-            })),
-        ));
-    }
-
     // Warm up the paths once so lazily built statics are not counted.
     let warm = router
         .clone()
@@ -125,44 +161,59 @@ async fn run(n: usize, tcp: bool) {
     let _ = warm.into_body().collect().await.unwrap();
 
     let rss_before = rss_kib();
-    let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let router = router.clone();
-        tasks.push(tokio::spawn(async move {
-            let ok = match addr {
-                None => {
-                    let res = router
-                        .oneshot(
-                            Request::get("/v1/changes?after=1&wait=100s")
-                                .body(Body::empty())
-                                .unwrap(),
-                        )
-                        .await
-                        .unwrap();
-                    let body = res.into_body().collect().await.unwrap().to_bytes();
-                    body.starts_with(b"{\"changes\":[{\"seq\":2")
-                }
-                Some(addr) => {
-                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-                    s.write_all(
-                        b"GET /v1/changes?after=1&wait=100s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-                    )
+    let mut tasks = Vec::new();
+    let mut server = None;
+    let mut child = None;
+    if tcp {
+        let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        let Some(Listen::Tcp(addr)) = listener.local_addr() else {
+            unreachable!()
+        };
+        let mut limits = ServeLimits::default();
+        limits.max_connections = n + 16;
+        let closer = state.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        server = Some((
+            stop,
+            tokio::spawn(listener.serve(router.clone(), limits, async move {
+                let _ = stopped.await;
+                closer.close();
+            })),
+        ));
+        let mut c = Command::new(std::env::current_exe().unwrap())
+            .args(["--client", &addr.to_string(), &n.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
+        let first = tokio::task::spawn_blocking(move || {
+            let first = lines.next().unwrap().unwrap();
+            (first, lines)
+        })
+        .await
+        .unwrap();
+        assert_eq!(first.0, "sent");
+        child = Some((c, first.1));
+    } else {
+        for _ in 0..n {
+            let router = router.clone();
+            tasks.push(tokio::spawn(async move {
+                let res = router
+                    .oneshot(Request::get(PATH).body(Body::empty()).unwrap())
                     .await
                     .unwrap();
-                    let mut out = Vec::with_capacity(512);
-                    s.read_to_end(&mut out).await.unwrap();
-                    let want = b"{\"changes\":[{\"seq\":2,";
-                    out.windows(want.len()).any(|w| w == want)
-                }
-            };
-            (Instant::now(), ok)
-        }));
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (now_ns(), body.starts_with(WANT))
+            }));
+        }
     }
     // Bounded wait until every request is parked.
-    let parked_by = Instant::now() + Duration::from_secs(120);
+    let parked_by = std::time::Instant::now() + Duration::from_secs(120);
     while state.waiters() < n {
         assert!(
-            Instant::now() < parked_by,
+            std::time::Instant::now() < parked_by,
             "only {} of {n} parked",
             state.waiters()
         );
@@ -181,43 +232,63 @@ async fn run(n: usize, tcp: bool) {
         );
         tokio::time::sleep(Duration::from_secs(secs)).await;
     }
-    let commit_start = Instant::now();
+    let commit_start = std::time::Instant::now();
     store
         .apply_blocking(vec![outcome(vec![ChangeKind::ErrorStarted])])
         .unwrap();
-    let committed = Instant::now();
+    let committed = now_ns();
+    let commit_took = commit_start.elapsed();
 
-    let mut lat = Vec::with_capacity(n);
-    let mut ok = 0;
-    for t in tasks {
-        let (done, good) = t.await.unwrap();
-        lat.push(done.saturating_duration_since(committed));
-        ok += usize::from(good);
+    let mut done: Vec<(u128, bool)> = Vec::with_capacity(n);
+    if let Some((mut c, lines)) = child {
+        done = tokio::task::spawn_blocking(move || {
+            lines
+                .map(|l| {
+                    let l = l.unwrap();
+                    let (t, ok) = l.split_once(' ').unwrap();
+                    (t.parse().unwrap(), ok == "1")
+                })
+                .collect()
+        })
+        .await
+        .unwrap();
+        assert!(c.wait().unwrap().success());
+    } else {
+        for t in tasks {
+            done.push(t.await.unwrap());
+        }
     }
-    lat.sort();
+    let ok = done.iter().filter(|d| d.1).count();
+    let mut lat: Vec<f64> = done
+        .iter()
+        .map(|d| d.0.saturating_sub(committed) as f64 / 1e6)
+        .collect();
+    lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
 
     println!(
         "waiters: {n} via {}",
         if tcp {
-            "TCP loopback + hyper server"
+            "TCP loopback + hyper server (clients in a child process)"
         } else {
             "router oneshot"
         }
     );
     println!(
-        "memory while parked: RSS +{:.1} MiB ({:.1} KiB per waiter)",
+        "server memory while parked: RSS +{:.1} MiB ({:.1} KiB per waiter)",
         rss_held as f64 / 1024.0,
         rss_held as f64 / n as f64
     );
-    println!("commit (fsync) took {:.2} ms", ms(committed - commit_start));
+    println!(
+        "commit (fsync) took {:.2} ms",
+        commit_took.as_secs_f64() * 1000.0
+    );
     println!(
         "commit -> response: min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {ok}/{n} saw the change",
-        ms(lat[0]),
-        ms(pct(0.50)),
-        ms(pct(0.99)),
-        ms(pct(1.0))
+        lat[0],
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
     );
     assert_eq!(ok, n, "some waiters did not get the change");
     if let Some((stop, server)) = server {
