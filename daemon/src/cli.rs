@@ -32,6 +32,32 @@ pub enum Command {
     /// file is valid and 78 after printing every problem with its
     /// FILE:LINE:COLUMN otherwise. Touches nothing else.
     CheckConfig(ConfigArgs),
+    /// Show every watch with its state, counters and 304 ratio (a client of
+    /// the local API of a running polld).
+    Status(ClientArgs),
+    /// Show what changed between two versions of a watch as a unified diff
+    /// (the last two versions by default).
+    Diff {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The watch id.
+        watch: String,
+        /// Older version number.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Newer version number.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Print the change log, one change a line; with --follow, keep printing
+    /// new changes as they are committed.
+    Changes {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Keep waiting for new changes (long poll) until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Print a shell completion script, e.g.
     /// `polld completions bash > /usr/share/bash-completion/completions/polld`.
     Completions {
@@ -53,6 +79,20 @@ pub struct ConfigArgs {
     pub config: PathBuf,
 }
 
+/// How the API clients find the daemon.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The API's base URL (http://IP:PORT or unix:PATH). Default: the
+    /// config's `listen`.
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// A file with the API token. Default: the config's `api_token_file`.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// Flags of `polld run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -68,6 +108,20 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig(args) => check_config(&args.config),
         Command::Run(args) => run(&args),
+        Command::Status(client) => client_command(&client, |api, token| async move {
+            crate::client::status(&api, token.as_deref()).await
+        }),
+        Command::Diff {
+            client,
+            watch,
+            from,
+            to,
+        } => client_command(&client, |api, token| async move {
+            crate::client::diff(&api, token.as_deref(), &watch, from, to).await
+        }),
+        Command::Changes { client, follow } => client_command(&client, |api, token| async move {
+            crate::client::changes(&api, token.as_deref(), follow).await
+        }),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "polld", &mut std::io::stdout());
@@ -82,6 +136,75 @@ pub fn main(cli: Cli) -> ExitCode {
                     exit::code(exit::FAILURE)
                 }
             }
+        }
+    }
+}
+
+/// Runs one API client command: finds the API and the token (flags first,
+/// then the watch list), runs `body` on a small runtime.
+fn client_command<F, Fut>(args: &ClientArgs, body: F) -> ExitCode
+where
+    F: FnOnce(url::Url, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let needs_config = args.api.is_none() || args.token_file.is_none();
+    let config = if needs_config {
+        match Config::load(&args.config.config) {
+            Ok(config) => Some(config),
+            Err(err) if args.api.is_none() => {
+                report_config_error(&err);
+                return exit::code(exit::CONFIG);
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let api = match &args.api {
+        Some(text) => match url::Url::parse(text) {
+            Ok(url) => url,
+            Err(err) => {
+                eprintln!(
+                    "polld: --api {text:?} is not a URL ({err}); expected http://IP:PORT or unix:PATH"
+                );
+                return exit::code(exit::CONFIG);
+            }
+        },
+        None => crate::client::api_url(&config.as_ref().expect("loaded above").daemon.listen),
+    };
+    let token_file = args.token_file.clone().or_else(|| {
+        config
+            .as_ref()
+            .and_then(|c| c.daemon.api_token_file.clone())
+    });
+    let token = match token_file {
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(err) => {
+                eprintln!(
+                    "polld: cannot read the API token file {}: {err}",
+                    path.display()
+                );
+                return exit::code(exit::FAILURE);
+            }
+        },
+        None => None,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("polld: cannot start the async runtime: {err}");
+            return exit::code(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(body(api, token)) {
+        Ok(()) => exit::code(exit::OK),
+        Err(err) => {
+            eprintln!("polld: {err:#}");
+            exit::code(exit::FAILURE)
         }
     }
 }

@@ -4,6 +4,7 @@
 //! command line to [`cli::main`].
 
 pub mod cli;
+pub mod client;
 pub mod engine;
 pub mod exit;
 pub mod logging;
