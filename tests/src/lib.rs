@@ -92,7 +92,10 @@ impl Polld {
         let mut child = Command::new(polld_bin())
             .args(["run", "--config"])
             .arg(self.config_path())
-            .env("RUST_LOG", "polld=debug,polld_daemon=debug,polld_store=info,polld_api=info")
+            .env(
+                "RUST_LOG",
+                "polld=debug,polld_daemon=debug,polld_store=info,polld_api=info",
+            )
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .stdin(Stdio::null())
@@ -176,7 +179,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -58,13 +58,24 @@ async fn second_poll_is_conditional_and_a_304_makes_no_version() {
     assert!(polld.stop().success(), "log:\n{}", polld.log());
 
     let requests = requests_to(&server, "/feed").await;
-    assert!(requests[0].headers.get("if-none-match").is_none(), "the first poll has no validator");
+    assert!(
+        requests[0].headers.get("if-none-match").is_none(),
+        "the first poll has no validator"
+    );
     for later in &requests[1..] {
-        assert_eq!(later.headers.get("if-none-match").unwrap(), "\"v1\"", "later polls are conditional");
+        assert_eq!(
+            later.headers.get("if-none-match").unwrap(),
+            "\"v1\"",
+            "later polls are conditional"
+        );
     }
     let store = polld.open_store();
     let state = store.watch("feed").unwrap().expect("state stored");
-    assert_eq!(store.versions("feed").unwrap().len(), 1, "a 304 makes no version");
+    assert_eq!(
+        store.versions("feed").unwrap().len(),
+        1,
+        "a 304 makes no version"
+    );
     assert_eq!(state.changed, 1);
     assert!(state.not_modified >= 3, "{state:?}");
     assert_eq!(state.etag.as_deref(), Some("\"v1\""));
@@ -88,7 +99,10 @@ impl Respond for Flip {
 async fn a_change_creates_exactly_one_version() {
     let server = MockServer::start().await;
     Mock::given(path("/page"))
-        .respond_with(Flip { n: 2, seen: AtomicUsize::new(0) })
+        .respond_with(Flip {
+            n: 2,
+            seen: AtomicUsize::new(0),
+        })
         .mount(&server)
         .await;
     let mut polld = Polld::start(&fast("page", &format!("{}/page", server.uri())));
@@ -103,7 +117,10 @@ async fn a_change_creates_exactly_one_version() {
     let (_, body) = store.body("page", versions[1].number).unwrap().unwrap();
     assert_eq!(body, b"beta\n");
     let state = store.watch("page").unwrap().unwrap();
-    assert!(state.unchanged >= 2, "same body again counts as unchanged: {state:?}");
+    assert!(
+        state.unchanged >= 2,
+        "same body again counts as unchanged: {state:?}"
+    );
 }
 
 /// Records when each request arrived; the first gets 429 + Retry-After: 2.
@@ -128,21 +145,31 @@ async fn retry_after_on_429_delays_the_next_request() {
     let server = MockServer::start().await;
     let times = Arc::new(Mutex::new(Vec::new()));
     Mock::given(path("/limited"))
-        .respond_with(RateLimitOnce { times: times.clone() })
+        .respond_with(RateLimitOnce {
+            times: times.clone(),
+        })
         .mount(&server)
         .await;
     let mut polld = Polld::start(&fast("limited", &format!("{}/limited", server.uri())));
-    eventually(Duration::from_secs(10), "a request after the 429", || async {
-        (times.lock().unwrap().len() >= 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a request after the 429",
+        || async { (times.lock().unwrap().len() >= 2).then_some(()) },
+    )
     .await;
     assert!(polld.stop().success());
     let times = times.lock().unwrap();
     let gap = times[1] - times[0];
-    assert!(gap >= Duration::from_secs(2), "the server asked for 2 s, polld waited {gap:?}");
+    assert!(
+        gap >= Duration::from_secs(2),
+        "the server asked for 2 s, polld waited {gap:?}"
+    );
     let state = polld.open_store().watch("limited").unwrap().unwrap();
     assert_eq!(state.rate_limited, 1);
-    assert_eq!(state.errors, 0, "429 counts as rate_limited, not as an error");
+    assert_eq!(
+        state.errors, 0,
+        "429 counts as rate_limited, not as an error"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,7 +196,9 @@ async fn per_host_limit_holds() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let watches: String = (0..12).map(|i| fast(&format!("w{i}"), &format!("http://{addr}/{i}"))).collect();
+    let watches: String = (0..12)
+        .map(|i| fast(&format!("w{i}"), &format!("http://{addr}/{i}")))
+        .collect();
     let mut polld = Polld::start(&watches);
     eventually(Duration::from_secs(15), "40 polls", || async {
         (served.load(Ordering::SeqCst) >= 40).then_some(())
@@ -178,7 +207,10 @@ async fn per_host_limit_holds() {
     assert!(polld.stop().success());
     // The test config sets per_host = 4 (and concurrency = 16).
     let peak = peak.load(Ordering::SeqCst);
-    assert!(peak <= 4, "at most 4 polls in flight to one host, saw {peak}");
+    assert!(
+        peak <= 4,
+        "at most 4 polls in flight to one host, saw {peak}"
+    );
     assert!(peak >= 2, "polls do overlap up to the limit, saw {peak}");
 }
 
@@ -194,29 +226,43 @@ async fn sighup_with_a_broken_file_keeps_the_old_list_and_an_edited_file_reconci
     let c = fast("c", &format!("{}/c", server.uri()));
     let mut polld = Polld::start(&format!("{a}{b}"));
     eventually(Duration::from_secs(10), "a and b polled", || async {
-        let ok = !requests_to(&server, "/a").await.is_empty() && !requests_to(&server, "/b").await.is_empty();
+        let ok = !requests_to(&server, "/a").await.is_empty()
+            && !requests_to(&server, "/b").await.is_empty();
         ok.then_some(())
     })
     .await;
 
     // A broken file: logged, and the old list keeps polling.
     let config = std::fs::read_to_string(polld.config_path()).unwrap();
-    std::fs::write(polld.config_path(), format!("{config}\n[[watch]]\nid = \"BAD ID\"\n")).unwrap();
+    std::fs::write(
+        polld.config_path(),
+        format!("{config}\n[[watch]]\nid = \"BAD ID\"\n"),
+    )
+    .unwrap();
     polld.signal(Signal::SIGHUP);
-    eventually(Duration::from_secs(10), "the refusal in the log", || async {
-        polld.log().contains("reload refused").then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the refusal in the log",
+        || async { polld.log().contains("reload refused").then_some(()) },
+    )
     .await;
     let before = requests_to(&server, "/a").await.len();
     eventually(Duration::from_secs(10), "a still polled", || async {
         (requests_to(&server, "/a").await.len() >= before + 2).then_some(())
     })
     .await;
-    assert!(polld.log().contains("watchlist.toml:"), "the problem is logged with its place");
+    assert!(
+        polld.log().contains("watchlist.toml:"),
+        "the problem is logged with its place"
+    );
 
     // An edited file: b removed, c added.
     let header_end = config.find("[[watch]]").unwrap();
-    std::fs::write(polld.config_path(), format!("{}{a}{c}", &config[..header_end])).unwrap();
+    std::fs::write(
+        polld.config_path(),
+        format!("{}{a}{c}", &config[..header_end]),
+    )
+    .unwrap();
     polld.signal(Signal::SIGHUP);
     eventually(Duration::from_secs(10), "c polled", || async {
         (!requests_to(&server, "/c").await.is_empty()).then_some(())
@@ -229,7 +275,10 @@ async fn sighup_with_a_broken_file_keeps_the_old_list_and_an_edited_file_reconci
     })
     .await;
     // One poll of b may have been in flight at the reload.
-    assert!(requests_to(&server, "/b").await.len() <= b_after_reload + 1, "b is no longer polled");
+    assert!(
+        requests_to(&server, "/b").await.len() <= b_after_reload + 1,
+        "b is no longer polled"
+    );
     assert!(polld.stop().success());
 
     let store = polld.open_store();
@@ -243,11 +292,18 @@ async fn sighup_with_a_broken_file_keeps_the_old_list_and_an_edited_file_reconci
 async fn sigterm_exits_zero_within_the_grace_period_and_keeps_every_change() {
     let server = MockServer::start().await;
     Mock::given(path("/slow"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("slow body").set_delay(Duration::from_millis(800)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("slow body")
+                .set_delay(Duration::from_millis(800)),
+        )
         .mount(&server)
         .await;
     Mock::given(path("/fast"))
-        .respond_with(Flip { n: 3, seen: AtomicUsize::new(0) })
+        .respond_with(Flip {
+            n: 3,
+            seen: AtomicUsize::new(0),
+        })
         .mount(&server)
         .await;
     let watches = format!(
@@ -256,18 +312,29 @@ async fn sigterm_exits_zero_within_the_grace_period_and_keeps_every_change() {
         fast("fast", &format!("{}/fast", server.uri()))
     );
     let mut polld = Polld::start(&watches);
-    eventually(Duration::from_secs(10), "the flip and a slow poll in flight", || async {
-        let fast_done = requests_to(&server, "/fast").await.len() >= 5;
-        let slow_started = !requests_to(&server, "/slow").await.is_empty();
-        (fast_done && slow_started).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the flip and a slow poll in flight",
+        || async {
+            let fast_done = requests_to(&server, "/fast").await.len() >= 5;
+            let slow_started = !requests_to(&server, "/slow").await.is_empty();
+            (fast_done && slow_started).then_some(())
+        },
+    )
     .await;
     let started = Instant::now();
     let status = polld.stop();
     assert!(status.success(), "exit {status:?}; log:\n{}", polld.log());
-    assert!(started.elapsed() < Duration::from_secs(12), "stopped within the grace period");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "stopped within the grace period"
+    );
     let store = polld.open_store();
-    assert_eq!(store.versions("fast").unwrap().len(), 2, "both versions were committed");
+    assert_eq!(
+        store.versions("fast").unwrap().len(),
+        2,
+        "both versions were committed"
+    );
     assert!(store.watch("slow").unwrap().is_some());
     let log = polld.log();
     assert!(log.contains("stopped"), "clean stop logged:\n{log}");
