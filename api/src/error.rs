@@ -75,7 +75,10 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone { .. } => StatusCode::GONE,
             ApiError::TooManyWaiters { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Closed at shutdown: a retry later (after restart) will work.
+            ApiError::Unavailable(_) | ApiError::Store(StoreError::Closed) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +94,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
+            ApiError::Store(StoreError::Closed) => {}
             // Internal errors are logged with their chain and answered with a
             // generic text: the chain may name paths or data of other watches.
             ApiError::Store(err) => {
@@ -121,6 +125,7 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
                 res
             }
+            ApiError::Store(StoreError::Closed) => json_error(status, "the store is closed"),
             ApiError::Store(_) => json_error(status, "internal error: the store failed"),
             ApiError::Internal(_) => json_error(status, "internal error"),
             other => json_error(status, &other.to_string()),
@@ -143,5 +148,30 @@ impl std::fmt::Display for DisplayChain<'_> {
             source = err.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(err: ApiError) -> (StatusCode, serde_json::Value) {
+        let res = err.into_response();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_details_stay_in_the_log() {
+        let (status, json) = body(ApiError::Internal("secret path /var/lib/x".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json, json!({"error": "internal error"}));
+        let inconsistent = StoreError::Inconsistent("version 3 of watch-b has no body".into());
+        let (status, json) = body(ApiError::Store(inconsistent)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json, json!({"error": "internal error: the store failed"}));
+        let (status, _) = body(ApiError::Store(StoreError::Closed)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

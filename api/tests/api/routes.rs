@@ -527,3 +527,18 @@ async fn openapi_documents_every_route() {
         assert!(status.is_success(), "{method} {uri}: {status}");
     }
 }
+
+#[tokio::test]
+async fn a_closed_store_is_503_json() {
+    let fx = fixture();
+    fx.commit("alpha", None, vec![]);
+    let r = fx.router();
+    fx.store.clone().close().unwrap();
+    let msg = get(&r, "/v1/watches")
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(msg, "the store is closed");
+    get(&r, "/v1/watches/alpha/versions")
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE);
+}
