@@ -20,11 +20,17 @@
 //!
 //! # Use from the daemon
 //! ```ignore
-//! let state = ApiState::new(store, engine, metrics, ApiOptions::new(listen.clone()));
-//! let listener = polld_api::bind(&listen).await?;          // "bound" before READY=1
+//! let token = token_text.as_deref().map(ApiToken::new).map(|t| t.context("empty token file")).transpose()?;
+//! let options = ApiOptions::from_config(&config.daemon, token);
+//! let state = ApiState::new(store, engine, metrics, options);   // inside the runtime
+//! let listener = polld_api::bind(&config.daemon.listen).await?; // "bound" before READY=1
 //! let closer = state.clone();
-//! polld_api::serve(listener, polld_api::router(state), ServeLimits::default(),
-//!     async move { shutdown.await; closer.close() }).await?;
+//! listener
+//!     .serve(polld_api::router(state), ServeLimits::default(), async move {
+//!         shutdown.await;
+//!         closer.close(); // held long polls answer now, SSE streams end
+//!     })
+//!     .await;
 //! ```
 
 #![deny(missing_docs)]

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use polld_config::Listen;
+use polld_config::{DaemonConfig, Listen};
 use polld_store::Store;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -47,9 +47,12 @@ pub struct ApiToken(String);
 
 impl ApiToken {
     /// Wraps a token, trimming the whitespace a token file usually ends with.
+    /// `None` when nothing is left: an empty token would let `Bearer ` with
+    /// nothing after it in, so the daemon must refuse such a file.
     #[must_use]
-    pub fn new(token: &str) -> Self {
-        ApiToken(token.trim().to_owned())
+    pub fn new(token: &str) -> Option<Self> {
+        let token = token.trim();
+        (!token.is_empty()).then(|| ApiToken(token.to_owned()))
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
@@ -96,6 +99,16 @@ impl ApiOptions {
             max_waiters: DEFAULT_MAX_WAITERS,
             max_wait: DEFAULT_MAX_WAIT,
         }
+    }
+
+    /// Options from the config's `[daemon]` table (`listen`,
+    /// `allowed_hosts`) and the token read from `api_token_file`.
+    #[must_use]
+    pub fn from_config(daemon: &DaemonConfig, token: Option<ApiToken>) -> Self {
+        let mut options = ApiOptions::new(daemon.listen.clone());
+        options.allowed_hosts.clone_from(&daemon.allowed_hosts);
+        options.token = token;
+        options
     }
 }
 

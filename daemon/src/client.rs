@@ -470,7 +470,7 @@ mod tests {
         }
         let listen = Listen::Tcp("127.0.0.1:0".parse().unwrap());
         let mut options = polld_api::ApiOptions::new(listen.clone());
-        options.token = Some(polld_api::ApiToken::new("t"));
+        options.token = polld_api::ApiToken::new("t");
         let engine = std::sync::Arc::new(NoEngine);
         let state = polld_api::ApiState::new(store, engine.clone(), engine, options);
         let listener = polld_api::bind(&listen).await.unwrap();

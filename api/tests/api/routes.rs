@@ -364,7 +364,7 @@ async fn diffs() {
 #[tokio::test]
 async fn token_guards_v1_only() {
     let mut opts = ApiOptions::new(listen());
-    opts.token = Some(ApiToken::new("s3cret\n"));
+    opts.token = Some(ApiToken::new("s3cret\n").unwrap());
     assert!(
         !format!("{opts:?}").contains("s3cret"),
         "the token leaks through Debug"
