@@ -77,6 +77,14 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let server = tokio::spawn(listener.serve(fx.router(), limits, async {
         let _ = stopped.await;
     }));
+    // One that sends nothing at all is cut off too: idle connections cannot
+    // hold the connection slots.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut nothing = Vec::new();
+    tokio::time::timeout(HANG, idle.read_to_end(&mut nothing))
+        .await
+        .expect("idle client was never cut off")
+        .ok();
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
         .await
