@@ -146,7 +146,7 @@ impl Feed {
                     "cursor {after} is ahead of this feed (last seq {last}): the database was \
                      replaced; re-read /v1/watches and follow /v1/changes without `after`"
                 ),
-                resync: String::new(),
+                resync: self.start_cursor().to_string(),
             });
         }
         let mut next = after;
