@@ -124,9 +124,10 @@ async fn below_retention_is_410_with_a_way_back() {
     // No cursor: from the oldest retained change.
     assert_eq!(seqs(&get(&r, "/v1/changes").await.json()), [4, 5, 6]);
     // A cursor from another database (ahead of this one) cannot resume either.
-    get(&r, "/v1/changes?after=99")
-        .await
-        .error(StatusCode::GONE);
+    let res = get(&r, "/v1/changes?after=99").await;
+    let msg = res.error(StatusCode::GONE);
+    assert!(msg.contains("ahead"), "{msg}");
+    assert_eq!(res.json()["resync_after"], "3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
