@@ -193,6 +193,12 @@ pub(crate) struct ChangesPage {
     pub(crate) next: String,
 }
 
+/// A stored body, as bytes (only for the OpenAPI document).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // never built: it names the schema of raw bodies
+pub(crate) struct BinaryBody(Vec<u8>);
+
 /// An error body: every 4xx and 5xx answer has this shape.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorJson {

@@ -18,7 +18,7 @@ use super::query;
 use super::watches::no_watch;
 use crate::error::ApiError;
 use crate::feed::blocking;
-use crate::json::{ErrorJson, VersionJson, VersionList, hex};
+use crate::json::{BinaryBody, ErrorJson, VersionJson, VersionList, hex};
 use crate::state::ApiState;
 
 /// The versions of a watch, oldest first.
@@ -110,7 +110,7 @@ fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
         ("If-None-Match" = Option<String>, Header, description = "ETags the client has"),
     ),
     responses(
-        (status = 200, description = "The stored body, with its original Content-Type", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The stored body, with its original Content-Type", content_type = "application/octet-stream", body = BinaryBody),
         (status = 304, description = "The client's copy is current"),
         (status = 400, description = "Bad version number", body = ErrorJson),
         (status = 404, description = "No such watch or version", body = ErrorJson),
