@@ -3,6 +3,7 @@
 //! systemd notification and telemetry. `main.rs` only hands the parsed
 //! command line to [`cli::main`].
 
+pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod engine;

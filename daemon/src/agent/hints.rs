@@ -1,0 +1,309 @@
+//! Scheduling hints a response carries: `Retry-After` (delay-seconds and the
+//! three HTTP-date forms), `X-Poll-Interval`, `RateLimit` /
+//! `X-RateLimit-*`, and freshness (`Cache-Control`, `Expires`, `Age`).
+//! Pure functions of header values and clocks; the caller caps them.
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+
+/// What the server told us about when to come back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// The largest server-requested delay (Retry-After, X-Poll-Interval,
+    /// rate-limit reset), capped by the watch's `max_retry_after`.
+    pub not_before: Option<Duration>,
+    /// Which header `not_before` came from.
+    pub reason: Option<&'static str>,
+    /// `Retry-After`, uncapped.
+    pub retry_after: Option<Duration>,
+    /// `X-Poll-Interval`, uncapped.
+    pub poll_interval: Option<Duration>,
+    /// Time until an exhausted rate-limit window resets, uncapped.
+    pub rate_limit_reset: Option<Duration>,
+    /// How long the response stays fresh (max-age - Age, or Expires - Date).
+    pub fresh_for: Option<Duration>,
+}
+
+/// Parses one `Retry-After` value: delay-seconds (saturating on overflow)
+/// or an HTTP-date (IMF-fixdate, RFC 850 or asctime). A date is measured
+/// against the response's `Date` when there is one, which cancels the
+/// skew between the server's clock and ours; a past date means no wait.
+/// Anything else (negative, fractional, garbage) is ignored.
+pub fn parse_retry_after(
+    value: &str,
+    response_date: Option<SystemTime>,
+    now: SystemTime,
+) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // 1*DIGIT; more digits than u64 holds saturate.
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    let reference = response_date.unwrap_or(now);
+    Some(date.duration_since(reference).unwrap_or(Duration::ZERO))
+}
+
+/// The response's `Date`, if valid.
+pub fn response_date(headers: &HeaderMap) -> Option<SystemTime> {
+    headers
+        .get(http::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// `Retry-After`: with several headers, the first that parses wins.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let date = response_date(headers);
+    headers
+        .get_all(http::header::RETRY_AFTER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| parse_retry_after(v, date, now))
+}
+
+/// `X-Poll-Interval: SECONDS` (GitHub's hint for how often to poll).
+pub fn poll_interval(headers: &HeaderMap) -> Option<Duration> {
+    header_str(headers, "x-poll-interval")?
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The time until an exhausted rate-limit window resets, from the IETF
+/// `RateLimit` structured field (`"default";r=0;t=10`), the draft's
+/// `RateLimit-Remaining` / `RateLimit-Reset`, or `X-RateLimit-Remaining` /
+/// `X-RateLimit-Reset` (delta seconds, or epoch seconds when large). Only
+/// an exhausted window (remaining 0) asks us to wait.
+pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(field) = header_str(headers, "ratelimit") {
+        // One or more `"policy";r=REMAINING;t=RESET` items.
+        let mut longest: Option<Duration> = None;
+        for item in field.split(',') {
+            let mut remaining = None;
+            let mut reset = None;
+            for param in item.split(';').skip(1) {
+                match param.trim().split_once('=') {
+                    Some(("r", v)) => remaining = v.trim().parse::<u64>().ok(),
+                    Some(("t", v)) => reset = v.trim().parse::<u64>().ok(),
+                    _ => {}
+                }
+            }
+            if remaining == Some(0)
+                && let Some(t) = reset
+            {
+                longest = longest.max(Some(Duration::from_secs(t)));
+            }
+        }
+        if longest.is_some() {
+            return longest;
+        }
+    }
+    let date = response_date(headers).unwrap_or(now);
+    for (remaining, reset) in [
+        ("ratelimit-remaining", "ratelimit-reset"),
+        ("x-ratelimit-remaining", "x-ratelimit-reset"),
+    ] {
+        let exhausted = header_str(headers, remaining)
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|r| r == 0);
+        if !exhausted {
+            continue;
+        }
+        let Some(value) = header_str(headers, reset).and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        // Values beyond ~30 years of seconds are epoch timestamps.
+        const EPOCH_THRESHOLD: u64 = 1_000_000_000;
+        return Some(if value >= EPOCH_THRESHOLD {
+            (SystemTime::UNIX_EPOCH + Duration::from_secs(value))
+                .duration_since(date)
+                .unwrap_or(Duration::ZERO)
+        } else {
+            Duration::from_secs(value)
+        });
+    }
+    None
+}
+
+/// How long the response stays fresh: `Cache-Control: max-age` (or
+/// `s-maxage`) minus `Age`, else `Expires - Date`. `no-cache` / `no-store`
+/// mean no freshness.
+pub fn fresh_for(headers: &HeaderMap) -> Option<Duration> {
+    let mut max_age = None;
+    for value in headers.get_all(http::header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { continue };
+        for directive in value.split(',') {
+            let directive = directive.trim().to_ascii_lowercase();
+            if directive == "no-cache" || directive == "no-store" {
+                return None;
+            }
+            if let Some(v) = directive
+                .strip_prefix("max-age=")
+                .or_else(|| directive.strip_prefix("s-maxage="))
+            {
+                max_age = v.trim_matches('"').parse::<u64>().ok().or(max_age);
+            }
+        }
+    }
+    let age = header_str(headers, "age")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if let Some(max_age) = max_age {
+        return Some(Duration::from_secs(max_age.saturating_sub(age)));
+    }
+    let expires = header_str(headers, "expires").and_then(|v| httpdate::parse_http_date(v).ok())?;
+    let date = response_date(headers)?;
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// Every hint of a response; `not_before` is the largest explicit request,
+/// capped by `cap`. `Retry-After` is read on 429, 503 and 3xx only.
+pub fn hints(status: u16, headers: &HeaderMap, now: SystemTime, cap: Duration) -> Hints {
+    let retry_after = matches!(status, 429 | 503 | 300..=399)
+        .then(|| retry_after(headers, now))
+        .flatten();
+    let poll_interval = poll_interval(headers);
+    let rate_limit_reset = rate_limit_reset(headers, now);
+    let fresh_for = fresh_for(headers);
+    let (not_before, reason) = [
+        (retry_after, "Retry-After"),
+        (poll_interval, "X-Poll-Interval"),
+        (rate_limit_reset, "RateLimit"),
+    ]
+    .into_iter()
+    .filter_map(|(d, why)| d.map(|d| (d, why)))
+    .max_by_key(|(d, _)| *d)
+    .map_or((None, None), |(d, why)| (Some(d.min(cap)), Some(why)));
+    Hints {
+        not_before,
+        reason,
+        retry_after,
+        poll_interval,
+        rate_limit_reset,
+        fresh_for,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    // Sun, 06 Nov 1994 08:49:37 GMT
+    const T: u64 = 784_111_777;
+
+    #[test]
+    fn retry_after_every_form() {
+        let now = at(T);
+        let s = |v: &str| parse_retry_after(v, None, now);
+        assert_eq!(s("120"), Some(Duration::from_secs(120)));
+        assert_eq!(s("0"), Some(Duration::ZERO));
+        assert_eq!(s("-5"), None);
+        assert_eq!(s("1.5"), None);
+        assert_eq!(s("soon"), None);
+        assert_eq!(s(""), None);
+        assert_eq!(
+            s("99999999999999999999"),
+            Some(Duration::from_secs(u64::MAX)),
+            "20 digits saturate"
+        );
+        // The three date forms, 60 s after `now`.
+        assert_eq!(
+            s("Sun, 06 Nov 1994 08:50:37 GMT"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            s("Sunday, 06-Nov-94 08:50:37 GMT"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(s("Sun Nov  6 08:50:37 1994"), Some(Duration::from_secs(60)));
+        // A past date: no extra wait.
+        assert_eq!(s("Sun, 06 Nov 1994 08:00:00 GMT"), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_date_is_measured_against_the_response_date() {
+        // Our clock is an hour ahead of the server's: the server's Date cancels it.
+        let server_now = at(T);
+        let our_now = at(T + 3600);
+        let d = parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", Some(server_now), our_now);
+        assert_eq!(d, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn two_retry_after_headers_take_the_first_valid_and_cap_applies() {
+        let mut headers = HeaderMap::new();
+        headers.append("retry-after", "garbage".parse().unwrap());
+        headers.append("retry-after", "30".parse().unwrap());
+        headers.append("retry-after", "90".parse().unwrap());
+        assert_eq!(retry_after(&headers, at(T)), Some(Duration::from_secs(30)));
+        let h = hints(429, &headers, at(T), Duration::from_secs(10));
+        assert_eq!(h.not_before, Some(Duration::from_secs(10)));
+        assert_eq!(h.reason, Some("Retry-After"));
+        // Not on a 200.
+        assert_eq!(hints(200, &headers, at(T), Duration::MAX).retry_after, None);
+    }
+
+    #[test]
+    fn rate_limit_forms() {
+        let mut headers = HeaderMap::new();
+        headers.insert("ratelimit", "\"default\";r=0;t=10".parse().unwrap());
+        assert_eq!(
+            rate_limit_reset(&headers, at(T)),
+            Some(Duration::from_secs(10))
+        );
+        headers.insert("ratelimit", "\"default\";r=5;t=10".parse().unwrap());
+        assert_eq!(rate_limit_reset(&headers, at(T)), None, "not exhausted");
+
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        let now = 1_700_000_000; // 2023: epoch seconds, not a delta
+        headers.insert("x-ratelimit-reset", (now + 42).to_string().parse().unwrap());
+        headers.insert("date", httpdate::fmt_http_date(at(now)).parse().unwrap());
+        assert_eq!(
+            rate_limit_reset(&headers, at(0)),
+            Some(Duration::from_secs(42)),
+            "epoch seconds against Date"
+        );
+        headers.insert("x-ratelimit-reset", "7".parse().unwrap());
+        assert_eq!(
+            rate_limit_reset(&headers, at(T)),
+            Some(Duration::from_secs(7)),
+            "delta seconds"
+        );
+    }
+
+    #[test]
+    fn freshness() {
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", "public, max-age=300".parse().unwrap());
+        headers.insert("age", "100".parse().unwrap());
+        assert_eq!(fresh_for(&headers), Some(Duration::from_secs(200)));
+        headers.insert("cache-control", "no-cache, max-age=300".parse().unwrap());
+        assert_eq!(fresh_for(&headers), None);
+        let mut headers = HeaderMap::new();
+        headers.insert("date", httpdate::fmt_http_date(at(T)).parse().unwrap());
+        headers.insert(
+            "expires",
+            httpdate::fmt_http_date(at(T + 600)).parse().unwrap(),
+        );
+        assert_eq!(fresh_for(&headers), Some(Duration::from_secs(600)));
+        headers.insert("x-poll-interval", "60".parse().unwrap());
+        let h = hints(200, &headers, at(T), Duration::from_secs(3600));
+        assert_eq!(h.not_before, Some(Duration::from_secs(60)));
+        assert_eq!(h.reason, Some("X-Poll-Interval"));
+    }
+}

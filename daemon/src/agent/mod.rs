@@ -1,0 +1,694 @@
+//! The polite agent: performs one poll of one watch and returns a typed
+//! outcome plus scheduling hints. It does not schedule and does not store.
+//!
+//! - `mod.rs`: the client, the request/outcome types and the poll itself
+//!   (conditional request, redirects, the 202/303 async-job pattern, pages).
+//! - [`hints`]: `Retry-After`, `X-Poll-Interval`, rate limits, freshness.
+//! - [`redirect`]: which redirect targets are followed.
+//! - [`body`]: reading a body within its size and time bounds.
+//! - [`cursor`]: the next cursor from a body, a header or `Link: rel=next`.
+
+pub mod body;
+pub mod cursor;
+pub mod hints;
+pub mod redirect;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, header};
+use polld_config::{Condition, ResponseView, Watch};
+use url::Url;
+
+pub use hints::{Hints, parse_retry_after};
+
+/// Redirect hops followed in one poll.
+pub const MAX_REDIRECTS: usize = 10;
+/// Pages followed in one poll of a cursored watch.
+pub const MAX_PAGES: usize = 10;
+/// Steps of the 202 / 303 async-job pattern followed in one poll.
+pub const MAX_JOB_STEPS: usize = 30;
+/// Response headers polld keeps with a version.
+pub const KEPT_HEADERS: &[&str] = &[
+    "content-type",
+    "content-language",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "expires",
+    "date",
+    "age",
+    "link",
+    "x-poll-interval",
+];
+
+/// Why the agent could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The HTTP client could not be built (TLS roots, ...).
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// How the agent's client is built.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The `User-Agent` of every request.
+    pub user_agent: String,
+    /// Follow redirects from public to internal addresses (off by default).
+    pub allow_private_redirects: bool,
+}
+
+/// The shared HTTP client and the rules of polling. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    client: reqwest::Client,
+    allow_private_redirects: bool,
+}
+
+/// One poll to perform.
+#[derive(Debug, Clone, Copy)]
+pub struct PollRequest<'a> {
+    /// The watch: method, headers, body, cursor, conditions and policy.
+    pub watch: &'a Watch,
+    /// The URL to poll now (differs from the watch's after a permanent move).
+    pub url: &'a Url,
+    /// Stored ETag, sent verbatim in `If-None-Match`.
+    pub etag: Option<&'a str>,
+    /// Stored Last-Modified, sent verbatim in `If-Modified-Since`.
+    pub last_modified: Option<&'a str>,
+    /// Stored cursor (for `link:next`, a URL).
+    pub cursor: Option<&'a str>,
+    /// BLAKE3 of the latest stored body.
+    pub last_hash: Option<[u8; 32]>,
+}
+
+/// What one poll came to.
+#[derive(Debug, Clone)]
+pub enum OutcomeKind {
+    /// 304: the stored version is current.
+    NotModified,
+    /// A body whose hash differs from the stored one.
+    Changed {
+        /// The body (pages joined by a newline when several were followed).
+        body: Bytes,
+        /// BLAKE3 of the body.
+        hash: [u8; 32],
+        /// The response's Content-Type.
+        content_type: Option<String>,
+    },
+    /// A body identical to the stored one (the server ignored the validators).
+    Unchanged {
+        /// BLAKE3 of the body.
+        hash: [u8; 32],
+    },
+    /// 429 or 503.
+    RateLimited,
+    /// No usable answer.
+    Failed {
+        /// What went wrong, naming the URL.
+        error: String,
+        /// Whether trying again later may help (timeouts, 5xx) or not (4xx,
+        /// loops, bodies too large).
+        retryable: bool,
+    },
+    /// 410: the resource is gone.
+    Gone,
+}
+
+/// Conditions of the watch that ended it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// Every `until` condition holds.
+    Done {
+        /// The conditions, as written.
+        condition: String,
+    },
+    /// A `fail_if` condition holds.
+    Failed {
+        /// The condition, as written.
+        condition: String,
+    },
+}
+
+/// The outcome of a poll and everything the engine stores or schedules by.
+#[derive(Debug, Clone)]
+pub struct PollOutcome {
+    /// What happened.
+    pub kind: OutcomeKind,
+    /// The final HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// The ETag to store (after RFC 9111 §4.3.4 freshening on 304).
+    pub etag: Option<String>,
+    /// The Last-Modified to store.
+    pub last_modified: Option<String>,
+    /// Response headers worth keeping ([`KEPT_HEADERS`]).
+    pub headers: Vec<(String, String)>,
+    /// When the server wants us back.
+    pub hints: Hints,
+    /// A 301/308 chain was followed to here.
+    pub moved_permanently: Option<Url>,
+    /// The cursor to store (None: keep the stored one).
+    pub cursor: Option<String>,
+    /// A 410 on a cursored request: go back to the initial cursor.
+    pub cursor_reset: bool,
+    /// `until` / `fail_if` held on this response.
+    pub finished: Option<Finished>,
+    /// Body bytes received (after decompression).
+    pub bytes_received: u64,
+    /// How long the poll took.
+    pub elapsed: Duration,
+}
+
+impl PollOutcome {
+    fn new(kind: OutcomeKind, request: &PollRequest<'_>) -> Self {
+        PollOutcome {
+            kind,
+            status: None,
+            etag: request.etag.map(str::to_owned),
+            last_modified: request.last_modified.map(str::to_owned),
+            headers: Vec::new(),
+            hints: Hints::default(),
+            moved_permanently: None,
+            cursor: None,
+            cursor_reset: false,
+            finished: None,
+            bytes_received: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn failed(request: &PollRequest<'_>, error: String, retryable: bool) -> Self {
+        PollOutcome::new(OutcomeKind::Failed { error, retryable }, request)
+    }
+}
+
+impl Agent {
+    /// Builds the one client all polls share: no automatic redirects (the
+    /// agent follows them itself), no proxy from the environment, rustls,
+    /// pooled keep-alive connections.
+    pub fn new(options: AgentOptions) -> Result<Agent, AgentError> {
+        let client = reqwest::Client::builder()
+            .user_agent(options.user_agent)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(8)
+            .http1_max_headers(200)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Agent {
+            client,
+            allow_private_redirects: options.allow_private_redirects,
+        })
+    }
+
+    /// The shared client (for `polld await`).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Performs one poll within the watch's `timeout`. Never panics; every
+    /// failure is an outcome.
+    pub async fn poll(&self, request: PollRequest<'_>) -> PollOutcome {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + request.watch.policy.timeout;
+        let mut outcome =
+            match tokio::time::timeout_at(deadline, self.poll_inner(&request, deadline)).await {
+                Ok(outcome) => outcome,
+                Err(_) => PollOutcome::failed(
+                    &request,
+                    format!(
+                        "{}: no complete answer within the timeout of {}",
+                        request.url,
+                        humantime::format_duration(request.watch.policy.timeout)
+                    ),
+                    true,
+                ),
+            };
+        outcome.elapsed = started.elapsed();
+        outcome
+    }
+
+    async fn poll_inner(
+        &self,
+        request: &PollRequest<'_>,
+        deadline: tokio::time::Instant,
+    ) -> PollOutcome {
+        let watch = request.watch;
+        let policy = &watch.policy;
+        let first_url = cursor::request_url(watch, request.url, request.cursor);
+        let mut pages: Vec<Bytes> = Vec::new();
+        let mut bytes_received = 0u64;
+        let mut cursor_now = request.cursor.map(str::to_owned);
+        let mut page_url = first_url;
+        let mut first: Option<Exchange> = None;
+        let mut last: Option<Exchange> = None;
+
+        for page in 0..MAX_PAGES {
+            // Validators only on the first page: later pages are new content.
+            let conditional = page == 0;
+            let exchange = match self
+                .exchange(request, &page_url, conditional, deadline)
+                .await
+            {
+                Ok(exchange) => exchange,
+                Err(mut outcome) => {
+                    outcome.bytes_received = bytes_received;
+                    return outcome;
+                }
+            };
+            let status = exchange.status;
+            if page > 0 && !status.is_success() {
+                // A later page failed: keep what the earlier pages gave.
+                break;
+            }
+            if !status.is_success() {
+                return self.non_success(request, exchange, bytes_received);
+            }
+            let body = match body::read(exchange.response_body, policy.max_body, &page_url).await {
+                Ok(body) => body,
+                Err(err) => {
+                    let mut outcome =
+                        PollOutcome::failed(request, err.to_string(), err.retryable());
+                    outcome.status = Some(status.as_u16());
+                    return outcome;
+                }
+            };
+            bytes_received += body.len() as u64;
+            let next = watch.cursor.as_ref().and_then(|c| {
+                cursor::next_cursor(c, &exchange.final_url, &exchange.headers, &body)
+            });
+            let exchange = Exchange {
+                response_body: None,
+                body: Some(body.clone()),
+                ..exchange
+            };
+            if first.is_none() {
+                first = Some(exchange.clone_meta());
+            }
+            pages.push(body);
+            last = Some(exchange);
+            match (watch.cursor.as_ref(), next) {
+                (Some(config), Some(next)) if Some(&next) != cursor_now.as_ref() => {
+                    page_url = cursor::request_url(watch, request.url, Some(&next));
+                    if matches!(config.from, polld_config::CursorSource::LinkNext) {
+                        page_url = Url::parse(&next).unwrap_or(page_url);
+                    }
+                    cursor_now = Some(next);
+                }
+                _ => break,
+            }
+        }
+
+        let first = first.expect("at least one page");
+        let last = last.expect("at least one page");
+        let body: Bytes = if pages.len() == 1 {
+            pages.pop().expect("one page")
+        } else {
+            // Several pages: joined by newlines, so JSON-lines style feeds stay readable.
+            Bytes::from(
+                pages
+                    .iter()
+                    .map(|p| p.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(&b'\n'),
+            )
+        };
+        let hash = *blake3::hash(&body).as_bytes();
+        let kind = if request.last_hash == Some(hash) {
+            OutcomeKind::Unchanged { hash }
+        } else {
+            OutcomeKind::Changed {
+                body: body.clone(),
+                hash,
+                content_type: header_value(&first.headers, header::CONTENT_TYPE.as_str()),
+            }
+        };
+        let mut outcome = PollOutcome::new(kind, request);
+        outcome.status = Some(first.status.as_u16());
+        // A 200 replaces the validators: a representation without an ETag has none.
+        outcome.etag = header_value(&first.headers, "etag");
+        outcome.last_modified = header_value(&first.headers, "last-modified");
+        outcome.headers = kept_headers(&first.headers);
+        outcome.hints = hints::hints(
+            last.status.as_u16(),
+            &last.headers,
+            SystemTime::now(),
+            policy.max_retry_after,
+        );
+        outcome.moved_permanently = first.moved_permanently.clone();
+        if cursor_now.as_deref() != request.cursor {
+            outcome.cursor = cursor_now;
+        }
+        outcome.finished = finished(watch, &last, last.body.as_deref().unwrap_or_default());
+        outcome.bytes_received = bytes_received;
+        outcome
+    }
+
+    /// The outcome of a final non-2xx answer.
+    fn non_success(
+        &self,
+        request: &PollRequest<'_>,
+        exchange: Exchange,
+        bytes_received: u64,
+    ) -> PollOutcome {
+        let status = exchange.status;
+        let policy = &request.watch.policy;
+        let kind = match status.as_u16() {
+            304 => OutcomeKind::NotModified,
+            429 | 503 => OutcomeKind::RateLimited,
+            410 => OutcomeKind::Gone,
+            code if status.is_server_error() => OutcomeKind::Failed {
+                error: format!("{}: HTTP {code} {}", exchange.final_url, reason(status)),
+                retryable: true,
+            },
+            code => OutcomeKind::Failed {
+                error: format!("{}: HTTP {code} {}", exchange.final_url, reason(status)),
+                retryable: matches!(code, 408 | 425),
+            },
+        };
+        let mut outcome = PollOutcome::new(kind, request);
+        outcome.status = Some(status.as_u16());
+        outcome.hints = hints::hints(
+            status.as_u16(),
+            &exchange.headers,
+            SystemTime::now(),
+            policy.max_retry_after,
+        );
+        outcome.moved_permanently = exchange.moved_permanently;
+        outcome.bytes_received = bytes_received;
+        if status == StatusCode::NOT_MODIFIED {
+            // RFC 9111 §4.3.4: the 304's validators update the stored ones;
+            // a 304 without an ETag keeps the stored ETag.
+            if let Some(etag) = header_value(&exchange.headers, "etag") {
+                outcome.etag = Some(etag);
+            }
+            if let Some(lm) = header_value(&exchange.headers, "last-modified") {
+                outcome.last_modified = Some(lm);
+            }
+            outcome.headers = kept_headers(&exchange.headers);
+        }
+        if status == StatusCode::GONE && request.watch.cursor.is_some() && request.cursor.is_some()
+        {
+            outcome.cursor_reset = true;
+        }
+        outcome
+    }
+
+    /// One request and the redirects and async-job steps that follow it,
+    /// up to a final answer (whose body is not read yet).
+    async fn exchange(
+        &self,
+        request: &PollRequest<'_>,
+        start: &Url,
+        conditional: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<Exchange, PollOutcome> {
+        let watch = request.watch;
+        let origin = request.url.clone();
+        let mut url = start.clone();
+        let mut method = watch.method.clone();
+        let mut body = watch.body.clone();
+        let mut seen: HashSet<(Method, Url)> = HashSet::new();
+        let mut redirects = 0usize;
+        let mut job_steps = 0usize;
+        // A chain of only 301/308 from the start re-points the watch.
+        let mut permanent_chain = true;
+        let mut moved: Option<Url> = None;
+        loop {
+            if !seen.insert((method.clone(), url.clone())) {
+                return Err(PollOutcome::failed(
+                    request,
+                    format!("{}: redirect loop through {url}", request.url),
+                    false,
+                ));
+            }
+            let same_origin = redirect::same_origin(&origin, &url);
+            let mut builder = self.client.request(method.clone(), url.clone());
+            for (name, value) in &watch.headers {
+                // Credentials never travel to another origin.
+                if !same_origin && is_credential(name) {
+                    continue;
+                }
+                builder = builder.header(name, value);
+            }
+            // Validators only to the watch's own origin, and only on a GET.
+            if conditional && same_origin && method == Method::GET {
+                if let Some(etag) = request.etag {
+                    builder = builder.header(header::IF_NONE_MATCH, etag);
+                }
+                if let Some(lm) = request.last_modified {
+                    builder = builder.header(header::IF_MODIFIED_SINCE, lm);
+                }
+            }
+            if let Some(body) = &body {
+                builder = builder.body(body.clone());
+            }
+            let response = match builder.send().await {
+                Ok(response) => response,
+                Err(err) => {
+                    return Err(PollOutcome::failed(request, describe(&url, &err), true));
+                }
+            };
+            let status = response.status();
+            let headers = response.headers().clone();
+            let location = location(&headers, &url, status);
+
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                let Some(target) = location else {
+                    return Err(PollOutcome::failed(
+                        request,
+                        format!("{url}: HTTP {} without a usable Location", status.as_u16()),
+                        false,
+                    ));
+                };
+                if let Some(why) = redirect::refusal(&url, &target, self.allow_private_redirects) {
+                    return Err(PollOutcome::failed(request, why, false));
+                }
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(PollOutcome::failed(
+                        request,
+                        format!("{}: more than {MAX_REDIRECTS} redirects", request.url),
+                        false,
+                    ));
+                }
+                match status.as_u16() {
+                    301 | 308 => {
+                        if permanent_chain {
+                            moved = Some(target.clone());
+                        }
+                    }
+                    _ => permanent_chain = false,
+                }
+                if matches!(status.as_u16(), 301..=303) && method != Method::GET {
+                    // 303 always, and 301/302 after a POST by long practice, become GET.
+                    if status.as_u16() == 303 || method == Method::POST {
+                        method = Method::GET;
+                        body = None;
+                    }
+                }
+                // A Retry-After on a 3xx is honoured before following.
+                self.wait_retry_after(request, &headers, deadline).await?;
+                drop(response);
+                url = target;
+                continue;
+            }
+
+            if status == StatusCode::ACCEPTED
+                && let Some(target) = job_location(&headers, &url)
+            {
+                if let Some(why) = redirect::refusal(&url, &target, self.allow_private_redirects) {
+                    return Err(PollOutcome::failed(request, why, false));
+                }
+                job_steps += 1;
+                if job_steps > MAX_JOB_STEPS {
+                    return Err(PollOutcome::failed(
+                        request,
+                        format!(
+                            "{}: the job did not finish within {MAX_JOB_STEPS} status checks",
+                            request.url
+                        ),
+                        true,
+                    ));
+                }
+                let wait = hints::retry_after(&headers, SystemTime::now())
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(watch.policy.max_retry_after);
+                self.wait_until(request, wait, deadline).await?;
+                drop(response);
+                permanent_chain = false;
+                method = Method::GET;
+                body = None;
+                // Each status check may come back to the same URL.
+                seen.clear();
+                url = target;
+                continue;
+            }
+
+            return Ok(Exchange {
+                status,
+                headers,
+                final_url: url,
+                moved_permanently: moved,
+                response_body: Some(response),
+                body: None,
+            });
+        }
+    }
+
+    async fn wait_retry_after(
+        &self,
+        request: &PollRequest<'_>,
+        headers: &HeaderMap,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), PollOutcome> {
+        match hints::retry_after(headers, SystemTime::now()) {
+            Some(wait) if !wait.is_zero() => {
+                self.wait_until(
+                    request,
+                    wait.min(request.watch.policy.max_retry_after),
+                    deadline,
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sleeps `wait` unless that would pass the poll's deadline; then the
+    /// poll ends now as rate limited, with the wait as its hint.
+    async fn wait_until(
+        &self,
+        request: &PollRequest<'_>,
+        wait: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), PollOutcome> {
+        if tokio::time::Instant::now() + wait >= deadline {
+            let mut outcome = PollOutcome::new(OutcomeKind::RateLimited, request);
+            outcome.hints.retry_after = Some(wait);
+            outcome.hints.not_before = Some(wait);
+            outcome.hints.reason = Some("Retry-After");
+            return Err(outcome);
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+}
+
+/// A final answer: status and headers, and its body (read later).
+struct Exchange {
+    status: StatusCode,
+    headers: HeaderMap,
+    final_url: Url,
+    moved_permanently: Option<Url>,
+    response_body: Option<reqwest::Response>,
+    body: Option<Bytes>,
+}
+
+impl Exchange {
+    fn clone_meta(&self) -> Exchange {
+        Exchange {
+            status: self.status,
+            headers: self.headers.clone(),
+            final_url: self.final_url.clone(),
+            moved_permanently: self.moved_permanently.clone(),
+            response_body: None,
+            body: self.body.clone(),
+        }
+    }
+}
+
+fn is_credential(name: &http::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization" | "cookie" | "proxy-authorization"
+    ) || name.as_str().contains("token")
+        || name.as_str().contains("api-key")
+}
+
+fn reason(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("")
+}
+
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The headers of [`KEPT_HEADERS`], in that order.
+pub fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    KEPT_HEADERS
+        .iter()
+        .filter_map(|name| header_value(headers, name).map(|v| ((*name).to_owned(), v)))
+        .collect()
+}
+
+/// The `Location` of a redirect, resolved against the request URL.
+fn location(headers: &HeaderMap, base: &Url, status: StatusCode) -> Option<Url> {
+    if !status.is_redirection() {
+        return None;
+    }
+    let value = headers.get(header::LOCATION)?.to_str().ok()?;
+    base.join(value.trim()).ok()
+}
+
+/// Where a 202 says the job's status is: `Operation-Location`,
+/// `Azure-AsyncOperation` or `Location`.
+pub fn job_location(headers: &HeaderMap, base: &Url) -> Option<Url> {
+    ["operation-location", "azure-asyncoperation", "location"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| base.join(v.trim()).ok())
+}
+
+/// Evaluates `fail_if` (any) then `until` (all) on a final response.
+fn finished(watch: &Watch, exchange: &Exchange, body: &[u8]) -> Option<Finished> {
+    if watch.until.is_empty() && watch.fail_if.is_empty() {
+        return None;
+    }
+    let view = ResponseView::new(exchange.status.as_u16(), &exchange.headers, body);
+    if let Some(c) = watch.fail_if.iter().find(|c| c.holds(&view)) {
+        return Some(Finished::Failed {
+            condition: c.to_string(),
+        });
+    }
+    if !watch.until.is_empty() && watch.until.iter().all(|c| c.holds(&view)) {
+        return Some(Finished::Done {
+            condition: watch
+                .until
+                .iter()
+                .map(Condition::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    None
+}
+
+/// A transport error in words, naming the URL.
+fn describe(url: &Url, err: &reqwest::Error) -> String {
+    let what = if err.is_connect() {
+        "cannot connect"
+    } else if err.is_timeout() {
+        "timed out"
+    } else if err.is_request() {
+        "request failed"
+    } else {
+        "failed"
+    };
+    let mut message = format!("{url}: {what}: {err}");
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -1,0 +1,125 @@
+//! Which redirects the agent follows: http(s) targets only, and never from
+//! a public address to a loopback, private or link-local one (a watch that
+//! names such an address directly is the operator's choice).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use url::{Host, Url};
+
+/// Whether a host is loopback, private, link-local or unspecified, judged
+/// from literal addresses and the name `localhost` (names are not resolved
+/// here).
+pub fn is_internal(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => internal_v4(ip),
+        Some(Host::Ipv6(ip)) => internal_v6(ip),
+        Some(Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => true,
+    }
+}
+
+fn internal_v4(ip: Ipv4Addr) -> bool {
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        // 100.64.0.0/10, carrier-grade NAT
+        || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
+}
+
+fn internal_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return internal_v4(v4);
+    }
+    let first = ip.segments()[0];
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+}
+
+/// Why a redirect is refused, if it is.
+pub fn refusal(from: &Url, to: &Url, allow_internal: bool) -> Option<String> {
+    if !matches!(to.scheme(), "http" | "https") {
+        return Some(format!(
+            "redirect to {to} refused: only http and https are followed"
+        ));
+    }
+    if !allow_internal && !is_internal(from) && is_internal(to) {
+        return Some(format!(
+            "redirect from {from} to the internal address {to} refused"
+        ));
+    }
+    None
+}
+
+/// Whether two URLs share an origin (scheme, host and port).
+pub fn same_origin(a: &Url, b: &Url) -> bool {
+    a.origin() == b.origin()
+}
+
+/// Whether an address is internal (for callers that resolved a name).
+pub fn is_internal_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => internal_v4(v4),
+        IpAddr::V6(v6) => internal_v6(v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn public_to_internal_is_refused_internal_to_internal_is_not() {
+        let public = u("https://example.org/a");
+        for target in [
+            "http://127.0.0.1/x",
+            "http://localhost:8080/",
+            "http://10.1.2.3/",
+            "http://192.168.0.1/",
+            "http://172.16.5.5/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "http://[fe80::1]/",
+            "http://[fd00::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://0.0.0.0/",
+        ] {
+            assert!(refusal(&public, &u(target), false).is_some(), "{target}");
+            assert!(
+                refusal(&public, &u(target), true).is_none(),
+                "{target} allowed when configured"
+            );
+        }
+        assert!(refusal(&public, &u("https://example.com/b"), false).is_none());
+        let internal = u("http://127.0.0.1:8080/a");
+        assert!(refusal(&internal, &u("http://127.0.0.1:9090/b"), false).is_none());
+        assert!(refusal(&public, &u("file:///etc/passwd"), true).is_some());
+        assert!(refusal(&internal, &u("ftp://127.0.0.1/"), true).is_some());
+    }
+
+    #[test]
+    fn origins() {
+        assert!(same_origin(
+            &u("http://a.example/x"),
+            &u("http://a.example:80/y")
+        ));
+        assert!(!same_origin(
+            &u("http://127.0.0.1:1/"),
+            &u("http://127.0.0.1:2/")
+        ));
+        assert!(!same_origin(
+            &u("http://a.example/"),
+            &u("https://a.example/")
+        ));
+    }
+}
