@@ -250,11 +250,34 @@ fn check_config(path: &Path) -> ExitCode {
 
 fn run(args: &RunArgs) -> ExitCode {
     crate::logging::init(args.log_format);
-    let config = match load_config(&args.config.config) {
+
+    let config = match Config::load(&args.config.config) {
         Ok(config) => config,
-        Err(code) => return code,
+        Err(err) => {
+            for problem in err.problems() {
+                tracing::error!(problem = %problem, "invalid watch list");
+            }
+            report_config_error(&err);
+            return exit::code(exit::CONFIG);
+        }
     };
-    eprintln!("{}", config.summary());
-    eprintln!("polld run: the poll engine is not part of this build yet; nothing was started");
-    exit::code(exit::FAILURE)
+    tracing::info!(summary = %config.summary(), "watch list loaded");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("polld: cannot start the async runtime: {err}");
+            return exit::code(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(crate::run::run(config)) {
+        Ok(()) => exit::code(exit::OK),
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "polld stopped");
+            eprintln!("polld: {err:#}");
+            exit::code(err.exit_code())
+        }
+    }
 }

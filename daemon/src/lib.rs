@@ -11,3 +11,4 @@ pub mod exit;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod run;

@@ -83,6 +83,23 @@ impl Writer {
             .map_err(|_| StoreError::WriterStopped)?;
         rx.await.map_err(|_| StoreError::WriterStopped)?
     }
+
+    /// Queues `outcome` and returns once it is in the writer's queue, with
+    /// a receiver for its commit result. Calls made one after another keep
+    /// their order, which [`Writer::submit`] from concurrent tasks cannot
+    /// promise; the engine relies on it for successive states of a watch.
+    pub async fn enqueue(
+        &self,
+        outcome: Outcome,
+    ) -> Result<oneshot::Receiver<Result<Committed, StoreError>>, StoreError> {
+        validate(&outcome)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { outcome, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok(rx)
+    }
 }
 
 impl Store {

@@ -1,7 +1,654 @@
 //! The poll engine: schedules every watch, runs polls through the agent
 //! within the concurrency limits, applies the interval policy and hands every
 //! outcome to the store's batch writer.
+//!
+//! One task owns all watch entries and one timing structure (a
+//! `DelayQueue`); polls run as tracked tasks holding owned permits of a
+//! global and a per-host semaphore, and report back on a channel. Nothing
+//! sleeps per watch, so 100,000 watches cost one queue entry each.
 
-#[allow(dead_code)] // wired in with the engine loop
 mod limits;
 pub mod policy;
+mod record;
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use polld_config::{Config, Watch};
+use polld_store::{
+    ChangeKind, Committed, Outcome, Store, StoreError, WatchState, WatchStatus, Writer,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
+
+use crate::agent::{Agent, PollOutcome, PollRequest};
+use crate::metrics::Metrics;
+use limits::Limits;
+pub use watch::fingerprint;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Polls in flight, all hosts.
+    pub concurrency: usize,
+    /// Polls in flight per host.
+    pub per_host: usize,
+    /// How long in-flight polls may finish after shutdown begins.
+    pub grace: Duration,
+    /// Late watches after a restart are spread over at most this long.
+    pub resume_window: Duration,
+}
+
+/// A request to the running engine.
+#[derive(Debug)]
+enum Command {
+    Reload(Box<Config>, oneshot::Sender<ReloadSummary>),
+    PollNow(String, oneshot::Sender<bool>),
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Watches started.
+    pub added: usize,
+    /// Watches stopped (their history kept).
+    pub removed: usize,
+    /// Watches whose settings changed.
+    pub changed: usize,
+}
+
+/// A cheap handle to the running engine, for the API and the signal handlers.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    progress: Arc<AtomicU64>,
+    running: Arc<AtomicBool>,
+}
+
+impl EngineHandle {
+    /// Asks the engine to poll a watch now; false when there is no such watch.
+    pub async fn poll_now(&self, id: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::PollNow(id.to_owned(), tx))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Hands a new, valid watch list to the engine and waits until it is applied.
+    pub async fn reload(&self, config: Config) -> Option<ReloadSummary> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Reload(Box::new(config), tx))
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// A counter that moves while the scheduler loop is making progress (for
+    /// the systemd watchdog).
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Whether the engine loop is running.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// The engine, built by [`Engine::start`] and driven by [`Engine::run`].
+pub struct Engine {
+    options: EngineOptions,
+    agent: Agent,
+    store: Store,
+    outbox: mpsc::UnboundedSender<Outcome>,
+    forwarder: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    entries: HashMap<String, Entry>,
+    queue: DelayQueue<String>,
+    limits: Limits,
+    completions_tx: mpsc::UnboundedSender<Completion>,
+    completions: mpsc::UnboundedReceiver<Completion>,
+    commit_failures: mpsc::UnboundedReceiver<String>,
+    resynced_tx: mpsc::UnboundedSender<(String, Option<WatchState>)>,
+    resynced: mpsc::UnboundedReceiver<(String, Option<WatchState>)>,
+    commands: mpsc::Receiver<Command>,
+    tracker: TaskTracker,
+    poll_cancel: CancellationToken,
+    progress: Arc<AtomicU64>,
+    running: Arc<AtomicBool>,
+    rng: StdRng,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("watches", &self.entries.len())
+            .field("queued", &self.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One watch as the engine holds it.
+struct Entry {
+    watch: Arc<Watch>,
+    state: WatchState,
+    host: Arc<str>,
+    key: Option<Key>,
+    due: Instant,
+    in_flight: bool,
+    /// Bumped when the watch's request changes, so a poll started before
+    /// the change is not recorded over the new state.
+    generation: u64,
+}
+
+/// A finished (or cancelled) poll, reported back to the engine loop.
+struct Completion {
+    id: String,
+    generation: u64,
+    outcome: Option<PollOutcome>,
+}
+
+impl Engine {
+    /// Loads the stored state of every watch, reconciles it with `config`
+    /// (new watches are spread over their first interval, known ones resume
+    /// from their stored due time) and returns the engine and its handle.
+    pub async fn start(
+        config: &Config,
+        store: &Store,
+        writer: Writer,
+        agent: Agent,
+        metrics: Arc<Metrics>,
+        options: EngineOptions,
+    ) -> Result<(Engine, EngineHandle), StoreError> {
+        let stored = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.all_watches())
+                .await
+                .expect("store read panicked")?
+        };
+        let (commands_tx, commands) = mpsc::channel(64);
+        let (completions_tx, completions) = mpsc::unbounded_channel();
+        let (commit_failures_tx, commit_failures) = mpsc::unbounded_channel();
+        let (resynced_tx, resynced) = mpsc::unbounded_channel();
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let forwarder = tokio::spawn(forward(
+            writer,
+            outbox_rx,
+            commit_failures_tx,
+            metrics.clone(),
+        ));
+        let progress = Arc::new(AtomicU64::new(0));
+        let running = Arc::new(AtomicBool::new(true));
+        let mut engine = Engine {
+            limits: Limits::new(options.concurrency, options.per_host),
+            options,
+            agent,
+            store: store.clone(),
+            outbox,
+            forwarder,
+            metrics,
+            entries: HashMap::new(),
+            queue: DelayQueue::new(),
+            completions_tx,
+            completions,
+            commit_failures,
+            resynced_tx,
+            resynced,
+            commands,
+            tracker: TaskTracker::new(),
+            poll_cancel: CancellationToken::new(),
+            progress: progress.clone(),
+            running: running.clone(),
+            rng: StdRng::from_os_rng(),
+        };
+        let mut stored: HashMap<String, WatchState> =
+            stored.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let now = SystemTime::now();
+        for watch in &config.watches {
+            let previous = stored.remove(watch.id.as_str());
+            engine.add(Arc::new(watch.clone()), previous, now);
+        }
+        for (_, state) in stored {
+            if state.status != WatchStatus::Removed {
+                engine.record_removed(state);
+            }
+        }
+        engine.metrics.set_watches(engine.entries.len());
+        let handle = EngineHandle {
+            commands: commands_tx,
+            progress,
+            running,
+        };
+        Ok((engine, handle))
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops starting polls, lets
+    /// in-flight polls finish within the grace period (then cancels them)
+    /// and returns once every outcome was handed to the writer.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            self.dispatch();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(completion) = self.completions.recv() => self.complete(completion),
+                Some(id) = self.commit_failures.recv() => self.commit_failed(id),
+                Some((id, stored)) = self.resynced.recv() => self.resync(&id, stored),
+                Some(command) = self.commands.recv() => self.command(command),
+                Some(expired) = self.queue.next() => {
+                    let id = expired.into_inner();
+                    if let Some(entry) = self.entries.get_mut(&id) {
+                        entry.key = None;
+                        self.limits.ready.push_back(id);
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn drain(mut self) {
+        self.running.store(false, Ordering::Relaxed);
+        self.tracker.close();
+        let in_flight = self.tracker.len();
+        tracing::info!(in_flight, grace = ?self.options.grace, "stopping: no new polls, waiting for polls in flight");
+        let deadline = tokio::time::sleep(self.options.grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                Some(completion) = self.completions.recv() => self.complete(completion),
+                _ = self.tracker.wait() => break,
+                _ = &mut deadline, if !self.poll_cancel.is_cancelled() => {
+                    tracing::warn!(in_flight = self.tracker.len(), "grace period over: cancelling polls in flight");
+                    self.poll_cancel.cancel();
+                }
+            }
+        }
+        while let Ok(completion) = self.completions.try_recv() {
+            self.complete(completion);
+        }
+        // Closing the outbox lets the forwarder hand over the rest and end;
+        // its end drops the last Writer, which flushes and stops the writer.
+        let Engine {
+            outbox, forwarder, ..
+        } = self;
+        drop(outbox);
+        if let Err(err) = forwarder.await {
+            tracing::error!(error = %err, "store forwarder panicked");
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::PollNow(id, reply) => {
+                let found = match self.entries.get_mut(&id) {
+                    Some(entry) => {
+                        if !entry.in_flight {
+                            if let Some(key) = entry.key.take() {
+                                self.queue.remove(&key);
+                            }
+                            self.limits.ready.push_front(id);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(found);
+            }
+            Command::Reload(config, reply) => {
+                let summary = self.reload(&config);
+                let _ = reply.send(summary);
+            }
+        }
+    }
+
+    /// Reconciles the running watches with a new, valid watch list.
+    fn reload(&mut self, config: &Config) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        let now = SystemTime::now();
+        let wanted: HashSet<&str> = config.watches.iter().map(|w| w.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(entry) = self.entries.remove(&id) {
+                if let Some(key) = entry.key {
+                    self.queue.remove(&key);
+                }
+                self.metrics.forget(&id);
+                self.record_removed(entry.state);
+                summary.removed += 1;
+            }
+        }
+        for watch in &config.watches {
+            let id = watch.id.as_str();
+            match self.entries.get_mut(id) {
+                None => {
+                    self.add(Arc::new(watch.clone()), None, now);
+                    summary.added += 1;
+                }
+                Some(entry) => {
+                    if watch::same_settings(&entry.watch, watch) {
+                        continue;
+                    }
+                    summary.changed += 1;
+                    let new_fingerprint = fingerprint(watch);
+                    if entry.state.fingerprint != new_fingerprint {
+                        // The request changed: what the server validated no longer applies.
+                        watch::reset_request_state(&mut entry.state, watch, new_fingerprint);
+                        entry.generation += 1;
+                        entry.host = watch::host_of(&entry.state.url);
+                    }
+                    let policy = &watch.policy;
+                    let interval = Duration::from_millis(entry.state.interval_ms)
+                        .clamp(policy.min_interval, policy.max_interval);
+                    entry.state.interval_ms = interval.as_millis() as u64;
+                    entry.watch = Arc::new(watch.clone());
+                    // A shorter interval takes effect now rather than after the old wait.
+                    let remaining = entry.due.saturating_duration_since(Instant::now());
+                    if remaining > interval
+                        && let Some(key) = &entry.key
+                    {
+                        let delay =
+                            policy::jittered(interval, policy.jitter, &mut self.rng).min(interval);
+                        self.queue.reset(key, delay);
+                        entry.due = Instant::now() + delay;
+                    }
+                    let state = entry.state.clone();
+                    self.submit(Outcome {
+                        state,
+                        new_version: None,
+                        events: Vec::new(),
+                        keep_versions: watch.policy.keep_versions,
+                    });
+                }
+            }
+        }
+        self.metrics.set_watches(self.entries.len());
+        tracing::info!(
+            added = summary.added,
+            removed = summary.removed,
+            changed = summary.changed,
+            watches = self.entries.len(),
+            "watch list reloaded"
+        );
+        summary
+    }
+
+    /// Starts tracking a watch: resumes a stored one, or starts a new one
+    /// spread over its first interval.
+    fn add(&mut self, watch: Arc<Watch>, previous: Option<WatchState>, now: SystemTime) {
+        let fp = fingerprint(&watch);
+        let (state, delay, events) = match previous {
+            Some(mut state) => {
+                let mut events = Vec::new();
+                if state.fingerprint != fp {
+                    watch::reset_request_state(&mut state, &watch, fp);
+                }
+                if state.status == WatchStatus::Removed {
+                    state.status = WatchStatus::Ok;
+                    events.push(ChangeKind::WatchAdded);
+                }
+                let policy = &watch.policy;
+                let interval = Duration::from_millis(state.interval_ms)
+                    .clamp(policy.min_interval, policy.max_interval);
+                state.interval_ms = interval.as_millis() as u64;
+                let delay = match state.next_due_ms {
+                    Some(due) => policy::resume_delay(
+                        policy,
+                        SystemTime::UNIX_EPOCH + Duration::from_millis(due),
+                        now,
+                        self.options.resume_window,
+                        &mut self.rng,
+                    ),
+                    None => policy::first_delay(policy, &watch.schedule, now, &mut self.rng),
+                };
+                (state, delay, events)
+            }
+            None => {
+                let state = watch::new_state(&watch, fp);
+                let delay = policy::first_delay(&watch.policy, &watch.schedule, now, &mut self.rng);
+                (state, delay, vec![ChangeKind::WatchAdded])
+            }
+        };
+        let id = state.id.clone();
+        let done = state.status == WatchStatus::Done;
+        let mut entry = Entry {
+            host: watch::host_of(&state.url),
+            watch: watch.clone(),
+            state,
+            key: None,
+            due: Instant::now() + delay,
+            in_flight: false,
+            generation: 0,
+        };
+        entry.state.next_due_ms = Some(record::unix_ms(now + delay));
+        if !done {
+            entry.key = Some(self.queue.insert(id.clone(), delay));
+        }
+        if !events.is_empty() {
+            self.submit(Outcome {
+                state: entry.state.clone(),
+                new_version: None,
+                events,
+                keep_versions: watch.policy.keep_versions,
+            });
+        }
+        self.entries.insert(id, entry);
+    }
+
+    fn record_removed(&mut self, mut state: WatchState) {
+        state.status = WatchStatus::Removed;
+        state.next_due_ms = None;
+        tracing::info!(watch = %state.id, "watch removed from the list; its history is kept");
+        self.submit(Outcome {
+            state,
+            new_version: None,
+            events: vec![ChangeKind::WatchRemoved],
+            keep_versions: u32::MAX,
+        });
+    }
+
+    /// Starts as many ready polls as the global and per-host limits allow.
+    fn dispatch(&mut self) {
+        while let Some((id, permits)) = self.limits.next_ready(|id| {
+            self.entries
+                .get(id)
+                .filter(|e| !e.in_flight)
+                .map(|e| e.host.clone())
+        }) {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            entry.in_flight = true;
+            let lag = Instant::now().saturating_duration_since(entry.due);
+            self.metrics.lag(lag);
+            let watch = entry.watch.clone();
+            let state = entry.state.clone();
+            let generation = entry.generation;
+            let agent = self.agent.clone();
+            let done = self.completions_tx.clone();
+            let cancel = self.poll_cancel.clone();
+            self.tracker.spawn(async move {
+                let url = url::Url::parse(&state.url).unwrap_or_else(|_| watch.url.clone());
+                let request = PollRequest {
+                    watch: &watch,
+                    url: &url,
+                    etag: state.etag.as_deref(),
+                    last_modified: state.last_modified.as_deref(),
+                    cursor: state.cursor.as_deref(),
+                    last_hash: state.latest_hash,
+                };
+                let outcome = tokio::select! {
+                    outcome = agent.poll(request) => Some(outcome),
+                    _ = cancel.cancelled() => None,
+                };
+                // Free the slots before reporting, so the loop can reuse them at once.
+                drop(permits);
+                let _ = done.send(Completion {
+                    id: state.id,
+                    generation,
+                    outcome,
+                });
+            });
+        }
+    }
+
+    /// Records a finished poll: state, counters, version, next due time.
+    fn complete(&mut self, completion: Completion) {
+        let Some(entry) = self.entries.get_mut(&completion.id) else {
+            return; // removed while polling
+        };
+        entry.in_flight = false;
+        self.limits.release(&entry.host);
+        let stale = completion.generation != entry.generation;
+        let Some(outcome) = completion.outcome.filter(|_| !stale) else {
+            // Cancelled at shutdown, or the request changed meanwhile: nothing
+            // is recorded, and the watch is polled again soon.
+            if !self.poll_cancel.is_cancelled() && entry.key.is_none() {
+                let delay = entry.watch.policy.min_interval;
+                entry.key = Some(self.queue.insert(completion.id.clone(), delay));
+                entry.due = Instant::now() + delay;
+            }
+            return;
+        };
+        let now = SystemTime::now();
+        let recorded = record::apply(entry, &outcome, now, &mut self.rng);
+        self.metrics.poll(
+            &completion.id,
+            recorded.result,
+            outcome.elapsed,
+            outcome.bytes_received,
+        );
+        self.metrics
+            .ratio(&completion.id, record::ratio_304(&entry.state));
+        if !recorded.stopped && entry.key.is_none() {
+            entry.key = Some(self.queue.insert(completion.id.clone(), recorded.delay));
+            entry.due = Instant::now() + recorded.delay;
+        }
+        let outcome = Outcome {
+            state: entry.state.clone(),
+            new_version: recorded.new_version,
+            events: recorded.events,
+            keep_versions: entry.watch.policy.keep_versions,
+        };
+        self.submit(outcome);
+    }
+
+    /// Queues an outcome for the writer, in order; a failed commit comes
+    /// back to the loop as a commit failure.
+    fn submit(&self, outcome: Outcome) {
+        if self.outbox.send(outcome).is_err() {
+            tracing::error!("the store forwarder is gone; outcome not stored");
+        }
+    }
+
+    /// A commit failed: read back what the store really holds for the
+    /// watch, so that validators and the last hash in memory match it and
+    /// the next poll fetches again whatever could not be stored.
+    fn commit_failed(&mut self, id: String) {
+        let store = self.store.clone();
+        let done = self.resynced_tx.clone();
+        tokio::spawn(async move {
+            let key = id.clone();
+            let stored = tokio::task::spawn_blocking(move || store.watch(&key))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            let _ = done.send((id, stored));
+        });
+    }
+
+    fn resync(&mut self, id: &str, stored: Option<WatchState>) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            let state = &mut entry.state;
+            match stored {
+                Some(stored) => {
+                    state.etag = stored.etag;
+                    state.last_modified = stored.last_modified;
+                    state.latest_hash = stored.latest_hash;
+                    state.latest_version = stored.latest_version;
+                    state.versions = stored.versions;
+                    state.cursor = stored.cursor;
+                }
+                None => {
+                    state.etag = None;
+                    state.last_modified = None;
+                    state.latest_hash = None;
+                }
+            }
+        }
+    }
+}
+
+/// Hands outcomes to the writer in the order the engine produced them and
+/// reports the ids whose commit failed.
+async fn forward(
+    writer: Writer,
+    mut outbox: mpsc::UnboundedReceiver<Outcome>,
+    failures: mpsc::UnboundedSender<String>,
+    metrics: Arc<Metrics>,
+) {
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            next = outbox.recv() => {
+                let Some(outcome) = next else { break };
+                let id = outcome.state.id.clone();
+                match writer.enqueue(outcome).await {
+                    Ok(commit) => pending.push(async move { (id, commit.await) }),
+                    Err(err) => {
+                        metrics.store_error();
+                        tracing::error!(watch = %id, error = %err, "outcome refused by the store");
+                        let _ = failures.send(id);
+                    }
+                }
+            }
+            Some((id, result)) = pending.next(), if !pending.is_empty() => {
+                report(&id, result, &failures, &metrics);
+            }
+        }
+    }
+    while let Some((id, result)) = pending.next().await {
+        report(&id, result, &failures, &metrics);
+    }
+}
+
+fn report(
+    id: &str,
+    result: Result<Result<Committed, StoreError>, oneshot::error::RecvError>,
+    failures: &mpsc::UnboundedSender<String>,
+    metrics: &Metrics,
+) {
+    let err = match result {
+        Ok(Ok(_)) => return,
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => "the writer stopped before answering".to_owned(),
+    };
+    metrics.store_error();
+    tracing::error!(watch = %id, error = %err, "store commit failed; the outcome is not stored and will be fetched again");
+    let _ = failures.send(id.to_owned());
+}

@@ -99,7 +99,11 @@ pub(crate) fn apply(
         }
         OutcomeKind::RateLimited => {
             state.rate_limited += 1;
-            (Verdict::RateLimited, "rate_limited", WatchStatus::RateLimited)
+            (
+                Verdict::RateLimited,
+                "rate_limited",
+                WatchStatus::RateLimited,
+            )
         }
         OutcomeKind::Failed { error, retryable } => {
             state.errors += 1;
@@ -166,10 +170,14 @@ pub(crate) fn apply(
     }
 
     let hints = &outcome.hints;
-    let requested = [hints.retry_after, hints.poll_interval, hints.rate_limit_reset]
-        .into_iter()
-        .flatten()
-        .max();
+    let requested = [
+        hints.retry_after,
+        hints.poll_interval,
+        hints.rate_limit_reset,
+    ]
+    .into_iter()
+    .flatten()
+    .max();
     let decision = policy::decide(
         &watch.policy,
         &watch.schedule,

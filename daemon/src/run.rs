@@ -1,0 +1,320 @@
+//! `polld run`: opens the store, starts the agent, the engine and the API,
+//! and handles signals (SIGHUP reloads, SIGTERM / SIGINT drain and stop)
+//! until shutdown. Returns the process exit code.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use polld_config::Config;
+use polld_store::{Store, StoreError, WriterConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, AgentOptions};
+use crate::engine::{Engine, EngineHandle, EngineOptions};
+use crate::exit;
+use crate::metrics::Metrics;
+use crate::notify;
+
+/// The database file inside the state directory.
+pub const DATABASE_FILE: &str = "polld.redb";
+
+/// How long polls in flight may finish after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why `polld run` stopped early, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The database could not be opened.
+    #[error("cannot open the store {}: {source}", path.display())]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl RunError {
+    /// The exit code: 75 when another polld holds the store (try again
+    /// later), 65 for a corrupted database (left untouched for the operator),
+    /// 74 for other store I/O errors, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Store { source, .. } => match source {
+                StoreError::Locked { .. } => exit::STORE_LOCKED,
+                StoreError::Corrupted { .. } => exit::STORE_CORRUPTED,
+                _ => exit::STORE_IO,
+            },
+            RunError::Other(_) => exit::FAILURE,
+        }
+    }
+}
+
+/// The engine as the API sees it.
+struct ApiEngine(EngineHandle);
+
+impl polld_api::Engine for ApiEngine {
+    fn poll_now(&self, id: &str) -> polld_api::BoxFuture<bool> {
+        let handle = self.0.clone();
+        let id = id.to_owned();
+        Box::pin(async move { handle.poll_now(&id).await })
+    }
+
+    fn is_running(&self) -> bool {
+        self.0.is_running()
+    }
+}
+
+/// The metrics registry as the API sees it.
+struct ApiMetrics(Arc<Metrics>);
+
+impl polld_api::MetricsSource for ApiMetrics {
+    fn render(&self) -> String {
+        self.0.render()
+    }
+}
+
+/// Runs the daemon until SIGTERM / SIGINT.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let config_path = config.path.clone();
+    let state_dir = config.daemon.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    let token = match &config.daemon.api_token_file {
+        Some(path) => Some(load_or_create_token(path)?),
+        None => None,
+    };
+    let db_path = state_dir.join(DATABASE_FILE);
+    let store = open_store(&db_path).await?;
+    tracing::info!(path = %db_path.display(), "store open");
+
+    let (writer, mut writer_task) = store.spawn_writer(WriterConfig {
+        max_batch: 4096,
+        max_delay: Duration::from_millis(5),
+    });
+    let agent = Agent::new(AgentOptions {
+        user_agent: config.daemon.user_agent.clone(),
+        allow_private_redirects: false,
+    })
+    .context("cannot build the HTTP client")?;
+    let metrics = Metrics::new(config.daemon.metrics_per_watch);
+    let (engine, handle) = Engine::start(
+        &config,
+        &store,
+        writer,
+        agent,
+        metrics.clone(),
+        EngineOptions {
+            concurrency: config.daemon.concurrency,
+            per_host: config.daemon.per_host,
+            grace: SHUTDOWN_GRACE,
+            resume_window: Duration::from_secs(60),
+        },
+    )
+    .await
+    .map_err(|source| RunError::Store {
+        path: db_path.clone(),
+        source,
+    })?;
+
+    let listener = polld_api::bind(&config.daemon.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.daemon.listen))?;
+    let api_state = polld_api::ApiState::new(
+        store.clone(),
+        Arc::new(ApiEngine(handle.clone())),
+        Arc::new(ApiMetrics(metrics.clone())),
+        polld_api::ApiOptions::from_config(&config.daemon, token),
+    );
+    let shutdown = CancellationToken::new();
+    let api_task = {
+        let closer = api_state.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(listener.serve(
+            polld_api::router(api_state),
+            polld_api::ServeLimits::default(),
+            async move {
+                stop.cancelled().await;
+                closer.close();
+            },
+        ))
+    };
+    let mut engine_task = tokio::spawn(engine.run(shutdown.clone()));
+    tracing::info!(watches = config.watches.len(), listen = %config.daemon.listen, "polld running");
+    notify::ready(&status_line(&metrics, 0, Duration::ZERO));
+    let background = CancellationToken::new();
+    let watchdog = {
+        let handle = handle.clone();
+        tokio::spawn(notify::watchdog(
+            move || handle.progress(),
+            background.clone(),
+        ))
+    };
+    let status = tokio::spawn(status_updates(metrics.clone(), background.clone()));
+
+    let stopped_early = tokio::select! {
+        signals = wait_for_signals(&config_path, &handle) => { signals?; None }
+        result = &mut writer_task => Some(format!("the store writer stopped: {}", match result {
+            Ok(Ok(())) => "without error".to_owned(),
+            Ok(Err(err)) => err.to_string(),
+            Err(err) => err.to_string(),
+        })),
+        result = &mut engine_task => Some(format!("the engine stopped unexpectedly: {result:?}")),
+    };
+    notify::stopping();
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    background.cancel();
+    if stopped_early.is_none() {
+        engine_task.await.context("engine task panicked")?;
+        // The engine dropped its writer: the writer flushes what it holds and ends.
+        match writer_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "store writer stopped with an error"),
+            Err(err) => tracing::error!(error = %err, "store writer panicked"),
+        }
+    }
+    let _ = api_task.await;
+    let _ = watchdog.await;
+    let _ = status.await;
+    if let Some(why) = stopped_early {
+        // Exit non-zero without closing cleanly: systemd restarts polld and
+        // the next open repairs whatever the failed commit left.
+        return Err(RunError::Other(anyhow::anyhow!(why)));
+    }
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .context("closing the store panicked")?
+        .map_err(|source| RunError::Store {
+            path: db_path,
+            source,
+        })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Reads the API token; a missing file gets a new random token (mode 0600)
+/// so that a first start works; an empty file is refused.
+fn load_or_create_token(path: &Path) -> anyhow::Result<polld_api::ApiToken> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(text) => polld_api::ApiToken::new(&text).with_context(|| {
+            format!("the API token file {} is empty; write a token into it or remove the api_token_file key", path.display())
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create the API token file {}", path.display()))?;
+            file.write_all(token.as_bytes())
+                .and_then(|()| file.write_all(b"\n"))
+                .with_context(|| format!("cannot write the API token file {}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated a new API token");
+            Ok(polld_api::ApiToken::new(&token).expect("non-empty"))
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot read the API token file {}", path.display())),
+    }
+}
+
+/// `STATUS=` for systemd: watches, polls per minute, 304 ratio, errors.
+fn status_line(metrics: &Metrics, polls_in_period: u64, period: Duration) -> String {
+    let totals = metrics.totals();
+    let per_minute = if period.is_zero() {
+        0.0
+    } else {
+        polls_in_period as f64 * 60.0 / period.as_secs_f64()
+    };
+    let ratio = totals
+        .ratio_304()
+        .map_or_else(|| "-".to_owned(), |r| format!("{:.0}%", r * 100.0));
+    format!(
+        "{} watches, {per_minute:.0} polls/min, 304 ratio {ratio}, {} errors, {} rate limited",
+        metrics.watch_count(),
+        totals.errors,
+        totals.rate_limited
+    )
+}
+
+async fn status_updates(metrics: Arc<Metrics>, cancel: CancellationToken) {
+    const PERIOD: Duration = Duration::from_secs(10);
+    let mut last = metrics.totals().polls();
+    let mut ticker = tokio::time::interval(PERIOD);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = metrics.totals().polls();
+        notify::status(&status_line(&metrics, now - last, PERIOD));
+        last = now;
+    }
+}
+
+async fn open_store(path: &Path) -> Result<Store, RunError> {
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || Store::open(&owned))
+        .await
+        .context("opening the store panicked")?
+        .map_err(|source| RunError::Store {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+async fn wait_for_signals(config_path: &Path, engine: &EngineHandle) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                notify::reloading();
+                reload(config_path, engine).await;
+                notify::ready("reloaded");
+            }
+        }
+    }
+}
+
+/// Parses the watch list again; an invalid file is logged problem by problem
+/// and the running list stays untouched.
+pub async fn reload(config_path: &Path, engine: &EngineHandle) {
+    tracing::info!(path = %config_path.display(), "SIGHUP: reloading the watch list");
+    let path = config_path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+    match loaded {
+        Ok(Ok(config)) => match engine.reload(config).await {
+            Some(summary) => tracing::info!(?summary, "reload applied"),
+            None => tracing::warn!("reload not applied: the engine is stopping"),
+        },
+        Ok(Err(err)) => {
+            for problem in err.problems() {
+                tracing::error!(problem = %problem, "invalid watch list");
+            }
+            if err.problems().is_empty() {
+                tracing::error!(error = %err, "cannot reload the watch list");
+            }
+            tracing::error!("reload refused: the running watch list stays as it was");
+        }
+        Err(err) => tracing::error!(error = %err, "reload panicked"),
+    }
+}
