@@ -11,6 +11,7 @@ pub const DAEMON_KEYS: &[&str] = &[
     "user_agent",
     "metrics_per_watch",
     "allowed_hosts",
+    "keep_changes",
 ];
 
 /// Keys of `[telemetry]`.

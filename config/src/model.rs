@@ -51,6 +51,9 @@ pub struct DaemonConfig {
     pub metrics_per_watch: bool,
     /// Host names the API answers to besides the listen address and `localhost`.
     pub allowed_hosts: Vec<String>,
+    /// Change-log entries kept; older ones are pruned (the changes feed
+    /// answers 410 below them).
+    pub keep_changes: u64,
 }
 
 /// The API's listen address.

@@ -452,7 +452,12 @@ impl<'a> Walker<'a> {
             .into_iter()
             .map(|(host, _)| host.to_ascii_lowercase())
             .collect();
+        let keep_changes = fields
+            .get("keep_changes")
+            .and_then(|item| self.integer(item, "keep_changes", 1..1_000_000_000_001))
+            .unwrap_or(1_000_000);
         DaemonConfig {
+            keep_changes,
             listen,
             state_dir,
             concurrency,

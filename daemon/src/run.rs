@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use polld_config::Config;
-use polld_store::{Store, StoreError, WriterConfig};
+use polld_store::{Store, StoreError, StoreOptions, WriterConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         None => None,
     };
     let db_path = state_dir.join(DATABASE_FILE);
-    let store = open_store(&db_path).await?;
+    let store = open_store(&db_path, config.daemon.keep_changes).await?;
     tracing::info!(path = %db_path.display(), "store open");
 
     let (writer, mut writer_task) = store.spawn_writer(WriterConfig {
@@ -265,9 +265,13 @@ async fn status_updates(metrics: Arc<Metrics>, cancel: CancellationToken) {
     }
 }
 
-async fn open_store(path: &Path) -> Result<Store, RunError> {
+async fn open_store(path: &Path, keep_changes: u64) -> Result<Store, RunError> {
     let owned = path.to_owned();
-    tokio::task::spawn_blocking(move || Store::open(&owned))
+    let options = StoreOptions {
+        max_changes: keep_changes,
+        ..StoreOptions::default()
+    };
+    tokio::task::spawn_blocking(move || options.open(&owned))
         .await
         .context("opening the store panicked")?
         .map_err(|source| RunError::Store {

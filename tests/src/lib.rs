@@ -60,10 +60,17 @@ impl Polld {
     /// Writes `watches` (TOML: [defaults] and [[watch]] tables) below a
     /// generated [daemon] table and starts `polld run` on it.
     pub fn start(watches: &str) -> Polld {
+        Polld::start_with("", watches)
+    }
+
+    /// Like [`Polld::start`], with extra `[daemon]` keys (TOML lines); a
+    /// `{dir}` in them stands for the test's temporary directory.
+    pub fn start_with(daemon_keys: &str, watches: &str) -> Polld {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let daemon_keys = daemon_keys.replace("{dir}", &dir.path().display().to_string());
         let config = format!(
-            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nconcurrency = 16\nper_host = 4\n\n{watches}",
+            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nconcurrency = 16\nper_host = 4\n{daemon_keys}\n\n{watches}",
             dir.path().join("state").display()
         );
         std::fs::write(dir.path().join("watchlist.toml"), config).expect("write watch list");
