@@ -1,0 +1,118 @@
+//! systemd notification end to end: `polld run` with `NOTIFY_SOCKET`
+//! pointing at a datagram socket of the test and `WATCHDOG_USEC` set. The
+//! order and content of the messages: READY=1 only once /readyz answers,
+//! WATCHDOG=1 pings, RELOADING=1 (with MONOTONIC_USEC) then READY=1 on
+//! SIGHUP, STOPPING=1 on SIGTERM.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use polld_tests::{free_port, polld_bin};
+
+fn next_message(socket: &UnixDatagram, deadline: Instant) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    let left = deadline.checked_duration_since(Instant::now())?;
+    socket
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .unwrap();
+    let n = socket.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn readyz(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request =
+        format!("GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn notifications_come_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let port = free_port();
+    let config = dir.path().join("watchlist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(polld_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        // 400 ms: pings every 200 ms.
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    let deadline = Instant::now() + Duration::from_secs(20);
+
+    let first = next_message(&socket, deadline).expect("a first notification");
+    assert!(
+        first.lines().any(|l| l == "READY=1"),
+        "READY=1 first: {first:?}"
+    );
+    assert!(
+        readyz(port),
+        "/readyz answers 200 by the time READY=1 is sent"
+    );
+    assert!(
+        first.contains("STATUS="),
+        "READY=1 comes with a status line: {first:?}"
+    );
+
+    let mut pings = 0;
+    while pings < 3 {
+        let message = next_message(&socket, deadline).expect("watchdog pings");
+        if message.lines().any(|l| l == "WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+
+    kill(pid, Signal::SIGHUP).unwrap();
+    let reloading = loop {
+        let message = next_message(&socket, deadline).expect("RELOADING=1");
+        if message.contains("RELOADING=1") {
+            break message;
+        }
+    };
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+    loop {
+        let message = next_message(&socket, deadline).expect("READY=1 after the reload");
+        if message.lines().any(|l| l == "READY=1") {
+            break;
+        }
+        assert!(!message.contains("STOPPING"), "{message:?}");
+    }
+
+    kill(pid, Signal::SIGTERM).unwrap();
+    loop {
+        let message = next_message(&socket, deadline).expect("STOPPING=1");
+        if message.lines().any(|l| l == "STOPPING=1") {
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
