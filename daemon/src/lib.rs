@@ -12,3 +12,4 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod run;
+pub mod telemetry;

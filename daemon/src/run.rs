@@ -17,6 +17,7 @@ use crate::engine::{Engine, EngineHandle, EngineOptions};
 use crate::exit;
 use crate::metrics::Metrics;
 use crate::notify;
+use crate::telemetry::{self, OtlpConfig};
 
 /// The database file inside the state directory.
 pub const DATABASE_FILE: &str = "polld.redb";
@@ -105,6 +106,25 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     })
     .context("cannot build the HTTP client")?;
     let metrics = Metrics::new(config.daemon.metrics_per_watch);
+    let background = CancellationToken::new();
+    let telemetry_stop = CancellationToken::new();
+    let otlp = OtlpConfig::resolve(config.telemetry.otlp_endpoint.as_ref(), |name| {
+        std::env::var(name).ok()
+    })
+    .map_err(anyhow::Error::msg)
+    .context("OpenTelemetry settings")?;
+    let (spans, telemetry_task) = match otlp {
+        Some(otlp) => {
+            let (sink, task) = telemetry::start(
+                otlp,
+                metrics.clone(),
+                &config.daemon.user_agent,
+                telemetry_stop.clone(),
+            );
+            (Some(sink), Some(task))
+        }
+        None => (None, None),
+    };
     let (engine, handle) = Engine::start(
         &config,
         &store,
@@ -116,6 +136,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             per_host: config.daemon.per_host,
             grace: SHUTDOWN_GRACE,
             resume_window: Duration::from_secs(60),
+            spans,
         },
     )
     .await
@@ -149,7 +170,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut engine_task = tokio::spawn(engine.run(shutdown.clone()));
     tracing::info!(watches = config.watches.len(), listen = %config.daemon.listen, "polld running");
     notify::ready(&status_line(&metrics, 0, Duration::ZERO));
-    let background = CancellationToken::new();
     let watchdog = {
         let handle = handle.clone();
         tokio::spawn(notify::watchdog(
@@ -184,6 +204,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = api_task.await;
     let _ = watchdog.await;
     let _ = status.await;
+    telemetry_stop.cancel();
+    if let Some(task) = telemetry_task {
+        // The exporter flushes the last spans and metrics on cancel.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     if let Some(why) = stopped_early {
         // Exit non-zero without closing cleanly: systemd restarts polld and
         // the next open repairs whatever the failed commit left.

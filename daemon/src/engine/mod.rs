@@ -46,6 +46,8 @@ pub struct EngineOptions {
     pub grace: Duration,
     /// Late watches after a restart are spread over at most this long.
     pub resume_window: Duration,
+    /// Where poll spans go when OpenTelemetry export is on.
+    pub spans: Option<crate::telemetry::SpanSink>,
 }
 
 /// A request to the running engine.
@@ -544,6 +546,20 @@ impl Engine {
         );
         self.metrics
             .ratio(&completion.id, record::ratio_304(&entry.state));
+        if let Some(spans) = &self.options.spans {
+            spans.record(crate::telemetry::PollSpan {
+                watch: completion.id.clone(),
+                url: entry.state.url.clone(),
+                result: recorded.result,
+                status: outcome.status,
+                error: match &outcome.kind {
+                    crate::agent::OutcomeKind::Failed { error, .. } => Some(error.clone()),
+                    _ => None,
+                },
+                start: now.checked_sub(outcome.elapsed).unwrap_or(now),
+                end: now,
+            });
+        }
         if !recorded.stopped && entry.key.is_none() {
             entry.key = Some(self.queue.insert(completion.id.clone(), recorded.delay));
             entry.due = Instant::now() + recorded.delay;
