@@ -253,8 +253,11 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Label pairs of one sample.
+type Labels = Vec<(String, String)>;
+
 /// One sample line of the text format: name, labels, value.
-fn sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn sample(line: &str) -> Option<(&str, Labels, f64)> {
     let (head, value) = line.rsplit_once(' ')?;
     let value = match value {
         "+Inf" => f64::INFINITY,
@@ -268,7 +271,7 @@ fn sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
     Some((name, labels, value))
 }
 
-fn parse_labels(text: &str) -> Vec<(String, String)> {
+fn parse_labels(text: &str) -> Labels {
     let mut labels = Vec::new();
     let mut rest = text;
     while let Some((key, after)) = rest.split_once("=\"") {
