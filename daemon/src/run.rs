@@ -83,7 +83,7 @@ impl polld_api::MetricsSource for ApiMetrics {
 }
 
 /// Runs the daemon until SIGTERM / SIGINT.
-pub async fn run(config: Config) -> Result<(), RunError> {
+pub async fn run(mut config: Config) -> Result<(), RunError> {
     let config_path = config.path.clone();
     let state_dir = config.daemon.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
@@ -145,6 +145,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         source,
     })?;
 
+    // The engine holds its own copy of every watch; the list is not needed again.
+    let watch_count = config.watches.len();
+    config.watches = Vec::new();
     let listener = polld_api::bind(&config.daemon.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.daemon.listen))?;
@@ -168,7 +171,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ))
     };
     let mut engine_task = tokio::spawn(engine.run(shutdown.clone()));
-    tracing::info!(watches = config.watches.len(), listen = %config.daemon.listen, "polld running");
+    tracing::info!(watches = watch_count, listen = %config.daemon.listen, "polld running");
     notify::ready(&status_line(&metrics, 0, Duration::ZERO));
     let watchdog = {
         let handle = handle.clone();
