@@ -508,8 +508,10 @@ impl<'a> Walker<'a> {
     fn telemetry(&mut self, table: &DeTable<'_>, span: Range<usize>) -> TelemetryConfig {
         let fields = self.fields(table, span, TELEMETRY_KEYS, "[telemetry]");
         TelemetryConfig {
+            // An empty endpoint is "off", so that the key can stay in a file.
             otlp_endpoint: fields
                 .get("otlp_endpoint")
+                .filter(|item| !matches!(item.get_ref(), DeValue::String(s) if s.is_empty()))
                 .and_then(|item| self.http_url(item, "otlp_endpoint")),
         }
     }
