@@ -6,6 +6,10 @@ use clap::Parser;
 use polld_daemon::cli::{self, Cli};
 use polld_daemon::exit;
 
+// See the workspace Cargo.toml for why polld does not use the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
