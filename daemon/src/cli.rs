@@ -190,15 +190,9 @@ where
         },
         None => None,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("polld: cannot start the async runtime: {err}");
-            return exit::code(exit::FAILURE);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(body(api, token)) {
         Ok(()) => exit::code(exit::OK),
@@ -207,6 +201,14 @@ where
             exit::code(exit::FAILURE)
         }
     }
+}
+
+/// Builds a tokio runtime, or reports why not and gives the exit code.
+pub fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|err| {
+        eprintln!("polld: cannot start the async runtime: {err}");
+        exit::code(exit::FAILURE)
+    })
 }
 
 /// Loads the watch list, printing every problem to stderr on failure.
@@ -262,15 +264,9 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     tracing::info!(summary = %config.summary(), "watch list loaded");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("polld: cannot start the async runtime: {err}");
-            return exit::code(exit::FAILURE);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(crate::run::run(config)) {
         Ok(()) => exit::code(exit::OK),

@@ -75,13 +75,8 @@ impl Writer {
     /// or with the error that kept it from being stored. An invalid outcome
     /// is refused here, before it can join (and fail) a batch.
     pub async fn submit(&self, outcome: Outcome) -> Result<Committed, StoreError> {
-        validate(&outcome)?;
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request { outcome, reply })
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        rx.await.map_err(|_| StoreError::WriterStopped)?
+        let committed = self.enqueue(outcome).await?;
+        committed.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     /// Queues `outcome` and returns once it is in the writer's queue, with
