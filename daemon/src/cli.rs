@@ -58,6 +58,10 @@ pub enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Poll one URL politely until conditions hold (the async-job pattern:
+    /// 202/303 + Location + Retry-After), then print the final body. Exit 0
+    /// when done, 1 on --fail-if or a permanent error, 2 on timeout.
+    Await(crate::await_cmd::AwaitArgs),
     /// Print a shell completion script, e.g.
     /// `polld completions bash > /usr/share/bash-completion/completions/polld`.
     Completions {
@@ -122,6 +126,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Changes { client, follow } => client_command(&client, |api, token| async move {
             crate::client::changes(&api, token.as_deref(), follow).await
         }),
+        Command::Await(args) => crate::await_cmd::run(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "polld", &mut std::io::stdout());

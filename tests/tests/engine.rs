@@ -339,3 +339,50 @@ async fn sigterm_exits_zero_within_the_grace_period_and_keeps_every_change() {
     let log = polld.log();
     assert!(log.contains("stopped"), "clean stop logged:\n{log}");
 }
+
+/// "running" twice, then "completed".
+struct JobStatus(AtomicUsize);
+
+impl Respond for JobStatus {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        let status = if n < 2 { "running" } else { "completed" };
+        ResponseTemplate::new(200).set_body_string(format!("{{\"status\":\"{status}\"}}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_with_until_stops_once_it_holds_and_records_a_final_change() {
+    let server = MockServer::start().await;
+    Mock::given(path("/job"))
+        .respond_with(JobStatus(AtomicUsize::new(0)))
+        .mount(&server)
+        .await;
+    let watch = format!(
+        "{}\nuntil = [\"json:/status=completed\"]\n",
+        fast("job", &format!("{}/job", server.uri())).trim_end()
+    );
+    let mut polld = Polld::start(&watch);
+    eventually(Duration::from_secs(10), "the completed answer", || async {
+        (requests_to(&server, "/job").await.len() >= 3).then_some(())
+    })
+    .await;
+    // Several intervals later, no further request came.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        requests_to(&server, "/job").await.len(),
+        3,
+        "polling stopped once `until` held"
+    );
+    assert!(polld.stop().success());
+    let store = polld.open_store();
+    let state = store.watch("job").unwrap().unwrap();
+    assert_eq!(state.status.as_str(), "done");
+    let changes = store.changes_after(0, 100).unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.watch == "job" && c.kind.as_str() == "done"),
+        "{changes:?}"
+    );
+}

@@ -602,7 +602,8 @@ impl Exchange {
     }
 }
 
-fn is_credential(name: &http::HeaderName) -> bool {
+/// Headers that carry credentials: never sent to another origin.
+pub fn is_credential(name: &http::HeaderName) -> bool {
     matches!(
         name.as_str(),
         "authorization" | "cookie" | "proxy-authorization"

@@ -1,0 +1,431 @@
+//! `polld await`: the polite agent as a one-shot command for async jobs.
+//! Sends a request, follows `202 Accepted` / `303 See Other` + `Location`
+//! (or `Operation-Location` / `Azure-AsyncOperation`) with GETs, honours
+//! `Retry-After` everywhere, and stops when `--until` conditions hold
+//! (exit 0), a `--fail-if` condition holds or a permanent error comes (1),
+//! or the time or attempts run out (2). Needs no daemon and no store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use polld_config::{Condition, JsonPointer, ResponseView, parse_duration};
+use url::Url;
+
+use crate::agent::{self, hints, redirect};
+use crate::exit;
+
+/// Largest body `polld await` reads.
+const MAX_BODY: u64 = 64 << 20;
+/// Redirect hops followed within one attempt.
+const MAX_HOPS: usize = 10;
+
+const EXAMPLES: &str = "\
+Example: start a job, then wait until its status says so (at most 10 minutes):
+
+  polld await -X POST -d '{\"input\": 42}' -H 'Content-Type: application/json' \\
+      --until 'json:/status=completed' --fail-if 'json:/status=failed' \\
+      --timeout 10m --save 'json:/result_url' https://api.example.org/jobs
+
+The POST answers 202 Accepted with Location: /jobs/17 and Retry-After: 5;
+polld waits 5 s, GETs /jobs/17 until its JSON has status \"completed\", and
+prints the result_url. Exit codes: 0 done, 1 a --fail-if held or a permanent
+HTTP error, 2 timeout or --max-attempts used up, 78 bad arguments.";
+
+/// Flags of `polld await`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct AwaitArgs {
+    /// The URL of the first request.
+    pub url: String,
+    /// Method of the first request (later status checks are GETs).
+    #[arg(
+        short = 'X',
+        long = "request",
+        value_name = "METHOD",
+        default_value = "GET"
+    )]
+    pub method: String,
+    /// Body of the first request.
+    #[arg(short = 'd', long = "data", value_name = "BODY")]
+    pub data: Option<String>,
+    /// Body of the first request, read from a file.
+    #[arg(long, value_name = "PATH", conflicts_with = "data")]
+    pub data_file: Option<PathBuf>,
+    /// A request header, 'Name: value' (repeatable). Sent to the first URL's
+    /// origin only when it is a credential (Authorization, Cookie, *token*).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// A condition that must hold to finish with success (repeatable; all
+    /// must hold): status=200, json:/pointer=value, json:/pointer,
+    /// !json:/pointer, header:Name=value. Without it, the first final 2xx wins.
+    #[arg(long, value_name = "CONDITION")]
+    pub until: Vec<String>,
+    /// A condition that ends the wait with failure (repeatable; any).
+    #[arg(long = "fail-if", value_name = "CONDITION")]
+    pub fail_if: Vec<String>,
+    /// Wait between checks when the server names none.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub interval: Duration,
+    /// Multiply the wait by this after each check (>= 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub backoff: f64,
+    /// Add up to this fraction of the wait at random, in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter: f64,
+    /// Give up (exit 2) after this long in total.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
+    pub timeout: Duration,
+    /// Give up (exit 2) after this many requests.
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Cap on any delay the server asks for (Retry-After).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    pub max_retry_after: Duration,
+    /// Print this value of the final JSON body instead of the body
+    /// (json:/pointer; strings are printed without quotes).
+    #[arg(long, value_name = "json:/POINTER")]
+    pub save: Option<String>,
+    /// Print nothing on stdout; only the exit code tells.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Log each attempt to stderr with the wait chosen and why.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+/// The validated request and conditions.
+struct Plan {
+    url: Url,
+    method: Method,
+    body: Option<Vec<u8>>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    until: Vec<Condition>,
+    fail_if: Vec<Condition>,
+    save: Option<JsonPointer>,
+}
+
+fn plan(args: &AwaitArgs) -> Result<Plan, String> {
+    let url = Url::parse(&args.url).map_err(|e| format!("{:?} is not a URL: {e}", args.url))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{url}: only http and https URLs can be awaited"));
+    }
+    let method = Method::from_str(&args.method.to_ascii_uppercase())
+        .map_err(|_| format!("{:?} is not an HTTP method", args.method))?;
+    let body = match (&args.data, &args.data_file) {
+        (Some(data), _) => Some(data.clone().into_bytes()),
+        (None, Some(path)) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read --data-file {}: {e}", path.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let mut headers = Vec::new();
+    for text in &args.headers {
+        let (name, value) = text
+            .split_once(':')
+            .ok_or_else(|| format!("header {text:?} must be written 'Name: value'"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("{:?} is not a header name", name.trim()))?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+            format!("the value of header {name} holds characters a header cannot carry")
+        })?;
+        headers.push((name, value));
+    }
+    let conditions = |list: &[String], flag: &str| -> Result<Vec<Condition>, String> {
+        list.iter()
+            .map(|c| c.parse::<Condition>().map_err(|e| format!("--{flag}: {e}")))
+            .collect()
+    };
+    let save = match &args.save {
+        Some(text) => Some(
+            text.strip_prefix("json:")
+                .ok_or_else(|| format!("--save {text:?}: expected json:/POINTER"))?
+                .parse::<JsonPointer>()
+                .map_err(|e| format!("--save: {e}"))?,
+        ),
+        None => None,
+    };
+    if !(args.backoff.is_finite() && args.backoff >= 1.0) {
+        return Err(format!("--backoff {} must be at least 1.0", args.backoff));
+    }
+    if !(0.0..1.0).contains(&args.jitter) {
+        return Err(format!("--jitter {} must be in [0, 1)", args.jitter));
+    }
+    Ok(Plan {
+        url,
+        method,
+        body,
+        headers,
+        until: conditions(&args.until, "until")?,
+        fail_if: conditions(&args.fail_if, "fail-if")?,
+        save,
+    })
+}
+
+/// How the wait ended.
+#[derive(Debug)]
+enum Ending {
+    Done(Vec<u8>),
+    Failed(String),
+    TimedOut(String),
+}
+
+/// Runs `polld await` and returns its exit code.
+pub fn run(args: AwaitArgs) -> ExitCode {
+    let plan = match plan(&args) {
+        Ok(plan) => plan,
+        Err(message) => {
+            eprintln!("polld await: {message}");
+            return exit::code(exit::CONFIG);
+        }
+    };
+    let runtime = match crate::cli::runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let ending = runtime.block_on(wait(&args, &plan));
+    match ending {
+        Ok(Ending::Done(body)) => {
+            if !args.quiet {
+                print_result(&plan, &body);
+            }
+            exit::code(exit::OK)
+        }
+        Ok(Ending::Failed(message)) => {
+            eprintln!("polld await: {message}");
+            exit::code(exit::FAILURE)
+        }
+        Ok(Ending::TimedOut(message)) => {
+            eprintln!("polld await: {message}");
+            exit::code(exit::TIMEOUT)
+        }
+        Err(message) => {
+            eprintln!("polld await: {message}");
+            exit::code(exit::FAILURE)
+        }
+    }
+}
+
+fn print_result(plan: &Plan, body: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = match &plan.save {
+        Some(pointer) => {
+            let value = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|doc| pointer.resolve(&doc).cloned());
+            match value {
+                Some(serde_json::Value::String(s)) => writeln!(out, "{s}"),
+                Some(other) => writeln!(out, "{other}"),
+                None => {
+                    eprintln!("polld await: --save json:{pointer}: not in the final body");
+                    Ok(())
+                }
+            }
+        }
+        None => out.write_all(body),
+    };
+    let _ = out.flush();
+}
+
+async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("polld/", env!("CARGO_PKG_VERSION"), " (await)"))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let started = tokio::time::Instant::now();
+    let deadline = started + args.timeout;
+    let origin = plan.url.clone();
+    let mut url = plan.url.clone();
+    let mut method = plan.method.clone();
+    let mut body = plan.body.clone();
+    let mut interval = args.interval;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let mut hops = 0;
+        // One attempt: the request and the redirects it leads to.
+        let (status, headers, final_url, response) = loop {
+            let mut request = client.request(method.clone(), url.clone());
+            let same_origin = redirect::same_origin(&origin, &url);
+            for (name, value) in &plan.headers {
+                if same_origin || !agent::is_credential(name) {
+                    request = request.header(name, value);
+                }
+            }
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let sent = tokio::time::timeout(remaining, request.send()).await;
+            let response = match sent {
+                Err(_) => {
+                    return Ok(Ending::TimedOut(format!(
+                        "attempt {attempt}, {method} {url}: no answer before the timeout of {}",
+                        humantime::format_duration(args.timeout)
+                    )));
+                }
+                Ok(Err(err)) => {
+                    break (
+                        None,
+                        http::HeaderMap::new(),
+                        url.clone(),
+                        Err(err.to_string()),
+                    );
+                }
+                Ok(Ok(response)) => response,
+            };
+            let status = response.status();
+            let headers = response.headers().clone();
+            let redirect_to = matches!(status.as_u16(), 301 | 302 | 307 | 308)
+                .then(|| headers.get(header::LOCATION))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| url.join(v.trim()).ok());
+            if let Some(target) = redirect_to {
+                if let Some(why) = redirect::refusal(&url, &target, true) {
+                    return Ok(Ending::Failed(format!(
+                        "attempt {attempt}, {method} {url}: {why}"
+                    )));
+                }
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return Ok(Ending::Failed(format!(
+                        "attempt {attempt}, {method} {url}: more than {MAX_HOPS} redirects"
+                    )));
+                }
+                if matches!(status.as_u16(), 301 | 302) && method == Method::POST {
+                    method = Method::GET;
+                    body = None;
+                }
+                url = target;
+                continue;
+            }
+            break (Some(status), headers, url.clone(), Ok(response));
+        };
+
+        let server_wait =
+            hints::retry_after(&headers, SystemTime::now()).map(|d| d.min(args.max_retry_after));
+        let (wait, why): (Duration, String) = match (status, response) {
+            (_, Err(error)) => {
+                if args.verbose {
+                    eprintln!("polld await: attempt {attempt}, {method} {final_url}: {error}");
+                }
+                (interval, "interval after a transport error".to_owned())
+            }
+            (Some(status), Ok(response)) => {
+                let code = status.as_u16();
+                let job = if code == 202 {
+                    agent::job_location(&headers, &final_url)
+                } else if code == 303 {
+                    headers
+                        .get(header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| final_url.join(v.trim()).ok())
+                } else {
+                    None
+                };
+                if let Some(next) = job {
+                    if args.verbose {
+                        eprintln!(
+                            "polld await: attempt {attempt}, {method} {final_url} -> {code}, status at {next}"
+                        );
+                    }
+                    drop(response);
+                    url = next;
+                    method = Method::GET;
+                    body = None;
+                    match server_wait {
+                        Some(wait) => (wait, "Retry-After".to_owned()),
+                        // A 303 points at the result: fetch it at once.
+                        None if code == 303 => (Duration::ZERO, "303 See Other".to_owned()),
+                        None => (interval, "interval".to_owned()),
+                    }
+                } else if code == 429 || code == 503 {
+                    if args.verbose {
+                        eprintln!("polld await: attempt {attempt}, {method} {final_url} -> {code}");
+                    }
+                    match server_wait {
+                        Some(wait) => (wait, format!("Retry-After on {code}")),
+                        None => (interval, format!("interval after {code}")),
+                    }
+                } else {
+                    let payload = agent::body::read(Some(response), MAX_BODY, &final_url)
+                        .await
+                        .map_err(|e| format!("attempt {attempt}: {e}"))?;
+                    let view = ResponseView::new(code, &headers, &payload);
+                    if args.verbose {
+                        eprintln!(
+                            "polld await: attempt {attempt}, {method} {final_url} -> {code}, {} bytes",
+                            payload.len()
+                        );
+                    }
+                    if let Some(c) = plan.fail_if.iter().find(|c| c.holds(&view)) {
+                        return Ok(Ending::Failed(format!(
+                            "attempt {attempt}, {method} {final_url}: HTTP {code}: --fail-if {c} holds"
+                        )));
+                    }
+                    let done = if plan.until.is_empty() {
+                        status.is_success()
+                    } else {
+                        plan.until.iter().all(|c| c.holds(&view))
+                    };
+                    if done {
+                        return Ok(Ending::Done(payload.to_vec()));
+                    }
+                    if status.is_client_error() && !matches!(code, 408 | 425) {
+                        return Ok(Ending::Failed(format!(
+                            "attempt {attempt}, {method} {final_url}: HTTP {code} {}",
+                            status.canonical_reason().unwrap_or("")
+                        )));
+                    }
+                    let reason = if status == StatusCode::OK || status.is_success() {
+                        "interval: conditions do not hold yet"
+                    } else {
+                        "interval after a server error"
+                    };
+                    match server_wait {
+                        Some(wait) => (wait, "Retry-After".to_owned()),
+                        None => (interval, reason.to_owned()),
+                    }
+                }
+            }
+            (None, Ok(_)) => unreachable!("a response always has a status"),
+        };
+
+        if args.max_attempts.is_some_and(|max| attempt >= max) {
+            return Ok(Ending::TimedOut(format!(
+                "attempt {attempt}, {method} {url}: --max-attempts {attempt} used up"
+            )));
+        }
+        // Jitter only adds; backoff grows the interval for the next time.
+        let wait = wait + wait.mul_f64(args.jitter * rand::random::<f64>());
+        if tokio::time::Instant::now() + wait > deadline {
+            return Ok(Ending::TimedOut(format!(
+                "attempt {attempt}, {method} {url}: the next check ({}) would pass the timeout of {}",
+                humantime::format_duration(wait),
+                humantime::format_duration(args.timeout)
+            )));
+        }
+        if args.verbose {
+            eprintln!(
+                "polld await: waiting {} ({why})",
+                humantime::format_duration(wait)
+            );
+        }
+        tokio::time::sleep(wait).await;
+        if why.starts_with("interval") {
+            interval = interval.mul_f64(args.backoff);
+        }
+    }
+}

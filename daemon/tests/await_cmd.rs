@@ -1,0 +1,282 @@
+//! `polld await` against wiremock: the 202 + Location + Retry-After flow,
+//! 303, conditions, --fail-if, --timeout, --max-attempts, 429, --save, and
+//! bad arguments.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wiremock::matchers::{body_string, header, method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn polld_await(args: &[&str]) -> Run {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_polld"))
+            .arg("await")
+            .args(&args)
+            .output()
+            .expect("polld runs");
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A job status endpoint: "running" for the first `n` checks, then
+/// "completed"; records when each check arrived.
+struct Job {
+    n: usize,
+    times: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Respond for Job {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let mut times = self.times.lock().unwrap();
+        times.push(Instant::now());
+        if times.len() <= self.n {
+            ResponseTemplate::new(200)
+                .insert_header("retry-after", "1")
+                .set_body_string(r#"{"status":"running"}"#)
+        } else {
+            ResponseTemplate::new(200)
+                .insert_header("x-job-status", "finished")
+                .set_body_string(r#"{"status":"completed","job_id":"j-17"}"#)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_202_location_retry_after_until_completed() {
+    let server = MockServer::start().await;
+    let posted = Arc::new(Mutex::new(None::<Instant>));
+    let times = Arc::new(Mutex::new(Vec::new()));
+    {
+        let posted = posted.clone();
+        Mock::given(method("POST"))
+            .and(path("/jobs"))
+            .and(header("content-type", "application/json"))
+            .and(header("x-trace", "t1"))
+            .and(body_string(r#"{"input":42}"#))
+            .respond_with(move |_: &Request| {
+                *posted.lock().unwrap() = Some(Instant::now());
+                ResponseTemplate::new(202)
+                    .insert_header("location", "/jobs/17")
+                    .insert_header("retry-after", "1")
+            })
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path("/jobs/17"))
+        .respond_with(Job {
+            n: 2,
+            times: times.clone(),
+        })
+        .mount(&server)
+        .await;
+    let url = format!("{}/jobs", server.uri());
+    let run = polld_await(&[
+        "-X",
+        "POST",
+        "-d",
+        r#"{"input":42}"#,
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "X-Trace: t1",
+        "--until",
+        "json:/status=completed",
+        "--until",
+        "header:X-Job-Status=finished",
+        "--until",
+        "json:/job_id",
+        "--until",
+        "!json:/errors",
+        "--interval",
+        "100ms",
+        "--timeout",
+        "20s",
+        &url,
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, r#"{"status":"completed","job_id":"j-17"}"#);
+    let times = times.lock().unwrap();
+    assert_eq!(times.len(), 3, "running, running, completed");
+    let posted = posted.lock().unwrap().expect("the POST came");
+    assert!(
+        times[0] - posted >= Duration::from_millis(950),
+        "first check waited for Retry-After: {:?}",
+        times[0] - posted
+    );
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(950),
+            "checks honour Retry-After: {:?}",
+            pair[1] - pair[0]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn see_other_flow_and_save() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/start"))
+        .respond_with(ResponseTemplate::new(303).insert_header("location", "/result/5"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/result/5"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"job_id":"abc","n":3}"#))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let url = format!("{}/start", server.uri());
+    let run = polld_await(&[
+        "-X",
+        "POST",
+        "--save",
+        "json:/job_id",
+        "--interval",
+        "100ms",
+        &url,
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, "abc\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_if_ends_with_exit_1() {
+    let server = MockServer::start().await;
+    Mock::given(path("/job"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"status":"failed"}"#))
+        .mount(&server)
+        .await;
+    let url = format!("{}/job", server.uri());
+    let run = polld_await(&[
+        "--until",
+        "json:/status=completed",
+        "--fail-if",
+        "json:/status=failed",
+        &url,
+    ])
+    .await;
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("attempt 1")
+            && run.stderr.contains("/job")
+            && run.stderr.contains("json:/status=failed"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_and_max_attempts_end_with_exit_2() {
+    let server = MockServer::start().await;
+    Mock::given(path("/never"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"status":"running"}"#))
+        .mount(&server)
+        .await;
+    let url = format!("{}/never", server.uri());
+    let started = Instant::now();
+    let run = polld_await(&[
+        "--until",
+        "json:/status=completed",
+        "--interval",
+        "200ms",
+        "--timeout",
+        "1s",
+        &url,
+    ])
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let before = server.received_requests().await.unwrap().len();
+    let run = polld_await(&[
+        "--until",
+        "json:/status=completed",
+        "--interval",
+        "50ms",
+        "--max-attempts",
+        "4",
+        &url,
+    ])
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_eq!(
+        server.received_requests().await.unwrap().len() - before,
+        4,
+        "exactly 4 attempts"
+    );
+    assert!(run.stderr.contains("--max-attempts"), "{}", run.stderr);
+}
+
+/// 429 with Retry-After once, then the answer.
+struct LimitedOnce(Arc<Mutex<Vec<Instant>>>);
+
+impl Respond for LimitedOnce {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let mut times = self.0.lock().unwrap();
+        times.push(Instant::now());
+        if times.len() == 1 {
+            ResponseTemplate::new(429).insert_header("retry-after", "1")
+        } else {
+            ResponseTemplate::new(200).set_body_string("done")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_in_the_middle_is_waited_out() {
+    let server = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(path("/busy"))
+        .respond_with(LimitedOnce(times.clone()))
+        .mount(&server)
+        .await;
+    let url = format!("{}/busy", server.uri());
+    let run = polld_await(&["--interval", "50ms", &url]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "done");
+    let times = times.lock().unwrap();
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(950),
+        "waited for Retry-After after the 429"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_error_and_bad_arguments() {
+    let server = MockServer::start().await;
+    Mock::given(path("/missing"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    let url = format!("{}/missing", server.uri());
+    let run = polld_await(&[&url]).await;
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("HTTP 404"), "{}", run.stderr);
+    let run = polld_await(&["--until", "xml:/a", &url]).await;
+    assert_eq!(run.code, Some(78), "a bad condition is a bad argument");
+    let run = polld_await(&["-H", "no colon", &url]).await;
+    assert_eq!(run.code, Some(78));
+    let help = polld_await(&["--help"]).await;
+    assert!(
+        help.stdout.contains("Example"),
+        "--help shows a worked example"
+    );
+}
