@@ -386,3 +386,39 @@ async fn a_watch_with_until_stops_once_it_holds_and_records_a_final_change() {
         "{changes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_301_seen_on_three_polls_in_a_row_re_points_the_watch() {
+    let server = MockServer::start().await;
+    Mock::given(path("/old"))
+        .respond_with(ResponseTemplate::new(301).insert_header("location", "/new"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/new"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("moved content"))
+        .mount(&server)
+        .await;
+    let mut polld = Polld::start(&fast("moving", &format!("{}/old", server.uri())));
+    eventually(
+        Duration::from_secs(10),
+        "polls going straight to /new",
+        || async {
+            let old = requests_to(&server, "/old").await.len();
+            let new = requests_to(&server, "/new").await.len();
+            (old >= 3 && new >= old + 2).then_some(())
+        },
+    )
+    .await;
+    let old_at_stop = requests_to(&server, "/old").await.len();
+    assert!(polld.stop().success());
+    assert_eq!(
+        old_at_stop, 3,
+        "after three 301s in a row the old URL is no longer asked"
+    );
+    let state = polld.open_store().watch("moving").unwrap().unwrap();
+    assert_eq!(state.url, format!("{}/new", server.uri()));
+    assert!(
+        polld.log().contains("moved permanently"),
+        "the move is logged"
+    );
+}
