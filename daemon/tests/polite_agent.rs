@@ -485,7 +485,7 @@ async fn async_job_202_and_303_after_post_wait_for_retry_after() {
         "{:?}",
         out.finished
     );
-    let times = times.lock().unwrap();
+    let times = times.lock().unwrap().clone();
     assert_eq!(times.len(), 3);
     assert!(
         times[1] - times[0] >= Duration::from_millis(950),
