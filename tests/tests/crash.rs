@@ -159,7 +159,7 @@ async fn a_corrupted_database_exits_65_and_is_left_untouched() {
         .respond_with(Changing(AtomicUsize::new(0)))
         .mount(&server)
         .await;
-    let mut polld = Polld::start(&watches(&server).split("\n\n").next().unwrap().to_owned());
+    let mut polld = Polld::start(watches(&server).split("\n\n").next().unwrap());
     let client = reqwest::Client::new();
     wait_ready(&client, &polld.api).await;
     assert!(polld.stop().success());
@@ -191,7 +191,7 @@ async fn a_second_polld_on_the_same_state_fails_at_once_and_the_first_keeps_runn
         .respond_with(Changing(AtomicUsize::new(0)))
         .mount(&server)
         .await;
-    let first = Polld::start(&watches(&server).split("\n\n").next().unwrap().to_owned());
+    let first = Polld::start(watches(&server).split("\n\n").next().unwrap());
     let client = reqwest::Client::new();
     wait_ready(&client, &first.api).await;
     // Same state dir, another port.
