@@ -49,6 +49,49 @@ pub(crate) const KEY_OLDEST_SEQ: &str = "oldest_seq";
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] = [v1_to_v2];
 
+/// Reads the schema version of an existing file without writing to it, so
+/// that a file from a newer polld is refused before redb's open-time check
+/// commits to it. `Ok(None)` when the read-only open is not possible (no
+/// file, an empty one, or one a crash left needing repair): the read-write
+/// open then decides, and repairs a crashed file as it must.
+pub(crate) fn peek_version(path: &std::path::Path) -> Result<Option<u64>, StoreError> {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Ok(None);
+    }
+    let mut builder = redb::Builder::new();
+    // Only the meta table is read.
+    builder.set_cache_size(1 << 20);
+    // A damaged file may make redb panic on an unverified open; the
+    // read-write open with its integrity check reports it properly.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        builder.open_read_only(path)
+    }));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(StoreError::Locked {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Err(_)) | Err(_) => return Ok(None),
+    };
+    let read = || -> Result<Option<u64>, StoreError> {
+        let txn = db.begin_read()?;
+        match txn.open_table(META) {
+            Ok(meta) => Ok(meta.get(KEY_SCHEMA)?.map(|g| g.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    };
+    // Anything unreadable here is left to the verified open to report.
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    drop(db);
+    Ok(found)
+}
+
 /// Creates the tables of a new file, or checks and upgrades an existing one.
 /// Returns `(last_seq, oldest_seq)`.
 ///

@@ -155,6 +155,15 @@ impl Store {
                 source,
             })?;
         }
+        if let Some(found) = schema::peek_version(path)?
+            && found > schema::SCHEMA_VERSION
+        {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
         let mut builder = Database::builder();
         builder
             .set_cache_size(opts.cache_bytes)
