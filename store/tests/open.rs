@@ -229,6 +229,8 @@ fn set_schema(path: &Path, version: u64) {
     db.close().unwrap();
 }
 
+// The binding is needed: the guard must drop before the transaction.
+#[allow(clippy::let_and_return)]
 fn schema_of(path: &Path) -> u64 {
     let db = redb::Database::open(path).unwrap();
     let txn = db.begin_read().unwrap();
