@@ -1,0 +1,131 @@
+//! Store throughput, batched through the writer as the engine uses it.
+//!
+//! Run: `cargo bench -p polld-store --bench throughput`
+//! (figures from the project's 2-core machine are filled in below and in
+//! BENCHMARKS.md).
+//!
+//! Reports outcomes/s for state-only updates (the 304 path) over 100,000
+//! watches, outcomes/s for new 1 KiB versions, and the file size after
+//! the first 100,000 state-only updates versus after 1,000,000.
+
+use std::time::{Duration, Instant};
+
+use polld_store::{NewVersion, Outcome, Store, WatchState, WriterConfig, hash_body};
+
+const WATCHES: usize = 100_000;
+const PASSES: usize = 10;
+const VERSIONS: usize = 100_000;
+/// Concurrent submitters, like the engine's polls in flight.
+const SUBMITTERS: usize = 4096;
+
+fn state(i: usize, polls: u64) -> WatchState {
+    WatchState {
+        id: format!("watch-{i:06}"),
+        url: format!("https://example.org/feeds/{i}.json"),
+        fingerprint: i as u64,
+        etag: Some(format!("\"{i:x}-{polls}\"")),
+        last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
+        next_due_ms: Some(1_800_000_000_000 + polls),
+        interval_ms: 300_000,
+        last_status: Some(304),
+        polls,
+        not_modified: polls,
+        last_checked_ms: Some(1_700_000_000_000 + polls),
+        ..WatchState::default()
+    }
+}
+
+async fn run(
+    writer: &polld_store::Writer,
+    n: usize,
+    make: impl Fn(usize) -> Outcome + Send + Sync + 'static,
+) -> Duration {
+    let make = std::sync::Arc::new(make);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..SUBMITTERS {
+        let writer = writer.clone();
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = s;
+            while i < n {
+                writer.submit(make(i)).await.unwrap();
+                i += SUBMITTERS;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("polld.redb");
+    let store = Store::open(&path).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (writer, task) = store.spawn_writer(WriterConfig { max_batch: 1024, max_delay: Duration::from_millis(5) });
+        let mut sizes = Vec::new();
+        let mut total = Duration::ZERO;
+        for pass in 0..PASSES {
+            let took = run(&writer, WATCHES, move |i| Outcome {
+                state: state(i, pass as u64 + 1),
+                new_version: None,
+                events: vec![],
+                keep_versions: 100,
+            })
+            .await;
+            total += took;
+            let size = std::fs::metadata(&path).unwrap().len();
+            sizes.push(size);
+            println!("state-only pass {}: {:>8.0} outcomes/s, file {:.1} MiB", pass + 1, WATCHES as f64 / took.as_secs_f64(), size as f64 / 1048576.0);
+        }
+        println!(
+            "state-only: {} outcomes in {:.2} s = {:.0} outcomes/s; file after 100k {:.1} MiB, after 1M {:.1} MiB ({:.2}x)",
+            WATCHES * PASSES,
+            total.as_secs_f64(),
+            (WATCHES * PASSES) as f64 / total.as_secs_f64(),
+            sizes[0] as f64 / 1048576.0,
+            sizes[PASSES - 1] as f64 / 1048576.0,
+            sizes[PASSES - 1] as f64 / sizes[0] as f64
+        );
+        let before = std::fs::metadata(&path).unwrap().len();
+        let took = run(&writer, VERSIONS, |i| {
+            // 1 KiB of text that differs per version, like a small JSON feed.
+            let body: Vec<u8> = format!("{{\"n\":{i},\"items\":[{}]}}", "\"item\",".repeat(150)).into_bytes()[..1024].to_vec();
+            Outcome {
+                state: state(i % 10_000, 1),
+                new_version: Some(NewVersion { hash: hash_body(&body), body, content_type: Some("application/json".into()), headers: vec![], fetched_at_ms: 1 }),
+                events: vec![],
+                keep_versions: 100,
+            }
+        })
+        .await;
+        let after = std::fs::metadata(&path).unwrap().len();
+        println!(
+            "new 1 KiB versions: {} in {:.2} s = {:.0} versions/s; file grew {:.1} MiB",
+            VERSIONS,
+            took.as_secs_f64(),
+            VERSIONS as f64 / took.as_secs_f64(),
+            (after.saturating_sub(before)) as f64 / 1048576.0
+        );
+        println!("commits: {}", store.stats().unwrap().commits);
+        drop(writer);
+        task.await.unwrap().unwrap();
+    });
+    let t = Instant::now();
+    store.close().unwrap();
+    let store = Store::open(&path).unwrap();
+    println!(
+        "verified reopen of {:.1} MiB: {:.2} s",
+        std::fs::metadata(&path).unwrap().len() as f64 / 1048576.0,
+        t.elapsed().as_secs_f64()
+    );
+    store.close().unwrap();
+}
