@@ -266,6 +266,20 @@ impl Agent {
                 break;
             }
             if !status.is_success() {
+                let mut exchange = exchange;
+                // `until` / `fail_if` judge the final response whatever its
+                // status (`fail_if = ["status=404"]`): they used to be skipped
+                // on every non-2xx answer. A 304 is not judged: it only says
+                // the stored version, already judged, is current.
+                if (!watch.until.is_empty() || !watch.fail_if.is_empty())
+                    && status != StatusCode::NOT_MODIFIED
+                {
+                    let body =
+                        body::read(exchange.response_body.take(), policy.max_body, &page_url)
+                            .await
+                            .unwrap_or_default();
+                    exchange.body = Some(body);
+                }
                 return self.non_success(request, exchange, bytes_received);
             }
             let body = match body::read(exchange.response_body, policy.max_body, &page_url).await {
@@ -378,8 +392,16 @@ impl Agent {
             SystemTime::now(),
             policy.max_retry_after,
         );
+        if status != StatusCode::NOT_MODIFIED {
+            outcome.finished = finished(
+                request.watch,
+                &exchange,
+                exchange.body.as_deref().unwrap_or_default(),
+            );
+        }
+        outcome.bytes_received =
+            bytes_received + exchange.body.as_ref().map_or(0, |b| b.len() as u64);
         outcome.moved_permanently = exchange.moved_permanently;
-        outcome.bytes_received = bytes_received;
         if status == StatusCode::NOT_MODIFIED {
             // RFC 9111 §4.3.4: the 304's validators update the stored ones;
             // a 304 without an ETag keeps the stored ETag.

@@ -1,0 +1,739 @@
+//! The polite agent against real loopback servers, the cases
+//! `tests/polite_agent.rs` leaves out: the 202 job polled several times,
+//! 303 after POST with its timing, `link:next` up to the page cap, JSON
+//! cursors sent and stored, 304 freshening in one answer, credentials by
+//! name, connection resets, slow endless bodies cut by the deadline, huge
+//! headers, and `until` / `fail_if` on non-2xx final answers.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use polld_config::{Config, Watch};
+use polld_daemon::agent::{
+    Agent, AgentOptions, Finished, MAX_PAGES, OutcomeKind, PollOutcome, PollRequest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wiremock::matchers::{method, path, query_param};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+const UA: &str = "polld-agent-test/2 (+mailto:ops@example.org)";
+
+fn watch(url: &str, extra: &str) -> Watch {
+    // Short test defaults, unless `extra` sets the key itself.
+    let defaults: String = [("timeout", "\"3s\""), ("connect_timeout", "\"2s\"")]
+        .iter()
+        .filter(|(key, _)| !extra.lines().any(|l| l.starts_with(&format!("{key} "))))
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
+    let text = format!("[[watch]]\nid = \"w\"\nurl = \"{url}\"\n{defaults}{extra}\n");
+    Config::from_str_with_env(Path::new("t.toml"), &text, |_| None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .watches
+        .remove(0)
+}
+
+fn agent() -> Agent {
+    Agent::new(AgentOptions {
+        user_agent: UA.into(),
+        allow_private_redirects: false,
+    })
+    .unwrap()
+}
+
+async fn poll_with(
+    watch: &Watch,
+    etag: Option<&str>,
+    last_modified: Option<&str>,
+    cursor: Option<&str>,
+) -> PollOutcome {
+    agent()
+        .poll(PollRequest {
+            watch,
+            url: &watch.url,
+            etag,
+            last_modified,
+            cursor,
+            last_hash: None,
+        })
+        .await
+}
+
+async fn poll(watch: &Watch) -> PollOutcome {
+    poll_with(watch, None, None, None).await
+}
+
+async fn received(server: &MockServer) -> Vec<Request> {
+    server.received_requests().await.unwrap_or_default()
+}
+
+/// Records when each request arrived, then answers with `response`.
+struct Timed {
+    times: Arc<Mutex<Vec<Instant>>>,
+    response: ResponseTemplate,
+}
+
+impl Respond for Timed {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.times.lock().unwrap().push(Instant::now());
+        self.response.clone()
+    }
+}
+
+/// Answers `responses` in order, then the last one for ever; records arrivals.
+struct Sequence {
+    times: Arc<Mutex<Vec<Instant>>>,
+    served: std::sync::atomic::AtomicUsize,
+    responses: Vec<ResponseTemplate>,
+}
+
+impl Respond for Sequence {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.times.lock().unwrap().push(Instant::now());
+        let n = self
+            .served
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.responses[n.min(self.responses.len() - 1)].clone()
+    }
+}
+
+/// A raw TCP server on 127.0.0.1 for what wiremock cannot say: each of at
+/// most 8 connections gets its request read, then `reply`.
+async fn raw_server<F, Fut>(reply: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reply = Arc::new(reply);
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 8192];
+            let _ = stream.read(&mut buf).await;
+            tokio::spawn(reply(stream));
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_304_with_new_cache_control_and_new_etag_freshens_both() {
+    let server = MockServer::start().await;
+    Mock::given(path("/r"))
+        .respond_with(
+            ResponseTemplate::new(304)
+                .insert_header("etag", "\"x\"")
+                .insert_header("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")
+                .insert_header("cache-control", "max-age=90"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(&format!("{}/r", server.uri()), "");
+    let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let out = poll_with(&w, Some("W/\"x\""), Some(lm), None).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::NotModified),
+        "{:?}",
+        out.kind
+    );
+    let requests = received(&server).await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].headers["if-none-match"], "W/\"x\"");
+    assert_eq!(requests[0].headers["if-modified-since"], lm);
+    assert_eq!(requests[0].headers["user-agent"], UA);
+    assert_eq!(out.etag.as_deref(), Some("\"x\""));
+    assert_eq!(
+        out.last_modified.as_deref(),
+        Some("Mon, 07 Nov 1994 08:49:37 GMT")
+    );
+    assert_eq!(out.hints.fresh_for, Some(Duration::from_secs(90)));
+    assert!(
+        out.headers
+            .iter()
+            .any(|(k, v)| k == "cache-control" && v == "max-age=90"),
+        "{:?}",
+        out.headers
+    );
+}
+
+#[tokio::test]
+async fn retry_after_dates_through_poll_are_capped_but_reported_uncapped() {
+    let server = MockServer::start().await;
+    // RFC 850 form, far in the future.
+    Mock::given(path("/far"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "Friday, 31-Dec-99 23:59:59 GMT"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/soon"))
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "45"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/far", server.uri()),
+        "max_retry_after = \"10m\"",
+    );
+    let out = poll(&w).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::RateLimited),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(out.status, Some(429));
+    // A two-digit year 99 is read as 1999 or 2099 by different parsers; either
+    // way the cap bounds the wait we act on.
+    assert!(out.hints.not_before.unwrap() <= Duration::from_secs(600));
+    let w = watch(
+        &format!("{}/soon", server.uri()),
+        "max_retry_after = \"10m\"",
+    );
+    let out = poll(&w).await;
+    assert!(matches!(out.kind, OutcomeKind::RateLimited));
+    assert_eq!(out.hints.retry_after, Some(Duration::from_secs(45)));
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(45)));
+    assert_eq!(out.hints.reason, Some("Retry-After"));
+    assert_eq!(received(&server).await.len(), 2, "no retry inside a poll");
+}
+
+#[tokio::test]
+async fn a_202_job_is_polled_no_sooner_than_retry_after_until_its_200() {
+    let server = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(path("/report"))
+        .respond_with(Timed {
+            times: times.clone(),
+            response: ResponseTemplate::new(202)
+                .insert_header("location", "/status/9")
+                .insert_header("retry-after", "1"),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(path("/status/9"))
+        .respond_with(Sequence {
+            times: times.clone(),
+            served: Default::default(),
+            responses: vec![
+                ResponseTemplate::new(202)
+                    .insert_header("location", "/status/9")
+                    .insert_header("retry-after", "1"),
+                ResponseTemplate::new(200).set_body_string("{\"state\":\"done\"}"),
+            ],
+        })
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/report", server.uri()),
+        "timeout = \"8s\"\nuntil = [\"json:/state=done\"]",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"{\"state\":\"done\"}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out.status, Some(200));
+    assert!(matches!(out.finished, Some(Finished::Done { .. })));
+    let times = times.lock().unwrap().clone();
+    assert_eq!(times.len(), 3, "start, one 202 status, the final 200");
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(950),
+            "a status check came sooner than Retry-After: {:?}",
+            pair[1] - pair[0]
+        );
+    }
+    for request in received(&server).await {
+        assert_eq!(request.method.as_str(), "GET");
+        assert_eq!(request.headers["user-agent"], UA);
+    }
+}
+
+#[tokio::test]
+async fn a_303_after_post_is_a_get_after_its_retry_after() {
+    let server = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .and(path("/submit"))
+        .respond_with(Timed {
+            times: times.clone(),
+            response: ResponseTemplate::new(303)
+                .insert_header("location", "/result")
+                .insert_header("retry-after", "1"),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/result"))
+        .respond_with(Timed {
+            times: times.clone(),
+            response: ResponseTemplate::new(200).set_body_string("ok"),
+        })
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/submit", server.uri()),
+        "method = \"POST\"\nbody = \"q=1\"",
+    );
+    let out = poll(&w).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Changed { .. }),
+        "{:?}",
+        out.kind
+    );
+    assert!(out.moved_permanently.is_none(), "a 303 re-points nothing");
+    let requests = received(&server).await;
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].method.as_str(), "POST");
+    assert_eq!(&requests[0].body[..], b"q=1");
+    assert_eq!(requests[1].method.as_str(), "GET");
+    assert!(requests[1].body.is_empty(), "the GET carries no body");
+    let times = times.lock().unwrap().clone();
+    assert!(times[1] - times[0] >= Duration::from_millis(950));
+}
+
+#[tokio::test]
+async fn a_redirect_retry_after_beyond_the_deadline_ends_rate_limited_without_following() {
+    let server = MockServer::start().await;
+    Mock::given(path("/wait"))
+        .respond_with(
+            ResponseTemplate::new(303)
+                .insert_header("location", "/later")
+                .insert_header("retry-after", "30"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(&format!("{}/wait", server.uri()), "");
+    let started = Instant::now();
+    let out = poll(&w).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "did not sleep 30 s"
+    );
+    assert!(
+        matches!(out.kind, OutcomeKind::RateLimited),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(30)));
+    assert_eq!(received(&server).await.len(), 1, "/later not requested yet");
+}
+
+#[tokio::test]
+async fn a_301_chain_then_302_does_not_re_point_and_a_308_chain_does() {
+    let server = MockServer::start().await;
+    Mock::given(path("/p1"))
+        .respond_with(ResponseTemplate::new(301).insert_header("location", "/p2"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/p2"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/final"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/q1"))
+        .respond_with(ResponseTemplate::new(308).insert_header("location", "/q2"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/q2"))
+        .respond_with(ResponseTemplate::new(301).insert_header("location", "/final"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/final"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("f"))
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/p1", server.uri()), "")).await;
+    assert!(matches!(out.kind, OutcomeKind::Changed { .. }));
+    // The 301 says /p2 is the new home; the 302 after it is temporary.
+    assert_eq!(
+        out.moved_permanently
+            .map(|u| u.path().to_owned())
+            .as_deref(),
+        Some("/p2")
+    );
+    let out = poll(&watch(&format!("{}/q1", server.uri()), "")).await;
+    assert_eq!(
+        out.moved_permanently
+            .map(|u| u.path().to_owned())
+            .as_deref(),
+        Some("/final")
+    );
+}
+
+#[tokio::test]
+async fn a_self_redirect_loop_fails_not_retryable_with_bounded_requests() {
+    let server = MockServer::start().await;
+    Mock::given(path("/self"))
+        .respond_with(ResponseTemplate::new(307).insert_header("location", "/self"))
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/self", server.uri()), "")).await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { retryable: false, error } if error.contains("loop")),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(received(&server).await.len(), 1);
+}
+
+#[tokio::test]
+async fn credentials_by_name_stay_home_but_same_origin_hops_keep_them() {
+    let home = MockServer::start().await;
+    let away = MockServer::start().await;
+    Mock::given(path("/a"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/b"))
+        .mount(&home)
+        .await;
+    Mock::given(path("/b"))
+        .respond_with(
+            ResponseTemplate::new(307).insert_header("location", format!("{}/c", away.uri())),
+        )
+        .mount(&home)
+        .await;
+    Mock::given(path("/c"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("c"))
+        .mount(&away)
+        .await;
+    let w = watch(
+        &format!("{}/a", home.uri()),
+        "headers = { Authorization = \"Bearer t\", Cookie = \"s=1\", X-Api-Key = \"k\", X-Trace = \"keep\" }",
+    );
+    let out = poll_with(
+        &w,
+        Some("\"e\""),
+        Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Changed { .. }),
+        "{:?}",
+        out.kind
+    );
+    let at_home = received(&home).await;
+    assert_eq!(at_home.len(), 2);
+    for request in &at_home {
+        assert_eq!(request.headers["authorization"], "Bearer t");
+        assert_eq!(request.headers["x-api-key"], "k");
+        assert_eq!(request.headers["if-none-match"], "\"e\"");
+    }
+    let at_away = received(&away).await;
+    assert_eq!(at_away.len(), 1);
+    let h = &at_away[0].headers;
+    for name in [
+        "authorization",
+        "cookie",
+        "x-api-key",
+        "if-none-match",
+        "if-modified-since",
+    ] {
+        assert!(h.get(name).is_none(), "{name} went to another origin");
+    }
+    assert_eq!(h["x-trace"], "keep");
+    assert_eq!(h["user-agent"], UA);
+}
+
+#[tokio::test]
+async fn a_json_cursor_is_sent_and_the_new_one_returned() {
+    let server = MockServer::start().await;
+    Mock::given(path("/events"))
+        .and(query_param("since", "41"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"items\":[42],\"next\":42}"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/events"))
+        .and(query_param("since", "42"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"items\":[],\"next\":42}"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/events?kind=all", server.uri()),
+        "[watch.cursor]\nparam = \"since\"\nfrom = \"json:/next\"\ninitial = \"0\"",
+    );
+    let out = poll_with(&w, None, None, Some("41")).await;
+    assert_eq!(
+        out.cursor.as_deref(),
+        Some("42"),
+        "a number pointer is a cursor too"
+    );
+    let requests = received(&server).await;
+    assert!(requests.len() <= MAX_PAGES);
+    let query: Vec<(String, String)> = requests[0]
+        .url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert!(query.contains(&("kind".into(), "all".into())), "{query:?}");
+    assert!(query.contains(&("since".into(), "41".into())), "{query:?}");
+    // Polled again from the stored cursor: nothing new, no new cursor to store.
+    let before = received(&server).await.len();
+    let out = poll_with(&w, None, None, Some("42")).await;
+    assert_eq!(out.cursor, None, "keep the stored cursor");
+    assert_eq!(received(&server).await.len() - before, 1);
+}
+
+/// Every page links to the next one, for ever.
+struct EndlessPages {
+    base: String,
+}
+
+impl Respond for EndlessPages {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let page: u64 = request
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "page")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1);
+        ResponseTemplate::new(200)
+            .insert_header(
+                "link",
+                format!("<{}/list?page={}>; rel=\"next\"", self.base, page + 1),
+            )
+            .set_body_string(format!("page {page}"))
+    }
+}
+
+#[tokio::test]
+async fn link_next_is_followed_up_to_the_cap_and_the_last_next_is_stored() {
+    let server = MockServer::start().await;
+    Mock::given(path("/list"))
+        .respond_with(EndlessPages { base: server.uri() })
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/list?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    assert_eq!(received(&server).await.len(), MAX_PAGES, "pages capped");
+    let expected = format!("{}/list?page={}", server.uri(), MAX_PAGES + 1);
+    assert_eq!(out.cursor.as_deref(), Some(expected.as_str()));
+    // The next poll starts at the stored cursor.
+    let stored = out.cursor.unwrap();
+    let before = received(&server).await.len();
+    let _ = poll_with(&w, None, None, Some(&stored)).await;
+    let requests = received(&server).await;
+    // (wiremock rebuilds the URL from the Host header: compare path and query.)
+    assert_eq!(
+        requests[before].url.query(),
+        Some(format!("page={}", MAX_PAGES + 1).as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_410_on_a_cursored_request_resets_but_not_without_a_cursor() {
+    let server = MockServer::start().await;
+    Mock::given(path("/gone"))
+        .respond_with(ResponseTemplate::new(410))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/gone", server.uri()),
+        "[watch.cursor]\nparam = \"after\"\nfrom = \"header:X-Next\"",
+    );
+    let out = poll_with(&w, None, None, Some("zz")).await;
+    assert!(matches!(out.kind, OutcomeKind::Gone));
+    assert!(out.cursor_reset);
+    assert_eq!(received(&server).await[0].url.query(), Some("after=zz"));
+    let out = poll(&w).await;
+    assert!(!out.cursor_reset, "nothing to reset");
+}
+
+#[tokio::test]
+async fn until_and_fail_if_judge_a_non_2xx_final_answer() {
+    let server = MockServer::start().await;
+    Mock::given(path("/missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("{\"error\":\"no such job\"}"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/deleted"))
+        .respond_with(ResponseTemplate::new(410))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/missing", server.uri()),
+        "fail_if = [\"status=404\"]",
+    );
+    let out = poll(&w).await;
+    assert!(matches!(out.kind, OutcomeKind::Failed { .. }));
+    assert_eq!(
+        out.finished,
+        Some(Finished::Failed {
+            condition: "status=404".into()
+        })
+    );
+    let w = watch(
+        &format!("{}/missing", server.uri()),
+        "fail_if = [\"json:/error=no such job\"]",
+    );
+    assert!(
+        matches!(poll(&w).await.finished, Some(Finished::Failed { .. })),
+        "the error body is judged too"
+    );
+    let w = watch(
+        &format!("{}/deleted", server.uri()),
+        "until = [\"status=410\"]",
+    );
+    assert!(matches!(
+        poll(&w).await.finished,
+        Some(Finished::Done { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_304_is_not_judged_by_until() {
+    let server = MockServer::start().await;
+    Mock::given(path("/n"))
+        .respond_with(ResponseTemplate::new(304).insert_header("x-state", "done"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/n", server.uri()),
+        "until = [\"header:X-State=done\"]",
+    );
+    let out = poll_with(&w, Some("\"a\""), None, None).await;
+    assert!(matches!(out.kind, OutcomeKind::NotModified));
+    assert_eq!(out.finished, None);
+}
+
+#[tokio::test]
+async fn a_connection_reset_before_any_answer_fails_retryable() {
+    let base = raw_server(|s| async move {
+        // SO_LINGER 0 then close: an RST instead of a FIN.
+        let _ = s.set_zero_linger();
+        drop(s);
+    })
+    .await;
+    let out = poll(&watch(&format!("{base}/"), "")).await;
+    assert!(
+        matches!(
+            &out.kind,
+            OutcomeKind::Failed {
+                retryable: true,
+                ..
+            }
+        ),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(out.status, None);
+}
+
+#[tokio::test]
+async fn a_reset_mid_body_fails_retryable() {
+    let base = raw_server(|mut s| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+            .await;
+        let _ = s.flush().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = s.set_zero_linger();
+        drop(s);
+    })
+    .await;
+    let out = poll(&watch(&format!("{base}/"), "")).await;
+    assert!(
+        matches!(
+            &out.kind,
+            OutcomeKind::Failed {
+                retryable: true,
+                ..
+            }
+        ),
+        "{:?}",
+        out.kind
+    );
+}
+
+#[tokio::test]
+async fn a_slow_endless_body_is_cut_by_the_deadline() {
+    let base = raw_server(|mut s| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        // One small chunk every 100 ms: never stalls, never ends, never large.
+        for _ in 0..600 {
+            if s.write_all(b"4\r\ndrip\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let w = watch(
+        &format!("{base}/"),
+        "timeout = \"2s\"\nmax_body = \"10MiB\"",
+    );
+    let started = Instant::now();
+    let out = poll(&w).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { retryable: true, error } if error.contains("timeout")),
+        "{:?}",
+        out.kind
+    );
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_stall_before_the_headers_fails_within_the_timeout() {
+    let base = raw_server(|s| async move {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        drop(s);
+    })
+    .await;
+    let w = watch(&format!("{base}/"), "timeout = \"2s\"");
+    let started = Instant::now();
+    let out = poll(&w).await;
+    assert!(
+        matches!(
+            &out.kind,
+            OutcomeKind::Failed {
+                retryable: true,
+                ..
+            }
+        ),
+        "{:?}",
+        out.kind
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn one_huge_header_fails_without_panic() {
+    let base = raw_server(|mut s| async move {
+        let mut response = String::from("HTTP/1.1 200 OK\r\nX-Big: ");
+        response.push_str(&"a".repeat(2 << 20));
+        response.push_str("\r\nContent-Length: 2\r\n\r\nok");
+        let _ = s.write_all(response.as_bytes()).await;
+    })
+    .await;
+    let out = poll(&watch(&format!("{base}/"), "")).await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { .. }),
+        "{:?}",
+        out.kind
+    );
+}
+
+#[tokio::test]
+async fn a_content_length_above_max_body_is_refused_before_reading() {
+    let server = MockServer::start().await;
+    Mock::given(path("/big"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b'x'; 300_000]))
+        .mount(&server)
+        .await;
+    let w = watch(&format!("{}/big", server.uri()), "max_body = \"100KiB\"");
+    let out = poll(&w).await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { retryable: false, error } if error.contains("max_body")),
+        "{:?}",
+        out.kind
+    );
+}
