@@ -460,8 +460,16 @@ async fn a_json_cursor_is_sent_and_the_new_one_returned() {
         Some("42"),
         "a number pointer is a cursor too"
     );
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(
+            &body[..],
+            b"{\"items\":[42],\"next\":42}",
+            "the page that gave nothing new is not joined in"
+        ),
+        other => panic!("{other:?}"),
+    }
     let requests = received(&server).await;
-    assert!(requests.len() <= MAX_PAGES);
+    assert_eq!(requests.len(), 2, "followed until a page gave nothing new");
     let query: Vec<(String, String)> = requests[0]
         .url
         .query_pairs()
@@ -473,6 +481,11 @@ async fn a_json_cursor_is_sent_and_the_new_one_returned() {
     let before = received(&server).await.len();
     let out = poll_with(&w, None, None, Some("42")).await;
     assert_eq!(out.cursor, None, "keep the stored cursor");
+    assert!(
+        matches!(out.kind, OutcomeKind::Unchanged { .. }),
+        "a page with no new content makes no version: {:?}",
+        out.kind
+    );
     assert_eq!(received(&server).await.len() - before, 1);
 }
 

@@ -246,6 +246,7 @@ impl Agent {
         let mut page_url = first_url;
         let mut first: Option<Exchange> = None;
         let mut last: Option<Exchange> = None;
+        let mut nothing_new = false;
 
         for page in 0..MAX_PAGES {
             // Validators only on the first page: later pages are new content.
@@ -303,6 +304,25 @@ impl Agent {
             if first.is_none() {
                 first = Some(exchange.clone_meta());
             }
+            // A since-style cursor (JSON or header) that comes back as the
+            // one requested means the page had nothing new (DESIGN: "a page
+            // with no new content makes no version"). Such a page used to be
+            // joined into the body, and on the first page made a version of
+            // an empty page that differed from the stored (joined) one.
+            let no_progress = watch.cursor.as_ref().is_some_and(|c| {
+                !matches!(c.from, polld_config::CursorSource::LinkNext)
+                    && cursor_now.is_some()
+                    && next.is_some()
+                    && next == cursor_now
+            });
+            if no_progress {
+                if page == 0 {
+                    nothing_new = true;
+                    pages.push(body);
+                }
+                last = Some(exchange);
+                break;
+            }
             pages.push(body);
             last = Some(exchange);
             match (watch.cursor.as_ref(), next) {
@@ -332,7 +352,7 @@ impl Agent {
             )
         };
         let hash = *blake3::hash(&body).as_bytes();
-        let kind = if request.last_hash == Some(hash) {
+        let kind = if request.last_hash == Some(hash) || nothing_new {
             OutcomeKind::Unchanged { hash }
         } else {
             OutcomeKind::Changed {
