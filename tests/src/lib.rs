@@ -6,6 +6,8 @@
 //! The binary is `target/<profile>/polld`, which `cargo test --workspace`
 //! builds; set `POLLD_BIN` to test another one.
 
+pub mod hostile;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -191,5 +193,50 @@ where
             "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Polld {
+    /// Like [`Polld::spawn`], under a wrapper that `exec`s the daemon (for
+    /// example `fiu-run -x -c SPEC`), so that the pid is still polld's.
+    pub fn spawn_wrapped(&mut self, wrapper: &[&str]) {
+        let (program, args) = wrapper.split_first().expect("a wrapper command");
+        let mut child = Command::new(program)
+            .args(args)
+            .arg(polld_bin())
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "polld=info,polld_store=info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the wrapped polld");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// Whether the process is still running (reaps it if it exited).
+    pub fn running(&mut self) -> bool {
+        self.wait_exit(Duration::ZERO).is_none() && self.child.is_some()
+    }
+
+    /// Peak resident set size in KiB (`VmHWM` of /proc/PID/status).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 }
