@@ -750,3 +750,50 @@ async fn a_content_length_above_max_body_is_refused_before_reading() {
         out.kind
     );
 }
+
+#[tokio::test]
+async fn the_watch_connect_timeout_bounds_a_connect_that_hangs() {
+    // A listener with a backlog of 0 that never accepts: once its queue is
+    // full, the kernel drops further SYNs and a connect hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        // Each filler either connects (filling the queue) or hangs itself.
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    let w = watch(
+        &format!("http://{addr}/"),
+        "timeout = \"4s\"\nconnect_timeout = \"1s\"",
+    );
+    let started = Instant::now();
+    let out = poll(&w).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            &out.kind,
+            OutcomeKind::Failed {
+                retryable: true,
+                ..
+            }
+        ),
+        "{:?}",
+        out.kind
+    );
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "connect_timeout = 1s was not applied: {elapsed:?} ({:?})",
+        out.kind
+    );
+    drop(listener);
+}

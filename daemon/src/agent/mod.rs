@@ -13,7 +13,8 @@ pub mod cursor;
 pub mod hints;
 pub mod redirect;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -60,10 +61,21 @@ pub struct AgentOptions {
     pub allow_private_redirects: bool,
 }
 
+/// The connect timeout of the shared client (and of `polld await`).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Distinct per-watch connect timeouts given a client of their own; more
+/// fall back to the shared client (still bounded by the watch's `timeout`).
+const MAX_CONNECT_CLIENTS: usize = 16;
+
 /// The shared HTTP client and the rules of polling. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Agent {
     client: reqwest::Client,
+    user_agent: String,
+    /// reqwest has no per-request connect timeout, so a watch's
+    /// `connect_timeout` (ignored before: every connect waited up to 10 s or
+    /// the whole `timeout`) gets a client built with it, one per value.
+    by_connect_timeout: Arc<Mutex<HashMap<Duration, reqwest::Client>>>,
     allow_private_redirects: bool,
 }
 
@@ -189,20 +201,37 @@ impl Agent {
     /// agent follows them itself), no proxy from the environment, rustls,
     /// pooled keep-alive connections.
     pub fn new(options: AgentOptions) -> Result<Agent, AgentError> {
-        let client = reqwest::Client::builder()
-            .user_agent(options.user_agent)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(8)
-            .http1_max_headers(200)
-            .tcp_nodelay(true)
-            .build()?;
+        let client = build_client(&options.user_agent, DEFAULT_CONNECT_TIMEOUT)?;
         Ok(Agent {
             client,
+            user_agent: options.user_agent,
+            by_connect_timeout: Arc::default(),
             allow_private_redirects: options.allow_private_redirects,
         })
+    }
+
+    /// The client whose connect timeout is `connect_timeout`.
+    fn client_for(&self, connect_timeout: Duration) -> reqwest::Client {
+        if connect_timeout == DEFAULT_CONNECT_TIMEOUT || connect_timeout.is_zero() {
+            return self.client.clone();
+        }
+        let mut clients = self
+            .by_connect_timeout
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(&connect_timeout) {
+            return client.clone();
+        }
+        if clients.len() >= MAX_CONNECT_CLIENTS {
+            return self.client.clone();
+        }
+        match build_client(&self.user_agent, connect_timeout) {
+            Ok(client) => {
+                clients.insert(connect_timeout, client.clone());
+                client
+            }
+            Err(_) => self.client.clone(),
+        }
     }
 
     /// The shared client (for `polld await`).
@@ -469,7 +498,9 @@ impl Agent {
                 ));
             }
             let same_origin = redirect::same_origin(&origin, &url);
-            let mut builder = self.client.request(method.clone(), url.clone());
+            let mut builder = self
+                .client_for(watch.policy.connect_timeout)
+                .request(method.clone(), url.clone());
             for (name, value) in &watch.headers {
                 // Credentials never travel to another origin.
                 if !same_origin && is_credential(name) {
@@ -619,6 +650,25 @@ impl Agent {
         tokio::time::sleep(wait).await;
         Ok(())
     }
+}
+
+/// The client every poll shares: no automatic redirects (the agent follows
+/// them itself), no proxy from the environment, pooled keep-alive
+/// connections, at most 200 response headers.
+fn build_client(
+    user_agent: &str,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(user_agent)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(8)
+        .http1_max_headers(200)
+        .tcp_nodelay(true)
+        .build()
 }
 
 /// A final answer: status and headers, and its body (read later).
