@@ -797,3 +797,379 @@ async fn the_watch_connect_timeout_bounds_a_connect_that_hangs() {
     );
     drop(listener);
 }
+
+fn hash(body: &[u8]) -> [u8; 32] {
+    *blake3::hash(body).as_bytes()
+}
+
+async fn poll_hash(watch: &Watch, etag: Option<&str>, last_hash: [u8; 32]) -> PollOutcome {
+    agent()
+        .poll(PollRequest {
+            watch,
+            url: &watch.url,
+            etag,
+            last_modified: None,
+            cursor: None,
+            last_hash: Some(last_hash),
+        })
+        .await
+}
+
+#[tokio::test]
+async fn change_is_judged_by_hash_not_by_etag() {
+    let server = MockServer::start().await;
+    for (p, etag, body) in [
+        ("/same", "\"v1\"", "same body"),
+        ("/new-etag", "\"v2\"", "same body"),
+        ("/changed", "\"v1\"", "<p>new</p>"),
+    ] {
+        Mock::given(path(p))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("etag", etag)
+                    .set_body_raw(body, "text/html; charset=utf-8"),
+            )
+            .mount(&server)
+            .await;
+    }
+    let stored = hash(b"same body");
+    let out = poll_hash(
+        &watch(&format!("{}/same", server.uri()), ""),
+        Some("\"v1\""),
+        stored,
+    )
+    .await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Unchanged { hash } if hash == stored),
+        "{:?}",
+        out.kind
+    );
+    let out = poll_hash(
+        &watch(&format!("{}/new-etag", server.uri()), ""),
+        Some("\"v1\""),
+        stored,
+    )
+    .await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Unchanged { .. }),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(
+        out.etag.as_deref(),
+        Some("\"v2\""),
+        "the new ETag is stored"
+    );
+    let out = poll_hash(
+        &watch(&format!("{}/changed", server.uri()), ""),
+        Some("\"v1\""),
+        stored,
+    )
+    .await;
+    match out.kind {
+        OutcomeKind::Changed {
+            body,
+            hash: h,
+            content_type,
+        } => {
+            assert_eq!(&body[..], b"<p>new</p>");
+            assert_eq!(h, hash(b"<p>new</p>"));
+            assert_eq!(content_type.as_deref(), Some("text/html; charset=utf-8"));
+        }
+        other => panic!("{other:?}"),
+    }
+    for request in received(&server).await {
+        assert_eq!(request.headers["if-none-match"], "\"v1\"");
+    }
+}
+
+#[tokio::test]
+async fn a_304_without_an_etag_keeps_the_stored_one() {
+    let server = MockServer::start().await;
+    Mock::given(path("/r"))
+        .respond_with(ResponseTemplate::new(304))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let out = poll_with(
+        &watch(&format!("{}/r", server.uri()), ""),
+        Some("W/\"7\""),
+        None,
+        None,
+    )
+    .await;
+    assert!(matches!(out.kind, OutcomeKind::NotModified));
+    assert_eq!(out.etag.as_deref(), Some("W/\"7\""));
+    assert_eq!(
+        received(&server).await[0].headers["if-none-match"],
+        "W/\"7\""
+    );
+}
+
+#[tokio::test]
+async fn a_far_future_retry_after_is_capped_and_rate_limit_headers_are_read() {
+    let server = MockServer::start().await;
+    Mock::given(path("/far"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "Fri, 31 Dec 2100 23:59:59 GMT"),
+        )
+        .mount(&server)
+        .await;
+    let reset_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    Mock::given(path("/xrl"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", reset_at.to_string().as_str())
+                .set_body_string("x"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/rl"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("ratelimit", "\"default\";r=0;t=10")
+                .set_body_string("x"),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(
+        &format!("{}/far", server.uri()),
+        "max_retry_after = \"10m\"",
+    ))
+    .await;
+    assert!(matches!(out.kind, OutcomeKind::RateLimited));
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(600)));
+    assert!(
+        out.hints.retry_after.unwrap() > Duration::from_secs(600),
+        "reported uncapped"
+    );
+    let out = poll(&watch(&format!("{}/xrl", server.uri()), "")).await;
+    let reset = out.hints.rate_limit_reset.expect("epoch-seconds reset");
+    assert!(
+        reset >= Duration::from_secs(50) && reset <= Duration::from_secs(61),
+        "{reset:?}"
+    );
+    assert_eq!(out.hints.reason, Some("RateLimit"));
+    let out = poll(&watch(&format!("{}/rl", server.uri()), "")).await;
+    assert_eq!(out.hints.rate_limit_reset, Some(Duration::from_secs(10)));
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn eleven_hops_and_a_file_target_fail_not_retryable() {
+    let server = MockServer::start().await;
+    for i in 0..15 {
+        Mock::given(path(format!("/h{i}")))
+            .respond_with(
+                ResponseTemplate::new(302).insert_header("location", format!("/h{}", i + 1)),
+            )
+            .mount(&server)
+            .await;
+    }
+    Mock::given(path("/file"))
+        .respond_with(ResponseTemplate::new(301).insert_header("location", "file:///etc/passwd"))
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/h0", server.uri()), "")).await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { retryable: false, error } if error.contains("redirects")),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(
+        received(&server).await.len(),
+        11,
+        "the first request and 10 hops"
+    );
+    let out = poll(&watch(&format!("{}/file", server.uri()), "")).await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { retryable: false, error } if error.contains("file:")),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(received(&server).await.len(), 12);
+}
+
+#[tokio::test]
+async fn a_header_cursor_is_read_and_sent() {
+    let server = MockServer::start().await;
+    Mock::given(path("/h"))
+        .and(query_param("after", "c1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-next", "c1")
+                .set_body_string("none"),
+        )
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/h"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-next", "c1")
+                .set_body_string("first"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/h", server.uri()),
+        "[watch.cursor]\nparam = \"after\"\nfrom = \"header:X-Next\"",
+    );
+    let out = poll(&w).await;
+    assert_eq!(out.cursor.as_deref(), Some("c1"));
+    let requests = received(&server).await;
+    assert_eq!(requests[0].url.query(), None, "no cursor yet");
+    assert_eq!(requests[1].url.query(), Some("after=c1"));
+    match out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"first"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_is_cut_at_max_body() {
+    use std::io::Write;
+    // 32 MiB of zeros compress to ~32 KiB.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..32 {
+        encoder.write_all(&zeros).unwrap();
+    }
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < 100_000);
+    let server = MockServer::start().await;
+    Mock::given(path("/bomb"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .set_body_bytes(bomb),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(
+        &format!("{}/bomb", server.uri()),
+        "max_body = \"512KiB\"",
+    ))
+    .await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { retryable: false, error } if error.contains("max_body")),
+        "{:?}",
+        out.kind
+    );
+}
+
+#[tokio::test]
+async fn an_endless_chunked_body_is_cut_at_max_body() {
+    let base = raw_server(|mut s| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        let chunk = format!("{:x}\r\n{}\r\n", 4096, "z".repeat(4096));
+        for _ in 0..100_000 {
+            if s.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let out = poll(&watch(&format!("{base}/"), "max_body = \"128KiB\"")).await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { error, .. } if error.contains("max_body")),
+        "{:?}",
+        out.kind
+    );
+}
+
+#[tokio::test]
+async fn a_stall_after_the_headers_fails_within_the_timeout() {
+    let base = raw_server(|mut s| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhalf")
+            .await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    })
+    .await;
+    let started = Instant::now();
+    let out = poll(&watch(&format!("{base}/"), "timeout = \"2s\"")).await;
+    assert!(
+        matches!(
+            &out.kind,
+            OutcomeKind::Failed {
+                retryable: true,
+                ..
+            }
+        ),
+        "{:?}",
+        out.kind
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn two_thousand_headers_fail_without_panic() {
+    let base = raw_server(|mut s| async move {
+        let mut response = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..2000 {
+            response.push_str(&format!("X-N{i}: {i}\r\n"));
+        }
+        response.push_str("Content-Length: 2\r\n\r\nok");
+        let _ = s.write_all(response.as_bytes()).await;
+    })
+    .await;
+    let out = poll(&watch(&format!("{base}/"), "")).await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { .. }),
+        "{:?}",
+        out.kind
+    );
+}
+
+#[tokio::test]
+async fn until_and_fail_if_on_a_200() {
+    let server = MockServer::start().await;
+    Mock::given(path("/ok"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-phase", "done")
+                .set_body_string("{\"state\":\"ok\"}"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/bad"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"state\":\"error\"}"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/ok", server.uri()),
+        "until = [\"json:/state=ok\", \"header:X-Phase=done\"]\nfail_if = [\"json:/state=error\"]",
+    );
+    assert!(matches!(
+        poll(&w).await.finished,
+        Some(Finished::Done { .. })
+    ));
+    let w = watch(
+        &format!("{}/bad", server.uri()),
+        "until = [\"json:/state=ok\"]\nfail_if = [\"json:/state=error\"]",
+    );
+    assert_eq!(
+        poll(&w).await.finished,
+        Some(Finished::Failed {
+            condition: "json:/state=error".into()
+        })
+    );
+    let w = watch(
+        &format!("{}/ok", server.uri()),
+        "until = [\"json:/state=ok\", \"header:X-Phase=later\"]",
+    );
+    assert_eq!(poll(&w).await.finished, None, "every until must hold");
+}
