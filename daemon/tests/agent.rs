@@ -1173,3 +1173,59 @@ async fn until_and_fail_if_on_a_200() {
     );
     assert_eq!(poll(&w).await.finished, None, "every until must hold");
 }
+
+#[tokio::test]
+async fn a_link_next_that_is_not_http_is_neither_followed_nor_stored() {
+    let server = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", "<ftp://127.0.0.1/next>; rel=\"next\"")
+                .set_body_string("page one"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/p", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"page one"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out.cursor, None, "an ftp:// cursor is not stored");
+}
+
+#[tokio::test]
+async fn a_later_page_that_breaks_keeps_the_earlier_pages() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}")
+    };
+    let server = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", format!("<{dead}/p2>; rel=\"next\"").as_str())
+                .set_body_string("page one"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/p", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"page one"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        out.cursor.as_deref(),
+        Some(format!("{dead}/p2").as_str()),
+        "the next poll starts at the page that failed"
+    );
+}

@@ -285,6 +285,11 @@ impl Agent {
                 .await
             {
                 Ok(exchange) => exchange,
+                // A later page that brings no answer (reset, refused
+                // redirect, ...) ends the pages like a later non-2xx page
+                // does: the earlier pages are kept. It used to fail the
+                // whole poll and lose them.
+                Err(_) if page > 0 => break,
                 Err(mut outcome) => {
                     outcome.bytes_received = bytes_received;
                     return outcome;
@@ -356,10 +361,19 @@ impl Agent {
             last = Some(exchange);
             match (watch.cursor.as_ref(), next) {
                 (Some(config), Some(next)) if Some(&next) != cursor_now.as_ref() => {
-                    page_url = cursor::request_url(watch, request.url, Some(&next));
+                    let mut next_url = cursor::request_url(watch, request.url, Some(&next));
                     if matches!(config.from, polld_config::CursorSource::LinkNext) {
-                        page_url = Url::parse(&next).unwrap_or(page_url);
+                        next_url = Url::parse(&next).unwrap_or(next_url);
                     }
+                    // A `rel=next` is chosen by the server like a redirect
+                    // target, so the redirect rules apply: no file:// or
+                    // ftp://, no hop from a public address to an internal
+                    // one. It used to be followed (and stored) unchecked.
+                    let from = last.as_ref().map_or(&page_url, |e| &e.final_url);
+                    if redirect::refusal(from, &next_url, self.allow_private_redirects).is_some() {
+                        break;
+                    }
+                    page_url = next_url;
                     cursor_now = Some(next);
                 }
                 _ => break,
