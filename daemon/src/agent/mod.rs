@@ -578,9 +578,11 @@ impl Agent {
                         body = None;
                     }
                 }
+                // Let the connection go before any wait: an unread response
+                // held across a Retry-After kept it out of the pool.
+                drop(response);
                 // A Retry-After on a 3xx is honoured before following.
                 self.wait_retry_after(request, &headers, deadline).await?;
-                drop(response);
                 url = target;
                 continue;
             }
@@ -605,8 +607,8 @@ impl Agent {
                 let wait = hints::retry_after(&headers, SystemTime::now())
                     .unwrap_or(Duration::from_secs(1))
                     .min(watch.policy.max_retry_after);
-                self.wait_until(request, wait, deadline).await?;
                 drop(response);
+                self.wait_until(request, wait, deadline).await?;
                 permanent_chain = false;
                 method = Method::GET;
                 body = None;
