@@ -1229,3 +1229,42 @@ async fn a_later_page_that_breaks_keeps_the_earlier_pages() {
         "the next poll starts at the page that failed"
     );
 }
+
+#[tokio::test]
+async fn a_next_page_on_another_origin_gets_no_credentials() {
+    let home = MockServer::start().await;
+    let away = MockServer::start().await;
+    Mock::given(path("/p"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header(
+                    "link",
+                    format!("<{}/p2>; rel=\"next\"", away.uri()).as_str(),
+                )
+                .set_body_string("one"),
+        )
+        .mount(&home)
+        .await;
+    Mock::given(path("/p2"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("two"))
+        .mount(&away)
+        .await;
+    let w = watch(
+        &format!("{}/p", home.uri()),
+        "headers = { Authorization = \"Bearer t\" }\n[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll_with(&w, Some("\"e\""), None, None).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Changed { .. }),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(
+        received(&home).await[0].headers["authorization"],
+        "Bearer t"
+    );
+    let at_away = received(&away).await;
+    assert_eq!(at_away.len(), 1);
+    assert!(at_away[0].headers.get("authorization").is_none());
+    assert!(at_away[0].headers.get("if-none-match").is_none());
+}
