@@ -1268,3 +1268,40 @@ async fn a_next_page_on_another_origin_gets_no_credentials() {
     assert!(at_away[0].headers.get("authorization").is_none());
     assert!(at_away[0].headers.get("if-none-match").is_none());
 }
+
+#[tokio::test]
+async fn credentials_do_not_follow_a_permanent_move_to_another_origin() {
+    let configured = MockServer::start().await;
+    let moved_to = MockServer::start().await;
+    Mock::given(path("/feed"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("x"))
+        .mount(&moved_to)
+        .await;
+    let w = watch(
+        &format!("{}/feed", configured.uri()),
+        "headers = { Authorization = \"Bearer s3cret\", Accept = \"text/plain\" }",
+    );
+    // The engine re-pointed the watch after repeated 301s to another origin.
+    let moved_url = url::Url::parse(&format!("{}/feed", moved_to.uri())).unwrap();
+    let out = agent()
+        .poll(PollRequest {
+            watch: &w,
+            url: &moved_url,
+            etag: None,
+            last_modified: None,
+            cursor: None,
+            last_hash: None,
+        })
+        .await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Changed { .. }),
+        "{:?}",
+        out.kind
+    );
+    let request = &received(&moved_to).await[0];
+    assert!(
+        request.headers.get("authorization").is_none(),
+        "credentials stay with the configured origin"
+    );
+    assert_eq!(request.headers["accept"], "text/plain");
+}

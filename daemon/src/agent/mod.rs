@@ -515,9 +515,12 @@ impl Agent {
             let mut builder = self
                 .client_for(watch.policy.connect_timeout)
                 .request(method.clone(), url.clone());
+            // Credentials go only to the origin the operator configured: not
+            // along a redirect, and not to where a permanent move re-pointed
+            // the watch (the operator updates the list for that).
+            let configured_origin = redirect::same_origin(&watch.url, &url);
             for (name, value) in &watch.headers {
-                // Credentials never travel to another origin.
-                if !same_origin && is_credential(name) {
+                if !(same_origin && configured_origin) && is_credential(name) {
                     continue;
                 }
                 builder = builder.header(name, value);
