@@ -200,6 +200,20 @@ async fn ready(client: &reqwest::Client, polld: &Polld, limit: Duration) -> Dura
     started.elapsed()
 }
 
+/// The feed of a polld that is ready; a slow machine gets three tries.
+async fn feed_or_panic(client: &reqwest::Client, polld: &Polld) -> Feed {
+    for _ in 0..3 {
+        if let Some(now) = feed(client, &polld.api).await {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "the feed does not answer although /readyz was 200; log tail:\n{}",
+        tail(&polld.log(), 20)
+    );
+}
+
 /// `rounds` SIGKILLs at pseudo-random moments (50-450 ms after ready).
 async fn kill_rounds(rounds: usize, tally: &mut Tally) {
     let (server, _frozen) = changing_server(3, 64).await;
@@ -210,7 +224,7 @@ async fn kill_rounds(rounds: usize, tally: &mut Tally) {
     for round in 0..rounds {
         let took = ready(&client, &polld, Duration::from_secs(10)).await;
         tally.max_restart = tally.max_restart.max(took);
-        let now = feed(&client, &polld.api).await.expect("the feed answers");
+        let now = feed_or_panic(&client, &polld).await;
         tally.check(&mut kept, &now, &format!("kill round {round}"));
         moment ^= moment << 13;
         moment ^= moment >> 7;
@@ -220,13 +234,39 @@ async fn kill_rounds(rounds: usize, tally: &mut Tally) {
         polld.signal(Signal::SIGKILL);
         polld.wait_exit(Duration::from_secs(5)).expect("killed");
         tally.faults += 1;
+        tally.exited(None);
         polld.spawn();
     }
     let took = ready(&client, &polld, Duration::from_secs(10)).await;
     tally.max_restart = tally.max_restart.max(took);
-    let now = feed(&client, &polld.api).await.expect("the feed answers");
+    let now = feed_or_panic(&client, &polld).await;
     tally.check(&mut kept, &now, "after the last kill");
     assert!(polld.stop().success(), "log:\n{}", polld.log());
+}
+
+/// crash.rs checks the same kills for lost changes; this one also checks
+/// that no (watch, version) is acknowledged twice across restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let mut tally = Tally::default();
+    kill_rounds(20, &mut tally).await;
+    eprintln!("{}", tally.table("SIGKILL"));
+    assert!(tally.lost.is_empty(), "lost: {:#?}", tally.lost);
+    assert!(
+        tally.duplicated.is_empty(),
+        "duplicated: {:#?}",
+        tally.duplicated
+    );
+    assert!(
+        tally.acknowledged >= 20,
+        "the watches kept changing: {}",
+        tally.acknowledged
+    );
+    assert!(
+        tally.max_restart < Duration::from_secs(5),
+        "ready again within a few seconds: {:?}",
+        tally.max_restart
+    );
 }
 
 // ---------------------------------------------------------------- fsync
