@@ -184,12 +184,14 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
 
     let stopped_early = tokio::select! {
         signals = wait_for_signals(&config_path, &handle) => { signals?; None }
-        result = &mut writer_task => Some(format!("the store writer stopped: {}", match result {
-            Ok(Ok(())) => "without error".to_owned(),
-            Ok(Err(err)) => err.to_string(),
-            Err(err) => err.to_string(),
-        })),
-        result = &mut engine_task => Some(format!("the engine stopped unexpectedly: {result:?}")),
+        result = &mut writer_task => Some(match result {
+            // A failed commit: exit 74 (EX_IOERR) so that operators and
+            // systemd can tell it from other failures.
+            Ok(Err(source)) => RunError::Store { path: db_path.clone(), source },
+            Ok(Ok(())) => RunError::Other(anyhow::anyhow!("the store writer stopped without error")),
+            Err(err) => RunError::Other(anyhow::anyhow!("the store writer panicked: {err}")),
+        }),
+        result = &mut engine_task => Some(RunError::Other(anyhow::anyhow!("the engine stopped unexpectedly: {result:?}"))),
     };
     notify::stopping();
     tracing::info!("shutting down");
@@ -212,10 +214,10 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
         // The exporter flushes the last spans and metrics on cancel.
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    if let Some(why) = stopped_early {
+    if let Some(err) = stopped_early {
         // Exit non-zero without closing cleanly: systemd restarts polld and
         // the next open repairs whatever the failed commit left.
-        return Err(RunError::Other(anyhow::anyhow!(why)));
+        return Err(err);
     }
     tokio::task::spawn_blocking(move || store.close())
         .await
