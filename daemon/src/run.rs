@@ -197,13 +197,32 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     tracing::info!("shutting down");
     shutdown.cancel();
     background.cancel();
+    let mut stopped_early = stopped_early;
     if stopped_early.is_none() {
-        engine_task.await.context("engine task panicked")?;
-        // The engine dropped its writer: the writer flushes what it holds and ends.
-        match writer_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "store writer stopped with an error"),
-            Err(err) => tracing::error!(error = %err, "store writer panicked"),
+        // Bounded: on a full disk the writer keeps retrying, and shutdown must
+        // not wait for space forever (what is not committed was never
+        // acknowledged).
+        let drained = tokio::time::timeout(2 * SHUTDOWN_GRACE, async {
+            engine_task.await.context("engine task panicked")?;
+            // The engine dropped its writer: the writer flushes what it holds and ends.
+            anyhow::Ok(writer_task.await)
+        })
+        .await;
+        match drained {
+            Ok(Ok(Ok(Ok(())))) => {}
+            Ok(Ok(Ok(Err(source)))) => {
+                stopped_early = Some(RunError::Store {
+                    path: db_path.clone(),
+                    source,
+                });
+            }
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "store writer panicked"),
+            Ok(Err(err)) => return Err(err.into()),
+            Err(_) => {
+                stopped_early = Some(RunError::Other(anyhow::anyhow!(
+                    "the store could not commit the last outcomes before shutdown (disk full?); they were never acknowledged"
+                )));
+            }
         }
     }
     let _ = api_task.await;

@@ -233,6 +233,28 @@ impl Store {
         }
     }
 
+    /// Closes and opens the database file again (redb refuses writes after
+    /// a failed one until then). On failure the store stays closed until the
+    /// next successful reopen; reads meanwhile fail with [`StoreError::Closed`].
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(guard.take());
+        let mut builder = Database::builder();
+        builder
+            .set_cache_size(self.inner.opts.cache_bytes)
+            .set_check_integrity_on_open(self.inner.opts.verify_on_open);
+        let path = &self.inner.path;
+        let db = builder
+            .create(path)
+            .map_err(|e| StoreError::from_open(path.clone(), e))?;
+        *guard = Some(db);
+        Ok(())
+    }
+
     fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError>,
@@ -311,14 +333,14 @@ impl Store {
         for o in &outcomes {
             validate(o)?;
         }
-        self.apply_validated(outcomes)
+        self.apply_validated(&outcomes)
     }
 
     /// [`Store::apply_blocking`] for outcomes already passed through
     /// [`validate`] (the writer validates on submit, so a body is hashed once).
     pub(crate) fn apply_validated(
         &self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
     ) -> Result<Vec<Committed>, StoreError> {
         if outcomes.is_empty() {
             return Ok(Vec::new());
@@ -633,7 +655,7 @@ impl<'t> WriteTables<'t> {
     /// `(last_seq, oldest_seq)`.
     fn apply(
         &mut self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
         opts: &StoreOptions,
     ) -> Result<(Vec<Committed>, u64, u64), StoreError> {
         // Read inside the transaction rather than from the in-memory copy:
@@ -662,17 +684,14 @@ impl<'t> WriteTables<'t> {
 
     fn apply_one(
         &mut self,
-        o: Outcome,
+        o: &Outcome,
         seq: &mut u64,
         now: u64,
         level: i32,
     ) -> Result<Committed, StoreError> {
-        let Outcome {
-            mut state,
-            new_version,
-            events,
-            keep_versions,
-        } = o;
+        // Borrowed, so that a batch can be retried after a failed commit.
+        let mut state = o.state.clone();
+        let (new_version, events, keep_versions) = (&o.new_version, &o.events, o.keep_versions);
         let id = state.id.clone();
         let prev = self
             .watches
@@ -694,8 +713,8 @@ impl<'t> WriteTables<'t> {
                 fetched_at_ms: nv.fetched_at_ms,
                 hash: nv.hash,
                 size: nv.body.len() as u64,
-                content_type: nv.content_type,
-                headers: nv.headers,
+                content_type: nv.content_type.clone(),
+                headers: nv.headers.clone(),
             };
             self.versions
                 .insert((id.as_str(), number), encode_version(&version).as_slice())?;
@@ -711,7 +730,7 @@ impl<'t> WriteTables<'t> {
             committed.seqs.push(*seq);
             committed.version = Some(number);
         }
-        for kind in events {
+        for &kind in events {
             *seq += 1;
             self.changes
                 .insert(*seq, encode_change(&id, None, kind, now).as_slice())?;

@@ -7,15 +7,19 @@
 //! outcomes queued while a commit runs form the next batch, so under load
 //! the batches grow by themselves.
 //!
-//! # Failure policy: stop
-//! When a commit fails, every outcome of that batch resolves to
-//! [`StoreError::BatchFailed`], [`Store::health`] reports the error, the
-//! outcomes still queued resolve to [`StoreError::WriterStopped`], and the
-//! task ends with the error. It does not reopen the database: after a failed
-//! write redb refuses further writes until the file is reopened, and the
-//! reopen (with its crash repair) belongs to a fresh process, so the daemon
-//! exits with the error and systemd restarts it. Nothing is dropped
-//! silently: the engine sees every failure on its own submit.
+//! # Failure policy
+//! A full disk (ENOSPC, EDQUOT) is waited out: nothing of the batch was
+//! written, so the writer waits (doubling up to 30 s), reopens the database
+//! and retries the same batch; [`Store::health`] reports the error meanwhile
+//! and nothing of the batch is acknowledged until it commits.
+//!
+//! Any other failed commit stops the writer: every outcome of that batch
+//! resolves to [`StoreError::BatchFailed`], [`Store::health`] reports the
+//! error, the outcomes still queued resolve to [`StoreError::WriterStopped`],
+//! and the task ends with the error. After a failed fsync the kernel may have
+//! dropped the dirty pages, so the reopen (with its crash repair) belongs to
+//! a fresh process: the daemon exits and systemd restarts it. Nothing is
+//! dropped silently: the engine sees every failure on its own submit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +51,27 @@ impl Default for WriterConfig {
             max_delay: Duration::from_millis(5),
         }
     }
+}
+
+/// First wait before retrying a batch on a full disk; doubles up to the max.
+const FULL_DISK_FIRST_WAIT: Duration = Duration::from_millis(500);
+const FULL_DISK_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether a commit failed because the disk (or quota) is full.
+fn is_storage_full(error: &StoreError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(28 | 122)))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    // Some wrappers keep the OS error only in their message.
+    let chain = crate::store::error_chain(error);
+    chain.contains("(os error 28)") || chain.contains("(os error 122)")
 }
 
 struct Request {
@@ -135,16 +160,43 @@ async fn run(
                 Ok(_) => {}
             }
         }
-        let (outcomes, replies): (Vec<Outcome>, Vec<_>) =
+        let (mut outcomes, replies): (Vec<Outcome>, Vec<_>) =
             batch.drain(..).map(|r| (r.outcome, r.reply)).unzip();
-        let committer = store.clone();
-        let result = tokio::task::spawn_blocking(move || committer.apply_validated(outcomes))
+        let mut retry_wait = FULL_DISK_FIRST_WAIT;
+        let result = loop {
+            let committer = store.clone();
+            let (result, back) = tokio::task::spawn_blocking(move || {
+                let result = committer.apply_validated(&outcomes);
+                (result, outcomes)
+            })
             .await
             .unwrap_or_else(|panic| {
-                Err(StoreError::Inconsistent(format!(
-                    "the commit panicked: {panic}"
-                )))
+                (
+                    Err(StoreError::Inconsistent(format!(
+                        "the commit panicked: {panic}"
+                    ))),
+                    Vec::new(),
+                )
             });
+            outcomes = back;
+            match result {
+                // A full disk is waited out: nothing of the batch was written
+                // (redb commits all or nothing), so the same batch is retried
+                // after a reopen, and until then nothing is acknowledged.
+                // Store::health reports the error meanwhile (`/readyz`).
+                Err(e) if is_storage_full(&e) && !outcomes.is_empty() => {
+                    tracing::error!(error = %crate::store::error_chain(&e), outcomes = outcomes.len(), retry_in = ?retry_wait, "the disk is full; the batch waits and is retried");
+                    tokio::time::sleep(retry_wait).await;
+                    retry_wait = (retry_wait * 2).min(FULL_DISK_MAX_WAIT);
+                    let reopener = store.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reopener.reopen()).await
+                    {
+                        tracing::warn!(error = %crate::store::error_chain(&e), "reopening the store failed; retrying later");
+                    }
+                }
+                other => break other,
+            }
+        };
         match result {
             Ok(committed) => {
                 for (reply, c) in replies.into_iter().zip(committed) {

@@ -520,7 +520,6 @@ async fn disk_full_acknowledges_nothing_uncommitted_and_loses_nothing() {
 /// What issue 9 requires: on a full disk polld keeps running, reports the
 /// store error in /readyz, and resumes by itself once space is freed.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: on ENOSPC the store writer stops and polld exits 74 instead of staying up, reporting it in /readyz and resuming"]
 async fn disk_full_keeps_running_reports_not_ready_and_resumes() {
     let Some(Filled {
         mut polld,
