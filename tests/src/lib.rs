@@ -8,6 +8,7 @@
 
 pub mod hostile;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -98,13 +99,28 @@ impl Polld {
 
     /// Starts (or restarts) the process.
     pub fn spawn(&mut self) {
-        let mut child = Command::new(polld_bin())
+        self.spawn_command(
+            &[],
+            "polld=debug,polld_daemon=debug,polld_store=info,polld_api=info",
+        );
+    }
+
+    /// Starts `wrapper... polld run --config ...`, collecting stderr into the log.
+    fn spawn_command(&mut self, wrapper: &[&str], rust_log: &str) {
+        let bin = polld_bin();
+        let (program, wrapper_args) = match wrapper.split_first() {
+            Some((program, args)) => (std::ffi::OsStr::new(*program), args),
+            None => (bin.as_os_str(), &[][..]),
+        };
+        let mut command = Command::new(program);
+        command.args(wrapper_args);
+        if !wrapper.is_empty() {
+            command.arg(&bin);
+        }
+        let mut child = command
             .args(["run", "--config"])
             .arg(self.config_path())
-            .env(
-                "RUST_LOG",
-                "polld=debug,polld_daemon=debug,polld_store=info,polld_api=info",
-            )
+            .env("RUST_LOG", rust_log)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .stdin(Stdio::null())
@@ -200,30 +216,7 @@ impl Polld {
     /// Like [`Polld::spawn`], under a wrapper that `exec`s the daemon (for
     /// example `fiu-run -x -c SPEC`), so that the pid is still polld's.
     pub fn spawn_wrapped(&mut self, wrapper: &[&str]) {
-        let (program, args) = wrapper.split_first().expect("a wrapper command");
-        let mut child = Command::new(program)
-            .args(args)
-            .arg(polld_bin())
-            .args(["run", "--config"])
-            .arg(self.config_path())
-            .env("RUST_LOG", "polld=info,polld_store=info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the wrapped polld");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        self.child = Some(child);
+        self.spawn_command(wrapper, "polld=info,polld_store=info");
     }
 
     /// Whether the process is still running (reaps it if it exited).
@@ -239,4 +232,40 @@ impl Polld {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
+}
+
+/// The change feed as a map: seq -> (watch, version).
+pub type Feed = BTreeMap<u64, (String, Option<u64>)>;
+
+/// Every change the feed reports now, or None when the API does not answer.
+pub async fn feed(client: &reqwest::Client, api: &str) -> Option<Feed> {
+    let mut all = BTreeMap::new();
+    let mut after = "0".to_owned();
+    for _ in 0..1000 {
+        let response = client
+            .get(format!("{api}/v1/changes?after={after}&limit=1000"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let page: serde_json::Value = serde_json::from_slice(&response.bytes().await.ok()?).ok()?;
+        let changes = page["changes"].as_array()?;
+        if changes.is_empty() {
+            return Some(all);
+        }
+        for change in changes {
+            all.insert(
+                change["seq"].as_u64()?,
+                (
+                    change["watch"].as_str()?.to_owned(),
+                    change["version"].as_u64(),
+                ),
+            );
+        }
+        after = page["next"].as_str()?.to_owned();
+    }
+    Some(all)
 }

@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use polld_tests::{Polld, eventually};
-use serde_json::Value;
+use polld_tests::{Polld, eventually, feed};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::path};
 
 /// A new body on every request.
@@ -32,38 +31,6 @@ fn watches(server: &MockServer) -> String {
             )
         })
         .collect()
-}
-
-/// Every change the feed reports now: seq -> (watch, version).
-async fn acknowledged(
-    client: &reqwest::Client,
-    api: &str,
-) -> Option<BTreeMap<u64, (String, Option<u64>)>> {
-    let mut all = BTreeMap::new();
-    let mut after = "0".to_owned();
-    for _ in 0..1000 {
-        let response = client
-            .get(format!("{api}/v1/changes?after={after}&limit=1000"))
-            .send()
-            .await
-            .ok()?;
-        let page: Value = serde_json::from_slice(&response.bytes().await.ok()?).ok()?;
-        let changes = page["changes"].as_array()?;
-        if changes.is_empty() {
-            return Some(all);
-        }
-        for change in changes {
-            all.insert(
-                change["seq"].as_u64()?,
-                (
-                    change["watch"].as_str()?.to_owned(),
-                    change["version"].as_u64(),
-                ),
-            );
-        }
-        after = page["next"].as_str()?.to_owned();
-    }
-    Some(all)
 }
 
 async fn wait_ready(client: &reqwest::Client, api: &str) -> Duration {
@@ -101,9 +68,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_change() {
     let mut moment = 0x2545_f491_4f6c_dd1du64;
     for round in 0..20 {
         slowest_restart = slowest_restart.max(wait_ready(&client, &polld.api).await);
-        let now = acknowledged(&client, &polld.api)
-            .await
-            .expect("the feed answers");
+        let now = feed(&client, &polld.api).await.expect("the feed answers");
         for (seq, change) in &kept {
             assert_eq!(
                 now.get(seq),
@@ -132,7 +97,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_change() {
         polld.spawn();
     }
     slowest_restart = slowest_restart.max(wait_ready(&client, &polld.api).await);
-    let last = acknowledged(&client, &polld.api).await.unwrap();
+    let last = feed(&client, &polld.api).await.unwrap();
     for (seq, change) in &kept {
         assert_eq!(
             last.get(seq),

@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use polld_tests::hostile::{ENDPOINTS, Hostile};
-use polld_tests::{Polld, eventually};
+use polld_tests::{Feed, Polld, eventually, feed};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::path};
-
-type Feed = BTreeMap<u64, (String, Option<u64>)>;
 
 /// A new body on every request (`size` bytes, unlike any other) until
 /// `frozen`; then always the same one.
@@ -76,39 +74,6 @@ fn fast_watches(server: &MockServer, watches: usize) -> String {
             )
         })
         .collect()
-}
-
-/// Every change the feed reports now, or None when the API does not answer.
-async fn feed(client: &reqwest::Client, api: &str) -> Option<Feed> {
-    let mut all = BTreeMap::new();
-    let mut after = "0".to_owned();
-    for _ in 0..1000 {
-        let response = client
-            .get(format!("{api}/v1/changes?after={after}&limit=1000"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let page: Value = serde_json::from_slice(&response.bytes().await.ok()?).ok()?;
-        let changes = page["changes"].as_array()?;
-        if changes.is_empty() {
-            return Some(all);
-        }
-        for change in changes {
-            all.insert(
-                change["seq"].as_u64()?,
-                (
-                    change["watch"].as_str()?.to_owned(),
-                    change["version"].as_u64(),
-                ),
-            );
-        }
-        after = page["next"].as_str()?.to_owned();
-    }
-    Some(all)
 }
 
 /// What the fault rounds found, for the assertions and the soak table.
