@@ -103,6 +103,7 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     let agent = Agent::new(AgentOptions {
         user_agent: config.daemon.user_agent.clone(),
         allow_private_redirects: false,
+        idle_per_host: config.daemon.per_host,
     })
     .context("cannot build the HTTP client")?;
     let metrics = Metrics::new(config.daemon.metrics_per_watch);

@@ -37,6 +37,7 @@ fn agent() -> Agent {
     Agent::new(AgentOptions {
         user_agent: UA.into(),
         allow_private_redirects: false,
+        idle_per_host: 8,
     })
     .unwrap()
 }

@@ -59,6 +59,10 @@ pub struct AgentOptions {
     pub user_agent: String,
     /// Follow redirects from public to internal addresses (off by default).
     pub allow_private_redirects: bool,
+    /// Keep-alive connections kept per host between polls. Set it to the
+    /// engine's `per_host`: a smaller pool closes the connections above it
+    /// after every poll, and each poll then pays a TCP (and TLS) handshake.
+    pub idle_per_host: usize,
 }
 
 /// The connect timeout of the shared client (and of `polld await`).
@@ -77,6 +81,7 @@ pub struct Agent {
     /// the whole `timeout`) gets a client built with it, one per value.
     by_connect_timeout: Arc<Mutex<HashMap<Duration, reqwest::Client>>>,
     allow_private_redirects: bool,
+    idle_per_host: usize,
 }
 
 /// One poll to perform.
@@ -201,10 +206,12 @@ impl Agent {
     /// agent follows them itself), no proxy from the environment, rustls,
     /// pooled keep-alive connections.
     pub fn new(options: AgentOptions) -> Result<Agent, AgentError> {
-        let client = build_client(&options.user_agent, DEFAULT_CONNECT_TIMEOUT)?;
+        let idle_per_host = options.idle_per_host.max(1);
+        let client = build_client(&options.user_agent, DEFAULT_CONNECT_TIMEOUT, idle_per_host)?;
         Ok(Agent {
             client,
             user_agent: options.user_agent,
+            idle_per_host,
             by_connect_timeout: Arc::default(),
             allow_private_redirects: options.allow_private_redirects,
         })
@@ -225,7 +232,7 @@ impl Agent {
         if clients.len() >= MAX_CONNECT_CLIENTS {
             return self.client.clone();
         }
-        match build_client(&self.user_agent, connect_timeout) {
+        match build_client(&self.user_agent, connect_timeout, self.idle_per_host) {
             Ok(client) => {
                 clients.insert(connect_timeout, client.clone());
                 client
@@ -677,6 +684,7 @@ impl Agent {
 fn build_client(
     user_agent: &str,
     connect_timeout: Duration,
+    idle_per_host: usize,
 ) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(user_agent)
@@ -684,7 +692,7 @@ fn build_client(
         .no_proxy()
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(8)
+        .pool_max_idle_per_host(idle_per_host)
         .http1_max_headers(200)
         .tcp_nodelay(true)
         .build()
