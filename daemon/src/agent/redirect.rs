@@ -59,7 +59,15 @@ pub fn refusal(from: &Url, to: &Url, allow_internal: bool) -> Option<String> {
 
 /// Whether two URLs share an origin (scheme, host and port).
 pub fn same_origin(a: &Url, b: &Url) -> bool {
-    a.origin() == b.origin()
+    // `Url::origin` allocates; this runs twice per poll, so compare the
+    // parts directly for the tuple origins of http(s) (RFC 6454 §4).
+    if matches!(a.scheme(), "http" | "https") {
+        a.scheme() == b.scheme()
+            && a.host() == b.host()
+            && a.port_or_known_default() == b.port_or_known_default()
+    } else {
+        a.origin() == b.origin()
+    }
 }
 
 /// Whether an address is internal (for callers that resolved a name).
@@ -109,6 +117,15 @@ mod tests {
 
     #[test]
     fn origins() {
+        assert!(same_origin(
+            &u("https://A.example:443/x"),
+            &u("https://a.example/y?q")
+        ));
+        assert!(!same_origin(
+            &u("https://a.example/"),
+            &u("https://b.example/")
+        ));
+        assert!(!same_origin(&u("http://a.example/"), &u("ftp://a.example/")));
         assert!(same_origin(
             &u("http://a.example/x"),
             &u("http://a.example:80/y")

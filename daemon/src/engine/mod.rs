@@ -488,20 +488,28 @@ impl Engine {
             let lag = Instant::now().saturating_duration_since(entry.due);
             self.metrics.lag(lag);
             let watch = entry.watch.clone();
-            let state = entry.state.clone();
+            // Only what the request needs, not the whole state record.
+            let state = &entry.state;
+            let moved_url = (state.url != watch.url.as_str())
+                .then(|| url::Url::parse(&state.url).ok())
+                .flatten();
+            let etag = state.etag.clone();
+            let last_modified = state.last_modified.clone();
+            let cursor = state.cursor.clone();
+            let last_hash = state.latest_hash;
             let generation = entry.generation;
             let agent = self.agent.clone();
             let done = self.completions_tx.clone();
             let cancel = self.poll_cancel.clone();
             self.tracker.spawn(async move {
-                let url = url::Url::parse(&state.url).unwrap_or_else(|_| watch.url.clone());
+                // The stored URL differs from the configured one only after a move.
                 let request = PollRequest {
                     watch: &watch,
-                    url: &url,
-                    etag: state.etag.as_deref(),
-                    last_modified: state.last_modified.as_deref(),
-                    cursor: state.cursor.as_deref(),
-                    last_hash: state.latest_hash,
+                    url: moved_url.as_ref().unwrap_or(&watch.url),
+                    etag: etag.as_deref(),
+                    last_modified: last_modified.as_deref(),
+                    cursor: cursor.as_deref(),
+                    last_hash,
                 };
                 let outcome = tokio::select! {
                     outcome = agent.poll(request) => Some(outcome),
@@ -510,7 +518,7 @@ impl Engine {
                 // Free the slots before reporting, so the loop can reuse them at once.
                 drop(permits);
                 let _ = done.send(Completion {
-                    id: state.id,
+                    id,
                     generation,
                     outcome,
                 });
