@@ -31,6 +31,11 @@ use polld_store::{ChangeKind, Outcome, Store, WatchState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
+// The allocator of the shipped binary (daemon/src/main.rs): the per-waiter
+// cost is mostly allocation, so glibc malloc would measure another program.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PATH: &str = "/v1/changes?after=1&wait=100s";
 /// The start of every correct answer: the change committed during the run.
 const WANT: &[u8] = b"{\"changes\":[{\"seq\":2,";
@@ -128,9 +133,16 @@ async fn client(addr: std::net::SocketAddr, n: usize) {
         sent_rx.recv().await.unwrap();
     }
     println!("sent");
-    let mut stdout = std::io::stdout().lock();
+    // Every answer is collected before anything is printed: a line (and a
+    // pipe write, and a read in the server process) per answer while the
+    // other answers are still arriving would add the harness's own work to
+    // the latency it measures.
+    let mut done = Vec::with_capacity(n);
     for t in tasks {
-        let (done, ok) = t.await.unwrap();
+        done.push(t.await.unwrap());
+    }
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    for (done, ok) in done {
         writeln!(stdout, "{done} {}", u8::from(ok)).unwrap();
     }
 }
@@ -160,6 +172,9 @@ async fn run(n: usize, tcp: bool) {
         .unwrap();
     let _ = warm.into_body().collect().await.unwrap();
 
+    // Counts answers, so that the JoinHandles are only collected (on the
+    // block_on thread, a third thread on two cores) once all are in.
+    let answered = Arc::new(tokio::sync::Semaphore::new(0));
     let rss_before = rss_kib();
     let mut tasks = Vec::new();
     let mut server = None;
@@ -199,13 +214,16 @@ async fn run(n: usize, tcp: bool) {
     } else {
         for _ in 0..n {
             let router = router.clone();
+            let answered = Arc::clone(&answered);
             tasks.push(tokio::spawn(async move {
                 let res = router
                     .oneshot(Request::get(PATH).body(Body::empty()).unwrap())
                     .await
                     .unwrap();
                 let body = res.into_body().collect().await.unwrap().to_bytes();
-                (now_ns(), body.starts_with(WANT))
+                let done = (now_ns(), body.starts_with(WANT));
+                answered.add_permits(1);
+                done
             }));
         }
     }
@@ -254,6 +272,8 @@ async fn run(n: usize, tcp: bool) {
         .unwrap();
         assert!(c.wait().unwrap().success());
     } else {
+        let all = u32::try_from(n).unwrap();
+        answered.acquire_many(all).await.unwrap().forget();
         for t in tasks {
             done.push(t.await.unwrap());
         }

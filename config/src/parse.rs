@@ -69,7 +69,7 @@ impl Config {
                 .report(span, format!("TOML syntax: {}", error.message().trim_end()));
         }
         if syntax_errors.is_empty() {
-            let config = walker.document(path, document.get_ref());
+            let config = walker.document(path, document.into_inner());
             if !walker.src.has_problems() {
                 return Ok(config);
             }
@@ -162,9 +162,12 @@ fn list(keys: &[&str]) -> String {
 }
 
 impl<'a> Walker<'a> {
-    fn document(&mut self, path: &Path, root: &DeTable<'_>) -> Config {
+    /// Takes the tree by value: each `[[watch]]` table is freed as soon as it
+    /// is validated, so a 100,000-watch list never holds the whole parsed
+    /// tree and the whole result at once.
+    fn document(&mut self, path: &Path, mut root: DeTable<'_>) -> Config {
         let top = self.fields(
-            root,
+            &root,
             0..0,
             &["daemon", "telemetry", "defaults", "watch"],
             "the top level",
@@ -193,12 +196,14 @@ impl<'a> Walker<'a> {
         }
 
         let mut watches = Vec::new();
-        if let Some(item) = top.get("watch") {
-            match item.get_ref() {
+        if let Some(item) = root.remove("watch") {
+            let span = item.span();
+            match item.into_inner() {
                 DeValue::Array(array) => {
+                    watches.reserve_exact(array.len());
                     let mut seen: HashMap<String, usize> = HashMap::new();
-                    for entry in array.iter() {
-                        let Some(table) = self.table(entry, "a [[watch]] table") else {
+                    for entry in array {
+                        let Some(table) = self.table(&entry, "a [[watch]] table") else {
                             continue;
                         };
                         if let Some(watch) =
@@ -209,7 +214,7 @@ impl<'a> Walker<'a> {
                     }
                 }
                 _ => self.src.report(
-                    item.span(),
+                    span,
                     "`watch` must be an array of tables, written [[watch]]",
                 ),
             }

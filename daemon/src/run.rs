@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentOptions};
-use crate::engine::{Engine, EngineHandle, EngineOptions};
+use crate::engine::{Engine, EngineHandle, EngineOptions, WallClock};
 use crate::exit;
 use crate::metrics::Metrics;
 use crate::notify;
@@ -138,6 +138,7 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
             grace: SHUTDOWN_GRACE,
             resume_window: Duration::from_secs(60),
             spans,
+            clock: WallClock::System,
         },
     )
     .await

@@ -179,7 +179,7 @@ pub struct PollOutcome {
 }
 
 impl PollOutcome {
-    fn new(kind: OutcomeKind, request: &PollRequest<'_>) -> Self {
+    pub(crate) fn new(kind: OutcomeKind, request: &PollRequest<'_>) -> Self {
         PollOutcome {
             kind,
             status: None,

@@ -125,7 +125,10 @@ mod tests {
             &u("https://a.example/"),
             &u("https://b.example/")
         ));
-        assert!(!same_origin(&u("http://a.example/"), &u("ftp://a.example/")));
+        assert!(!same_origin(
+            &u("http://a.example/"),
+            &u("ftp://a.example/")
+        ));
         assert!(same_origin(
             &u("http://a.example/x"),
             &u("http://a.example:80/y")

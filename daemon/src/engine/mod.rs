@@ -13,9 +13,10 @@ mod record;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use polld_config::{Config, Watch};
@@ -24,7 +25,8 @@ use polld_store::{
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::DelayQueue;
@@ -48,6 +50,91 @@ pub struct EngineOptions {
     pub resume_window: Duration,
     /// Where poll spans go when OpenTelemetry export is on.
     pub spans: Option<crate::telemetry::SpanSink>,
+    /// The wall clock that cron schedules and stored due times are read on.
+    pub clock: WallClock,
+}
+
+/// The wall clock of the engine. Delays run on tokio's clock; cron fires
+/// and stored due times are wall-clock times.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum WallClock {
+    /// The system's clock (NTP steps and all): what the daemon uses.
+    #[default]
+    System,
+    /// `wall` at tokio's `at`, moving with tokio's clock: with tokio's
+    /// paused clock in tests, wall time advances exactly as timers do.
+    FollowsTokio {
+        /// Wall time at `at`.
+        wall: SystemTime,
+        /// The tokio instant it corresponds to.
+        at: Instant,
+    },
+}
+
+impl WallClock {
+    /// Now, on this clock.
+    pub fn now(&self) -> SystemTime {
+        match *self {
+            WallClock::System => SystemTime::now(),
+            WallClock::FollowsTokio { wall, at } => wall + at.elapsed(),
+        }
+    }
+}
+
+/// What performs one poll: the agent in the daemon, a scripted stand-in in
+/// the scheduler's tests.
+pub trait Poller: Clone + Send + Sync + 'static {
+    /// Performs one poll (never fails: failures are outcomes).
+    fn poll<'a>(
+        &'a self,
+        request: PollRequest<'a>,
+    ) -> impl Future<Output = PollOutcome> + Send + 'a;
+}
+
+impl Poller for Agent {
+    fn poll<'a>(
+        &'a self,
+        request: PollRequest<'a>,
+    ) -> impl Future<Output = PollOutcome> + Send + 'a {
+        Agent::poll(self, request)
+    }
+}
+
+/// Outcomes handed to the writer and not yet committed, above which no new
+/// poll starts: when the disk is slower than the polls, polls wait instead
+/// of their outcomes piling up in memory.
+const MAX_BACKLOG: usize = 8192;
+
+/// The count of outcomes between the engine and a finished commit, shared
+/// with the forwarder that sees the commits.
+#[derive(Debug, Default)]
+struct Backlog {
+    pending: AtomicUsize,
+    /// Signalled when `pending` drops below [`MAX_BACKLOG`].
+    below: Notify,
+}
+
+impl Backlog {
+    fn full(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) >= MAX_BACKLOG
+    }
+
+    fn committed(&self) {
+        if self.pending.fetch_sub(1, Ordering::Relaxed) == MAX_BACKLOG {
+            self.below.notify_one();
+        }
+    }
+
+    /// Waits until there is room again (at once if there is).
+    async fn room(&self) {
+        while self.full() {
+            let below = self.below.notified();
+            if !self.full() {
+                break;
+            }
+            below.await;
+        }
+    }
 }
 
 /// A request to the running engine.
@@ -114,11 +201,12 @@ impl EngineHandle {
 }
 
 /// The engine, built by [`Engine::start`] and driven by [`Engine::run`].
-pub struct Engine {
+pub struct Engine<P: Poller = Agent> {
     options: EngineOptions,
-    agent: Agent,
+    agent: P,
     store: Store,
     outbox: mpsc::UnboundedSender<Outcome>,
+    backlog: Arc<Backlog>,
     forwarder: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
     entries: HashMap<String, Entry>,
@@ -137,7 +225,7 @@ pub struct Engine {
     rng: StdRng,
 }
 
-impl std::fmt::Debug for Engine {
+impl<P: Poller> std::fmt::Debug for Engine<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("watches", &self.entries.len())
@@ -166,7 +254,7 @@ struct Completion {
     outcome: Option<PollOutcome>,
 }
 
-impl Engine {
+impl<P: Poller> Engine<P> {
     /// Loads the stored state of every watch, reconciles it with `config`
     /// (new watches are spread over their first interval, known ones resume
     /// from their stored due time) and returns the engine and its handle.
@@ -174,10 +262,10 @@ impl Engine {
         config: &Config,
         store: &Store,
         writer: Writer,
-        agent: Agent,
+        agent: P,
         metrics: Arc<Metrics>,
         options: EngineOptions,
-    ) -> Result<(Engine, EngineHandle), StoreError> {
+    ) -> Result<(Engine<P>, EngineHandle), StoreError> {
         let stored = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.all_watches())
@@ -189,9 +277,11 @@ impl Engine {
         let (commit_failures_tx, commit_failures) = mpsc::unbounded_channel();
         let (resynced_tx, resynced) = mpsc::unbounded_channel();
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
         let forwarder = tokio::spawn(forward(
             writer,
             outbox_rx,
+            backlog.clone(),
             commit_failures_tx,
             metrics.clone(),
         ));
@@ -203,6 +293,7 @@ impl Engine {
             agent,
             store: store.clone(),
             outbox,
+            backlog,
             forwarder,
             metrics,
             entries: HashMap::new(),
@@ -221,10 +312,13 @@ impl Engine {
         };
         let mut stored: HashMap<String, WatchState> =
             stored.into_iter().map(|s| (s.id.clone(), s)).collect();
-        let now = SystemTime::now();
+        let now = engine.options.clock.now();
         for watch in &config.watches {
             let previous = stored.remove(watch.id.as_str());
             engine.add(Arc::new(watch.clone()), previous, now);
+            // A first start records every watch: keep only a backlog's worth
+            // of those records in memory at a time.
+            engine.backlog.room().await;
         }
         for (_, state) in stored {
             if state.status != WatchStatus::Removed {
@@ -255,6 +349,7 @@ impl Engine {
                 Some(id) = self.commit_failures.recv() => self.commit_failed(id),
                 Some((id, stored)) = self.resynced.recv() => self.resync(&id, stored),
                 Some(command) = self.commands.recv() => self.command(command),
+                () = self.backlog.below.notified() => {}
                 Some(expired) = self.queue.next() => {
                     let id = expired.into_inner();
                     if let Some(entry) = self.entries.get_mut(&id) {
@@ -326,7 +421,7 @@ impl Engine {
     /// Reconciles the running watches with a new, valid watch list.
     fn reload(&mut self, config: &Config) -> ReloadSummary {
         let mut summary = ReloadSummary::default();
-        let now = SystemTime::now();
+        let now = self.options.clock.now();
         let wanted: HashSet<&str> = config.watches.iter().map(|w| w.id.as_str()).collect();
         let gone: Vec<String> = self
             .entries
@@ -475,12 +570,14 @@ impl Engine {
 
     /// Starts as many ready polls as the global and per-host limits allow.
     fn dispatch(&mut self) {
-        while let Some((id, permits)) = self.limits.next_ready(|id| {
-            self.entries
-                .get(id)
-                .filter(|e| !e.in_flight)
-                .map(|e| e.host.clone())
-        }) {
+        while !self.backlog.full()
+            && let Some((id, permits)) = self.limits.next_ready(|id| {
+                self.entries
+                    .get(id)
+                    .filter(|e| !e.in_flight)
+                    .map(|e| e.host.clone())
+            })
+        {
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
             };
@@ -544,7 +641,7 @@ impl Engine {
             }
             return;
         };
-        let now = SystemTime::now();
+        let now = self.options.clock.now();
         let recorded = record::apply(entry, &outcome, now, &mut self.rng);
         self.metrics.poll(
             &completion.id,
@@ -584,6 +681,7 @@ impl Engine {
     /// Queues an outcome for the writer, in order; a failed commit comes
     /// back to the loop as a commit failure.
     fn submit(&self, outcome: Outcome) {
+        self.backlog.pending.fetch_add(1, Ordering::Relaxed);
         if self.outbox.send(outcome).is_err() {
             tracing::error!("the store forwarder is gone; outcome not stored");
         }
@@ -633,6 +731,7 @@ impl Engine {
 async fn forward(
     writer: Writer,
     mut outbox: mpsc::UnboundedReceiver<Outcome>,
+    backlog: Arc<Backlog>,
     failures: mpsc::UnboundedSender<String>,
     metrics: Arc<Metrics>,
 ) {
@@ -645,6 +744,7 @@ async fn forward(
                 match writer.enqueue(outcome).await {
                     Ok(commit) => pending.push(async move { (id, commit.await) }),
                     Err(err) => {
+                        backlog.committed();
                         metrics.store_error();
                         tracing::error!(watch = %id, error = %err, "outcome refused by the store");
                         let _ = failures.send(id);
@@ -652,11 +752,13 @@ async fn forward(
                 }
             }
             Some((id, result)) = pending.next(), if !pending.is_empty() => {
+                backlog.committed();
                 report(&id, result, &failures, &metrics);
             }
         }
     }
     while let Some((id, result)) = pending.next().await {
+        backlog.committed();
         report(&id, result, &failures, &metrics);
     }
 }
