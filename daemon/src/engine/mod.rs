@@ -10,6 +10,8 @@
 mod limits;
 pub mod policy;
 mod record;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,496 @@
+//! The scheduler on tokio's paused clock: a real engine, a real store and a
+//! scripted poller that answers at once and notes when it was asked. Time
+//! only moves when every task waits on a timer, so the gaps between polls
+//! are exactly the delays the engine chose (to the timer's millisecond).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use polld_store::WriterConfig;
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::agent::OutcomeKind;
+
+/// What the scripted server answers.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    NotModified,
+    Changed,
+    Failed,
+    /// 429 with `Retry-After`.
+    RateLimited(Duration),
+}
+
+/// One poll as the scripted server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    id: String,
+    /// On tokio's clock, from the start of the test.
+    at: Duration,
+    /// On the engine's wall clock.
+    wall: SystemTime,
+}
+
+type Script = dyn Fn(&str, usize) -> Reply + Send + Sync;
+
+#[derive(Clone)]
+struct Scripted {
+    start: Instant,
+    clock: WallClock,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// (watch id, how many polls it had before) → the answer.
+    script: Arc<Script>,
+}
+
+impl Scripted {
+    fn new(
+        clock: WallClock,
+        script: impl Fn(&str, usize) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Scripted {
+            start: Instant::now(),
+            clock,
+            seen: Arc::default(),
+            script: Arc::new(script),
+        }
+    }
+
+    /// Poll times of one watch, on tokio's clock.
+    fn times(&self, id: &str) -> Vec<Duration> {
+        self.polls(id).iter().map(|s| s.at).collect()
+    }
+
+    fn polls(&self, id: &str) -> Vec<Seen> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|s| s.id == id).cloned().collect()
+    }
+
+    /// The first poll of every watch.
+    fn firsts(&self) -> HashMap<String, Seen> {
+        let mut firsts = HashMap::new();
+        for seen in self.seen.lock().unwrap().iter() {
+            firsts
+                .entry(seen.id.clone())
+                .or_insert_with(|| seen.clone());
+        }
+        firsts
+    }
+}
+
+impl Poller for Scripted {
+    fn poll<'a>(
+        &'a self,
+        request: PollRequest<'a>,
+    ) -> impl Future<Output = PollOutcome> + Send + 'a {
+        let id = request.watch.id.as_str();
+        let before = {
+            let mut seen = self.seen.lock().unwrap();
+            let before = seen.iter().filter(|s| s.id == id).count();
+            seen.push(Seen {
+                id: id.to_owned(),
+                at: self.start.elapsed(),
+                wall: self.clock.now(),
+            });
+            before
+        };
+        let reply = (self.script)(id, before);
+        let (kind, status) = match reply {
+            Reply::NotModified => (OutcomeKind::NotModified, 304),
+            Reply::Changed => {
+                let body = Bytes::from(format!("{id} version {before}"));
+                let hash = *blake3::hash(&body).as_bytes();
+                let content_type = Some("text/plain".to_owned());
+                (
+                    OutcomeKind::Changed {
+                        body,
+                        hash,
+                        content_type,
+                    },
+                    200,
+                )
+            }
+            Reply::Failed => {
+                let error = format!("{}: HTTP 500 Internal Server Error", request.url);
+                (
+                    OutcomeKind::Failed {
+                        error,
+                        retryable: true,
+                    },
+                    500,
+                )
+            }
+            Reply::RateLimited(_) => (OutcomeKind::RateLimited, 429),
+        };
+        let mut outcome = PollOutcome::new(kind, &request);
+        outcome.status = Some(status);
+        if let Reply::RateLimited(wait) = reply {
+            outcome.hints.retry_after = Some(wait);
+            outcome.hints.not_before = Some(wait);
+            outcome.hints.reason = Some("Retry-After");
+        }
+        std::future::ready(outcome)
+    }
+}
+
+/// A running engine over a scripted server.
+struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("engine panicked");
+    }
+}
+
+fn config(text: &str) -> Config {
+    Config::from_str_with_env(Path::new("test.toml"), text, |_| None)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `[defaults]` and `n` watches named w0, w1...
+fn watch_list(defaults: &str, n: usize) -> Config {
+    let mut text = format!("[defaults]\n{defaults}\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[watch]]\nid = \"w{i}\"\nurl = \"http://127.0.0.1:9/{i}\"\n"
+        ));
+    }
+    config(&text)
+}
+
+async fn start(config: &Config, store: &Store, poller: Scripted) -> Running {
+    let (writer, _writer_task) = store.spawn_writer(WriterConfig {
+        max_batch: 256,
+        max_delay: Duration::from_millis(5),
+    });
+    let clock = poller.clock;
+    let (engine, _handle) = Engine::start(
+        config,
+        store,
+        writer,
+        poller,
+        Metrics::new(false),
+        EngineOptions {
+            concurrency: 64,
+            per_host: 64,
+            grace: Duration::from_secs(1),
+            resume_window: Duration::from_secs(30),
+            spans: None,
+            clock,
+        },
+    )
+    .await
+    .expect("engine start");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(engine.run(shutdown.clone()));
+    Running { shutdown, task }
+}
+
+fn open_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("polld.redb")).unwrap();
+    (dir, store)
+}
+
+/// Lets virtual time run until `done` holds (checked every 100 ms of it).
+async fn run_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "not reached within {limit:?} of virtual time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn gaps(times: &[Duration]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// The timer wheel has millisecond slots: a delay lands up to 1 ms late.
+fn assert_near(actual: Duration, expected: Duration, what: &str) {
+    let diff = actual.abs_diff(expected);
+    assert!(
+        diff <= Duration::from_millis(2),
+        "{what}: {actual:?}, expected {expected:?}"
+    );
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A wall clock at an arbitrary, unaligned time that moves with tokio's.
+fn wall_clock(unix_secs: u64) -> WallClock {
+    WallClock::FollowsTokio {
+        wall: SystemTime::UNIX_EPOCH + Duration::from_millis(unix_secs * 1000 + 437),
+        at: Instant::now(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unchanged_polls_back_off_and_a_change_resets_the_interval() {
+    let config = watch_list(
+        "interval = \"10s\"\nmin_interval = \"1s\"\nmax_interval = \"80s\"\nbackoff = 2.0\njitter = 0.0",
+        1,
+    );
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
+        0 | 5 => Reply::Changed,
+        _ => Reply::NotModified,
+    });
+    let running = start(&config, &store, poller.clone()).await;
+    run_until(secs(600), || poller.times("w0").len() >= 8).await;
+    running.stop().await;
+
+    let times = poller.times("w0");
+    assert!(
+        times[0] < secs(10),
+        "first poll within the first interval: {times:?}"
+    );
+    // changed → 10 s; 304s → 20, 40, 80, 80 (max_interval); changed → 10; 304 → 20.
+    let expected = [10, 20, 40, 80, 80, 10, 20];
+    for (i, (gap, want)) in gaps(&times).into_iter().zip(expected).enumerate() {
+        assert_near(gap, secs(want), &format!("gap after poll {i}"));
+    }
+    // Every outcome reached the store.
+    let state = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(
+        (state.changed, state.not_modified, state.versions),
+        (2, 6, 2),
+        "{state:?}"
+    );
+    // The last poll, a 304, stretched 20 s to 40 s.
+    assert_eq!(
+        state.interval_ms, 40_000,
+        "the stretched interval is stored"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_stays_within_its_bounds_and_does_move_polls() {
+    let config = watch_list(
+        "interval = \"10s\"\nmin_interval = \"1s\"\nmax_interval = \"10s\"\nbackoff = 1.0\njitter = 0.2",
+        1,
+    );
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&config, &store, poller.clone()).await;
+    run_until(secs(1_000), || poller.times("w0").len() >= 41).await;
+    running.stop().await;
+
+    let gaps = gaps(&poller.times("w0"));
+    for gap in &gaps {
+        assert!(
+            *gap >= secs(8) && *gap <= secs(12) + Duration::from_millis(2),
+            "gap {gap:?} outside 10 s ± 20 %"
+        );
+    }
+    let (min, max) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+    assert!(
+        *max - *min > secs(1),
+        "jitter applied: gaps from {min:?} to {max:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_back_off_with_full_jitter_and_success_resets() {
+    let config = watch_list(
+        "interval = \"10s\"\nmin_interval = \"1s\"\nmax_interval = \"10m\"\nbackoff = 1.0\njitter = 0.0",
+        1,
+    );
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| {
+        if n < 6 {
+            Reply::Failed
+        } else {
+            Reply::NotModified
+        }
+    });
+    let running = start(&config, &store, poller.clone()).await;
+    run_until(secs(3_600), || poller.times("w0").len() >= 8).await;
+    running.stop().await;
+
+    let gaps = gaps(&poller.times("w0"));
+    // After the k-th error in a row: uniform in [0, min(10 s × 2^k, 10 min)],
+    // floored at min_interval.
+    let mut below_cap = 0;
+    for (k, gap) in gaps[..6].iter().enumerate() {
+        let cap = secs(10 * (1 << (k + 1))).min(secs(600));
+        assert!(
+            *gap >= secs(1) && *gap <= cap + Duration::from_millis(2),
+            "after error {}: {gap:?} not in [1 s, {cap:?}]",
+            k + 1
+        );
+        if *gap < cap.mul_f64(0.9) {
+            below_cap += 1;
+        }
+    }
+    assert!(
+        below_cap > 0,
+        "full jitter: not every wait is the cap: {gaps:?}"
+    );
+    // The first success resets to the interval (no error backoff left).
+    assert_near(gaps[6], secs(10), "after the first success");
+    let state = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(
+        (state.errors, state.consecutive_errors),
+        (6, 0),
+        "{state:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_delays_the_next_poll_and_the_watch_is_kept() {
+    let config = watch_list(
+        "interval = \"10s\"\nmin_interval = \"1s\"\nmax_interval = \"1m\"\nbackoff = 1.0\nmax_retry_after = \"1h\"\njitter = 0.0",
+        1,
+    );
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
+        0 => Reply::RateLimited(secs(300)),
+        _ => Reply::NotModified,
+    });
+    let running = start(&config, &store, poller.clone()).await;
+    run_until(secs(900), || poller.times("w0").len() >= 3).await;
+    running.stop().await;
+
+    let gaps = gaps(&poller.times("w0"));
+    assert_near(gaps[0], secs(300), "Retry-After: 300");
+    assert_near(gaps[1], secs(10), "then the interval again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cron_watches_poll_on_their_wall_clock_fires() {
+    let config = config(
+        "[defaults]\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/\"\nschedule = \"0 * * * * *\"\n",
+    );
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&config, &store, poller.clone()).await;
+    run_until(secs(600), || poller.times("w0").len() >= 5).await;
+    running.stop().await;
+
+    for seen in poller.polls("w0") {
+        let ms = seen
+            .wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        assert!(
+            ms % 60_000 <= 2,
+            "a poll at {ms} ms is not at second 0 of a minute"
+        );
+    }
+    for gap in gaps(&poller.times("w0")) {
+        assert_near(gap, secs(60), "between cron fires");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_list_is_spread_over_the_first_interval() {
+    let n = 300;
+    let config = watch_list("interval = \"60s\"\njitter = 0.0", n);
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&config, &store, poller.clone()).await;
+    run_until(secs(120), || poller.firsts().len() == n).await;
+    running.stop().await;
+
+    let mut buckets = [0usize; 6];
+    for seen in poller.firsts().values() {
+        assert!(seen.at < secs(60), "first poll at {:?}", seen.at);
+        buckets[(seen.at.as_secs() / 10) as usize] += 1;
+    }
+    // 50 expected in each 10 s; a herd would put them all in one.
+    assert!(
+        buckets.iter().all(|&b| (20..=80).contains(&b)),
+        "first polls per 10 s: {buckets:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_resumes_due_times_and_spreads_late_watches() {
+    let n = 300;
+    let config = watch_list("interval = \"60s\"\njitter = 0.0", n);
+    let (_dir, store) = open_store();
+    let base = 1_700_000_000;
+
+    // First life: every watch polls once, then polld stops.
+    let first = Scripted::new(wall_clock(base), |_, _| Reply::NotModified);
+    let running = start(&config, &store, first.clone()).await;
+    run_until(secs(120), || first.firsts().len() == n).await;
+    running.stop().await;
+    let due: HashMap<String, u64> = store
+        .all_watches()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.id.clone(), s.next_due_ms.expect("due time stored")))
+        .collect();
+
+    // A quick restart: each watch polls at its stored due time, if ahead.
+    let restart_wall = first.clock.now() + secs(5);
+    let restart_ms = restart_wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let second = Scripted::new(
+        WallClock::FollowsTokio {
+            wall: restart_wall,
+            at: Instant::now(),
+        },
+        |_, _| Reply::NotModified,
+    );
+    let running = start(&config, &store, second.clone()).await;
+    run_until(secs(120), || second.firsts().len() == n).await;
+    running.stop().await;
+    let mut resumed = 0;
+    for (id, seen) in second.firsts() {
+        let want = due[&id];
+        let at = seen
+            .wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        if want > restart_ms {
+            resumed += 1;
+            assert!(
+                at.abs_diff(want) <= 2,
+                "{id} polled at {at}, stored due {want}"
+            );
+        }
+    }
+    assert!(resumed > n / 2, "most watches were still ahead: {resumed}");
+
+    // A restart an hour later: every watch is late; they are spread over
+    // min(interval, resume window = 30 s), not fired at once.
+    let third = Scripted::new(
+        WallClock::FollowsTokio {
+            wall: second.clock.now() + secs(3_600),
+            at: Instant::now(),
+        },
+        |_, _| Reply::NotModified,
+    );
+    let running = start(&config, &store, third.clone()).await;
+    run_until(secs(120), || third.firsts().len() == n).await;
+    running.stop().await;
+    let mut buckets = [0usize; 6];
+    for seen in third.firsts().values() {
+        let after = seen.at;
+        assert!(
+            after < secs(30),
+            "late watch polled {after:?} after the restart"
+        );
+        buckets[(after.as_secs() / 5) as usize] += 1;
+    }
+    assert!(
+        buckets.iter().all(|&b| (20..=80).contains(&b)),
+        "late first polls per 5 s: {buckets:?}"
+    );
+}
