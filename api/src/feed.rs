@@ -5,16 +5,25 @@
 //! Why a tail: when a commit wakes 10,000 long polls, each reading the store
 //! in `spawn_blocking` would queue 10,000 read transactions on the blocking
 //! pool. Instead one task reads the new changes once per commit and publishes
-//! an immutable snapshot through a `watch` channel; waiters wake on that
-//! channel and slice the snapshot. Cursors older than the tail fall back to a
-//! store read. No read transaction is ever held while waiting: each store
-//! read is one short `spawn_blocking` call.
+//! an immutable snapshot through a `watch` channel, then wakes the parked
+//! waiters, which slice the snapshot. Cursors older than the tail fall back
+//! to a store read. No read transaction is ever held while waiting: each
+//! store read is one short `spawn_blocking` call.
+//!
+//! Why deadline buckets ([`Deadlines`]): a parked waiter waits on one
+//! [`Notify`] shared by every waiter whose deadline falls on the same
+//! 100 ms mark, woken by the feed task on a commit and by one timer when the
+//! mark passes. A tokio timer per waiter would cost each waiter a timer
+//! entry and, when a commit wakes them all, a turn on the timer driver's one
+//! lock to remove it: 10,000 waiters contended on that lock.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use polld_store::{Store, StoreError};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -82,11 +91,118 @@ pub(crate) struct Page {
     pub(crate) json: Option<Bytes>,
 }
 
-/// The shared end of the feed: the store and the current tail.
+/// How long a waiter may be held: until some instant from `earliest` to
+/// `latest`. The feed picks one (at random, so that clients that started
+/// together come back spread out), preferring the marks waiters share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hold {
+    pub(crate) earliest: Instant,
+    pub(crate) latest: Instant,
+}
+
+/// Spacing of the deadlines waiters share.
+const MARK: Duration = Duration::from_millis(100);
+
+/// The parked waiters, grouped by deadline: one [`Bucket`] per deadline
+/// (a multiple of [`MARK`] since `base`, or an exact instant when a hold
+/// window contains no mark), each with one timer task.
+#[derive(Debug)]
+pub(crate) struct Deadlines {
+    base: Instant,
+    /// By deadline, in nanoseconds since `base`. A bucket leaves the map
+    /// when its deadline passes.
+    buckets: Mutex<HashMap<u64, Arc<Bucket>>>,
+}
+
+/// Waiters with one deadline.
+#[derive(Debug, Default)]
+pub(crate) struct Bucket {
+    /// Woken on every published tail, and once at the deadline.
+    wake: Notify,
+    /// Set (before the last wake) when the deadline has passed.
+    expired: AtomicBool,
+}
+
+impl Deadlines {
+    fn new() -> Arc<Deadlines> {
+        Arc::new(Deadlines {
+            base: Instant::now(),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The bucket of a deadline within `hold`; starts its timer when it is
+    /// the first waiter for that deadline.
+    fn join(self: &Arc<Self>, hold: Hold) -> Arc<Bucket> {
+        let since = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+        };
+        let (lo, hi) = (since(hold.earliest), since(hold.latest));
+        let hi = hi.max(lo);
+        let mark = u64::try_from(MARK.as_nanos()).unwrap_or(u64::MAX);
+        let (first, last) = (lo.div_ceil(mark), hi / mark);
+        let key = if first <= last {
+            rand::random_range(first..=last).saturating_mul(mark)
+        } else {
+            rand::random_range(lo..=hi)
+        };
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bucket) = buckets.get(&key) {
+            return Arc::clone(bucket);
+        }
+        let bucket = Arc::new(Bucket::default());
+        buckets.insert(key, Arc::clone(&bucket));
+        drop(buckets);
+        let at = self.base + Duration::from_nanos(key);
+        tokio::spawn(expire(Arc::clone(self), key, at));
+        bucket
+    }
+
+    /// Wakes every parked waiter (a new tail, or shutdown).
+    fn wake_all(&self) {
+        let buckets: Vec<Arc<Bucket>> = self
+            .buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for bucket in buckets {
+            bucket.wake.notify_waiters();
+        }
+    }
+}
+
+/// Ends the wait of the bucket at `key` once `at` has passed. The bucket
+/// leaves the map first, so that no waiter joins it after its last wake.
+async fn expire(deadlines: Arc<Deadlines>, key: u64, at: Instant) {
+    tokio::time::sleep_until(at).await;
+    let bucket = deadlines
+        .buckets
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&key);
+    if let Some(bucket) = bucket {
+        bucket.expired.store(true, Ordering::SeqCst);
+        bucket.wake.notify_waiters();
+    }
+}
+
+/// What a parked waiter does after looking at the tail.
+enum Step {
+    Answer(Page),
+    Wait,
+    ReadStore,
+    Stop,
+}
+
+/// The shared end of the feed: the store, the current tail and the parked
+/// waiters.
 #[derive(Clone)]
 pub(crate) struct Feed {
     store: Store,
     tail: watch::Receiver<Arc<Tail>>,
+    deadlines: Arc<Deadlines>,
 }
 
 impl Feed {
@@ -105,12 +221,23 @@ impl Feed {
             changes: VecDeque::new(),
             fresh: None,
         }));
-        tokio::spawn(follow_commits(store.clone(), commits, tx, closing));
-        Feed { store, tail: rx }
+        let deadlines = Deadlines::new();
+        tokio::spawn(follow_commits(
+            store.clone(),
+            commits,
+            tx,
+            Arc::clone(&deadlines),
+            closing,
+        ));
+        Feed {
+            store,
+            tail: rx,
+            deadlines,
+        }
     }
 
     /// The changes after `after` (or from the oldest retained one when
-    /// `None`), waiting until `deadline` for one to be committed when there
+    /// `None`), waiting up to `hold` for one to be committed when there
     /// are none yet. Returns an empty page at the deadline or once the
     /// state is closed (`closing` is checked first; the wait itself learns
     /// of it through the tail). With `want_json`, a page may come back
@@ -119,15 +246,11 @@ impl Feed {
         &self,
         after: Option<u64>,
         limit: usize,
-        deadline: Option<Instant>,
+        hold: Option<Hold>,
         closing: &CancellationToken,
         want_json: bool,
     ) -> Result<Page, ApiError> {
-        // Clone the receiver before looking at the tail: an update published
-        // after this point marks it changed, so no commit slips between the
-        // first look and the wait.
-        let mut rx = self.tail.clone();
-        let mut tail = rx.borrow_and_update().clone();
+        let tail = self.tail.borrow().clone();
         let after = match after {
             Some(after) => after,
             None => self.start_cursor(),
@@ -160,60 +283,36 @@ impl Feed {
             // by a moment: the store has the answer.
             _ => {
                 let changes = self.read_store(after, limit).await?;
-                if !changes.is_empty() || deadline.is_none() {
+                if !changes.is_empty() || hold.is_none() {
                     return Ok(page(changes, after));
                 }
             }
         }
-        let Some(deadline) = deadline else {
-            return Ok(Page {
-                changes: Vec::new(),
-                next,
-                json: None,
-            });
-        };
-        // Bounded by `deadline`: every pass either returns or waits for the
-        // next published tail.
-        loop {
-            if tail.closed || closing.is_cancelled() {
-                break;
-            }
-            tokio::select! {
-                biased;
-                () = tokio::time::sleep_until(deadline) => break,
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        // The feed task ended (store closed): nothing more
-                        // will be committed, so the wait is over.
-                        break;
+        drop(tail);
+        if let Some(hold) = hold {
+            let bucket = self.deadlines.join(hold);
+            // Bounded by the bucket's deadline: every pass either returns or
+            // waits for the next wake of the bucket.
+            loop {
+                let woken = bucket.wake.notified();
+                tokio::pin!(woken);
+                // Registered before looking: a tail published, or a deadline
+                // passed, after this point wakes this waiter.
+                woken.as_mut().enable();
+                if bucket.expired.load(Ordering::SeqCst) || closing.is_cancelled() {
+                    break;
+                }
+                match self.look(after, limit, want_json, &mut next) {
+                    Step::Answer(page) => return Ok(page),
+                    Step::Stop => break,
+                    // The tail moved past `after` in one jump (a burst of
+                    // more than TAIL_CAP changes).
+                    Step::ReadStore => {
+                        let changes = self.read_store(after, limit).await?;
+                        return Ok(page(changes, after));
                     }
+                    Step::Wait => woken.await,
                 }
-            }
-            tail = rx.borrow_and_update().clone();
-            if tail.closed {
-                break;
-            }
-            if want_json
-                && let Some(fresh) = &tail.fresh
-                && fresh.after == after
-                && fresh.count <= limit
-            {
-                return Ok(Page {
-                    changes: Vec::new(),
-                    next: tail.last_seq,
-                    json: Some(fresh.json.clone()),
-                });
-            }
-            match tail.page(after, limit) {
-                Some(changes) if !changes.is_empty() => return Ok(page(changes, after)),
-                Some(_) => next = tail.last_seq,
-                // The tail moved past `after` in one jump (a burst of more
-                // than TAIL_CAP changes): read the store.
-                None if after < tail.first_after => {
-                    let changes = self.read_store(after, limit).await?;
-                    return Ok(page(changes, after));
-                }
-                None => {}
             }
         }
         Ok(Page {
@@ -221,6 +320,37 @@ impl Feed {
             next,
             json: None,
         })
+    }
+
+    /// What a parked waiter at `after` does with the current tail; `next`
+    /// follows the tail's end while there is nothing to answer.
+    fn look(&self, after: u64, limit: usize, want_json: bool, next: &mut u64) -> Step {
+        // Decided under the channel's read lock, without cloning the `Arc`:
+        // thousands of waiters woken at once would contend on its count.
+        let tail = self.tail.borrow();
+        if tail.closed {
+            return Step::Stop;
+        }
+        if want_json
+            && let Some(fresh) = &tail.fresh
+            && fresh.after == after
+            && fresh.count <= limit
+        {
+            return Step::Answer(Page {
+                changes: Vec::new(),
+                next: tail.last_seq,
+                json: Some(fresh.json.clone()),
+            });
+        }
+        match tail.page(after, limit) {
+            Some(changes) if !changes.is_empty() => Step::Answer(page(changes, after)),
+            Some(_) => {
+                *next = tail.last_seq;
+                Step::Wait
+            }
+            None if after < tail.first_after => Step::ReadStore,
+            None => Step::Wait,
+        }
     }
 
     /// The cursor just before the oldest retained change.
@@ -288,28 +418,32 @@ where
         .map_err(ApiError::from)
 }
 
-/// Follows the store's commits and publishes a new tail after each.
+/// Follows the store's commits and publishes a new tail after each, then
+/// wakes the parked waiters. At shutdown, or when the store closes (nothing
+/// more will be committed), publishes a closed tail so that waiters answer.
 async fn follow_commits(
     store: Store,
     mut commits: watch::Receiver<u64>,
     tx: watch::Sender<Arc<Tail>>,
+    deadlines: Arc<Deadlines>,
     closing: CancellationToken,
 ) {
+    let close = || {
+        let current = tx.borrow().clone();
+        tx.send_replace(Arc::new(Tail {
+            closed: true,
+            first_after: current.first_after,
+            last_seq: current.last_seq,
+            changes: current.changes.clone(),
+            fresh: None,
+        }));
+        deadlines.wake_all();
+    };
     loop {
         tokio::select! {
             () = tx.closed() => return,
-            () = closing.cancelled() => {
-                let current = tx.borrow().clone();
-                tx.send_replace(Arc::new(Tail {
-                    closed: true,
-                    first_after: current.first_after,
-                    last_seq: current.last_seq,
-                    changes: current.changes.clone(),
-                    fresh: None,
-                }));
-                return;
-            }
-            changed = commits.changed() => if changed.is_err() { return },
+            () = closing.cancelled() => return close(),
+            changed = commits.changed() => if changed.is_err() { return close() },
         }
         let committed = *commits.borrow_and_update();
         let current = tx.borrow().clone();
@@ -322,6 +456,7 @@ async fn follow_commits(
         match extended {
             Ok(Ok(tail)) => {
                 tx.send_replace(Arc::new(tail));
+                deadlines.wake_all();
             }
             // Waiters keep waiting for the next commit (or their deadline);
             // the next commit retries from the same point.

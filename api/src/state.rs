@@ -9,11 +9,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use polld_config::{DaemonConfig, Listen};
 use polld_store::Store;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::feed::Feed;
@@ -126,8 +126,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<dyn MetricsSource>,
     pub(crate) options: ApiOptions,
     pub(crate) feed: Feed,
-    /// One permit per long poll or SSE stream being held.
-    pub(crate) waiters: Arc<Semaphore>,
+    /// Long polls and SSE streams being held (see [`WaiterSlot`]).
+    pub(crate) waiters: AtomicUsize,
     /// Cancelled by [`ApiState::close`]: waiters answer at once and streams end.
     pub(crate) closing: CancellationToken,
 }
@@ -136,7 +136,7 @@ impl fmt::Debug for ApiState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiState")
             .field("options", &self.inner.options)
-            .field("waiters_free", &self.inner.waiters.available_permits())
+            .field("waiters", &self.waiters())
             .finish_non_exhaustive()
     }
 }
@@ -153,7 +153,6 @@ impl ApiState {
     ) -> Self {
         let closing = CancellationToken::new();
         let feed = Feed::start(store.clone(), closing.clone());
-        let waiters = Arc::new(Semaphore::new(options.max_waiters));
         ApiState {
             inner: Arc::new(Inner {
                 store,
@@ -161,7 +160,7 @@ impl ApiState {
                 metrics,
                 options,
                 feed,
-                waiters,
+                waiters: AtomicUsize::new(0),
                 closing,
             }),
             openapi: None,
@@ -183,6 +182,33 @@ impl ApiState {
     /// Long polls and streams being held right now.
     #[must_use]
     pub fn waiters(&self) -> usize {
-        self.inner.options.max_waiters - self.inner.waiters.available_permits()
+        self.inner.waiters.load(Ordering::Relaxed)
+    }
+}
+
+/// One of the `max_waiters` slots, held by a long poll or SSE stream while
+/// it waits; given back on drop. A counter rather than a semaphore: nothing
+/// ever waits for a slot, and a semaphore's release takes a lock that
+/// thousands of waiters answered at once would queue on.
+pub(crate) struct WaiterSlot(Arc<Inner>);
+
+impl WaiterSlot {
+    /// A slot, or `None` when all are taken.
+    pub(crate) fn take(state: &ApiState) -> Option<WaiterSlot> {
+        let max = state.inner.options.max_waiters;
+        state
+            .inner
+            .waiters
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaiterSlot(Arc::clone(&state.inner)))
+    }
+}
+
+impl Drop for WaiterSlot {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
     }
 }

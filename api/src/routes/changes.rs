@@ -6,7 +6,6 @@
 //! that resumes from an older cursor sees some changes again.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -17,15 +16,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use utoipa::IntoParams;
 
 use super::{parse_limit, query};
 use crate::error::ApiError;
-use crate::feed::Feed;
+use crate::feed::{Feed, Hold};
 use crate::json::{ChangesPage, ErrorJson};
-use crate::state::ApiState;
+use crate::state::{ApiState, WaiterSlot};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -72,20 +70,26 @@ fn parse_wait(raw: Option<&str>) -> Result<Duration, ApiError> {
     })
 }
 
-/// `wait` capped at `max`, less up to a tenth at random, so that clients
-/// that started together do not all come back in the same instant.
-fn hold_for(wait: Duration, max: Duration) -> Duration {
+/// How long to hold a request: `wait` capped at `max`, less up to a tenth,
+/// as a window from which the feed picks the deadline at random, so that
+/// clients that started together do not all come back in the same instant.
+fn hold_for(wait: Duration, max: Duration) -> (Duration, Duration) {
     let wait = wait.min(max);
-    let tenth = u64::try_from(wait.as_millis() / 10).unwrap_or(u64::MAX);
-    wait.saturating_sub(Duration::from_millis(rand::random_range(0..=tenth)))
+    (wait - wait / 10, wait)
 }
 
-fn waiter_permit(state: &ApiState) -> Result<OwnedSemaphorePermit, ApiError> {
-    Arc::clone(&state.inner.waiters)
-        .try_acquire_owned()
-        .map_err(|_| ApiError::TooManyWaiters {
-            retry_after_s: RETRY_AFTER_S,
-        })
+fn hold_from_now((least, most): (Duration, Duration)) -> Hold {
+    let now = Instant::now();
+    Hold {
+        earliest: now + least,
+        latest: now + most,
+    }
+}
+
+fn waiter_slot(state: &ApiState) -> Result<WaiterSlot, ApiError> {
+    WaiterSlot::take(state).ok_or(ApiError::TooManyWaiters {
+        retry_after_s: RETRY_AFTER_S,
+    })
 }
 
 /// The changes after a cursor; when there are none yet, holds the request
@@ -101,10 +105,15 @@ pub(crate) async fn long_poll(
     State(state): State<ApiState>,
     q: Result<Query<ChangesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    let after = parse_cursor(q.after.as_deref())?;
-    let wait = parse_wait(q.wait.as_deref())?;
-    let limit = parse_limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    // The query's strings are dropped before the wait, not held by it.
+    let (after, wait, limit) = {
+        let q = query(q)?;
+        (
+            parse_cursor(q.after.as_deref())?,
+            parse_wait(q.wait.as_deref())?,
+            parse_limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?,
+        )
+    };
     let inner = &state.inner;
     // Answer from what is there first: a client with changes waiting needs
     // no waiter slot.
@@ -113,12 +122,17 @@ pub(crate) async fn long_poll(
         .next_page(after, limit, None, &inner.closing, false)
         .await?;
     let hold = hold_for(wait, inner.options.max_wait);
-    let page = if page.changes.is_empty() && !hold.is_zero() && !inner.closing.is_cancelled() {
-        let _permit = waiter_permit(&state)?;
-        let deadline = Instant::now() + hold;
+    let page = if page.changes.is_empty() && !hold.1.is_zero() && !inner.closing.is_cancelled() {
+        let _slot = waiter_slot(&state)?;
         inner
             .feed
-            .next_page(Some(page.next), limit, Some(deadline), &inner.closing, true)
+            .next_page(
+                Some(page.next),
+                limit,
+                Some(hold_from_now(hold)),
+                &inner.closing,
+                true,
+            )
             .await?
     } else {
         page
@@ -163,14 +177,14 @@ pub(crate) async fn sse(
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
     let after = parse_cursor(last_event_id.as_deref().or(q.after.as_deref()))?;
-    let permit = waiter_permit(&state)?;
+    let slot = waiter_slot(&state)?;
     // Resolve the start (and answer 410 or 400) before the 200 is sent.
     let first = state
         .inner
         .feed
         .next_page(after, DEFAULT_LIMIT, None, &state.inner.closing, false)
         .await?;
-    let events = events(state, first, permit);
+    let events = events(state, first, slot);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -182,13 +196,13 @@ struct StreamState {
     cursor: u64,
     first: Option<Vec<crate::json::ChangeJson>>,
     done: bool,
-    _permit: OwnedSemaphorePermit,
+    _slot: WaiterSlot,
 }
 
 fn events(
     state: ApiState,
     first: crate::feed::Page,
-    permit: OwnedSemaphorePermit,
+    slot: WaiterSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let st = StreamState {
         feed: state.inner.feed.clone(),
@@ -196,7 +210,7 @@ fn events(
         first: Some(first.changes),
         state,
         done: false,
-        _permit: permit,
+        _slot: slot,
     };
     // Each step yields one batch (possibly empty at the end of a wait); the
     // stream ends on shutdown, on an error, or when the client goes away.
@@ -211,13 +225,13 @@ fn events(
         if inner.closing.is_cancelled() {
             return None;
         }
-        let deadline = Instant::now() + inner.options.max_wait;
+        let hold = hold_from_now(hold_for(inner.options.max_wait, inner.options.max_wait));
         match st
             .feed
             .next_page(
                 Some(st.cursor),
                 DEFAULT_LIMIT,
-                Some(deadline),
+                Some(hold),
                 &inner.closing,
                 false,
             )
@@ -262,11 +276,18 @@ mod tests {
         assert_eq!(parse_wait(Some("1m")).unwrap(), Duration::from_secs(60));
         assert!(parse_wait(Some("soon")).is_err());
         let max = Duration::from_secs(55);
-        for _ in 0..100 {
-            let h = hold_for(Duration::from_secs(600), max);
-            assert!(h <= max && h >= max - max / 10, "{h:?}");
-        }
-        assert_eq!(hold_for(Duration::ZERO, max), Duration::ZERO);
+        assert_eq!(
+            hold_for(Duration::from_secs(600), max),
+            (Duration::from_millis(49_500), max)
+        );
+        assert_eq!(
+            hold_for(Duration::from_secs(10), max),
+            (Duration::from_secs(9), Duration::from_secs(10))
+        );
+        assert_eq!(
+            hold_for(Duration::ZERO, max),
+            (Duration::ZERO, Duration::ZERO)
+        );
     }
 
     #[test]
