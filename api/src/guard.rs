@@ -3,35 +3,131 @@
 //! error response without a JSON body (axum's own rejections, 405s) into
 //! `{"error": "..."}`.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
-use axum::middleware::Next;
+use axum::extract::Request;
+use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
 
 use crate::error::{ApiError, json_error};
 use crate::state::{ApiState, ApiToken};
 
-/// All the guards in one middleware (one layer, so that each request
-/// allocates and polls one wrapper instead of four): the `Host` check, the
-/// token, the call, JSON error bodies, and a debug log line.
-pub(crate) async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let res = match check(&state, &req) {
-        Err(err) => err.into_response(),
-        Ok(()) => json_errors(next.run(req).await).await,
-    };
-    let status = res.status();
-    // The query and headers are not logged: headers carry the token.
-    if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), "API request failed");
-    } else {
-        tracing::debug!(%method, %path, status = status.as_u16(), "API request");
+/// All the guards in one layer: the `Host` check, the token, the call, JSON
+/// error bodies, and a debug log line.
+///
+/// Why a hand-written service rather than `axum::middleware::from_fn`: a
+/// held long poll keeps its whole future stack allocated, and `from_fn`
+/// adds a boxed ~1 KiB async block plus a boxed clone of the inner route
+/// per request; [`GuardFuture`] is the inner future and the log fields.
+#[derive(Clone)]
+pub(crate) struct GuardLayer(pub(crate) ApiState);
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            state: self.0.clone(),
+            inner,
+        }
     }
-    res
+}
+
+/// See [`GuardLayer`].
+#[derive(Clone)]
+pub(crate) struct Guard<S> {
+    state: ApiState,
+    inner: S,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let log = Log {
+            method: req.method().clone(),
+            path: req.uri().path().into(),
+        };
+        let stage = match check(&self.state, &req) {
+            Err(err) => Stage::Answered(Some(err.into_response())),
+            Ok(()) => {
+                // The clone that was driven ready serves this request.
+                let clone = self.inner.clone();
+                Stage::Called(std::mem::replace(&mut self.inner, clone).call(req))
+            }
+        };
+        GuardFuture { stage, log }
+    }
+}
+
+/// What the log line needs of the request. The query and headers are not
+/// logged: headers carry the token.
+struct Log {
+    method: Method,
+    path: Box<str>,
+}
+
+/// The future of [`Guard`].
+pub(crate) struct GuardFuture<F> {
+    stage: Stage<F>,
+    log: Log,
+}
+
+enum Stage<F> {
+    /// Refused by a guard; taken when answered.
+    Answered(Option<Response>),
+    /// The inner service.
+    Called(F),
+    /// An error answer being rewritten as JSON (rare, so boxed).
+    Rewriting(Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
+impl<F> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let res = loop {
+            match &mut this.stage {
+                Stage::Answered(res) => break res.take().unwrap_or_default(),
+                Stage::Called(fut) => {
+                    let Ok(res) = ready!(Pin::new(fut).poll(cx));
+                    if !needs_json(&res) {
+                        break res;
+                    }
+                    this.stage = Stage::Rewriting(Box::pin(json_errors(res)));
+                }
+                Stage::Rewriting(fut) => break ready!(fut.as_mut().poll(cx)),
+            }
+        };
+        let status = res.status();
+        let Log { method, path } = &this.log;
+        if status.is_server_error() {
+            tracing::warn!(%method, %path, status = status.as_u16(), "API request failed");
+        } else {
+            tracing::debug!(%method, %path, status = status.as_u16(), "API request");
+        }
+        Poll::Ready(Ok(res))
+    }
 }
 
 fn check(state: &ApiState, req: &Request) -> Result<(), ApiError> {
@@ -105,22 +201,25 @@ fn token_matches(req: &Request, token: &ApiToken) -> bool {
         .is_some_and(|p| constant_time_eq::constant_time_eq(p.as_bytes(), token.as_bytes()))
 }
 
-/// Every 4xx/5xx leaves as JSON: responses that are errors but not JSON
-/// (axum's extractor rejections, the 405 of a method router) get their text
-/// wrapped.
-async fn json_errors(res: Response) -> Response {
+/// Whether `res` is an error whose body is not JSON yet.
+fn needs_json(res: &Response) -> bool {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
-        return res;
+        return false;
     }
     let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return res;
-    }
+    !is_json
+}
+
+/// Every 4xx/5xx leaves as JSON: responses that are errors but not JSON
+/// (axum's extractor rejections, the 405 of a method router) get their text
+/// wrapped.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
     let (parts, body) = res.into_parts();
     // Rejection texts are short; the cap keeps a surprise from being buffered.
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();

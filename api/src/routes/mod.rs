@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::middleware::from_fn_with_state;
 
 use crate::error::ApiError;
 use crate::guard;
@@ -31,7 +30,7 @@ pub fn router(state: ApiState) -> Router {
     routes
         .fallback(guard::not_found)
         .method_not_allowed_fallback(guard::method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), guard::guard))
+        .layer(guard::GuardLayer(state.clone()))
         .with_state(state.with_openapi(OpenApiJson(Arc::new(doc))))
 }
 
