@@ -1,13 +1,17 @@
 //! Memory of 10,000 concurrent long-poll waiters, and the time from a commit
 //! to their responses.
 //!
-//! `cargo bench -p polld-api --bench waiters [-- N] [--tcp]`
+//! `cargo bench -p polld-api --bench waiters [-- N] [--tcp | --keep-alive]`
 //!
 //! - default: N requests (10,000) driven through the router with `oneshot`
 //!   in this process: what the API itself costs per waiter.
 //! - `--tcp`: the real server (`polld_api::serve`, hyper over loopback); the
 //!   N clients run in a child process (this binary with `--client`), so
 //!   the memory figure is the server's alone. Both share the 2 cores.
+//!   Each client sends `Connection: close` and its answer is complete at
+//!   EOF, so both sides' teardown of 10,000 connections is timed too.
+//! - `--keep-alive`: the same, but the clients keep their connections, and
+//!   an answer is complete at its last body byte.
 //!
 //! Memory is the growth of this process's resident set (VmRSS) from before
 //! the waiters arrived to when all of them are parked (allocator overhead
@@ -97,21 +101,46 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let keep_alive = args.iter().any(|a| a == "--keep-alive");
     if let Some(i) = args.iter().position(|a| a == "--client") {
         let addr = args[i + 1].parse().unwrap();
         let n = args[i + 2].parse().unwrap();
-        runtime().block_on(client(addr, n));
+        runtime().block_on(client(addr, n, keep_alive));
         return;
     }
-    let tcp = args.iter().any(|a| a == "--tcp");
+    let tcp = keep_alive || args.iter().any(|a| a == "--tcp");
     let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000);
-    runtime().block_on(run(n, tcp));
+    runtime().block_on(run(n, tcp, keep_alive));
+}
+
+/// Reads one response off a kept-alive connection: up to the end of its
+/// head, then `Content-Length` bytes.
+async fn read_response(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a Content-Length");
+            if out.len() >= end + 4 + len {
+                return out;
+            }
+        }
+        assert!(s.read_buf(&mut out).await.unwrap() > 0, "closed early");
+    }
 }
 
 /// The `--tcp` clients: N connections, one long poll each; prints `sent`
 /// once every request is written, then for each answer its completion time
-/// and whether it carried the change.
-async fn client(addr: std::net::SocketAddr, n: usize) {
+/// and whether it carried the change. With `keep_alive`, a response is
+/// complete at its last body byte and the connections stay open until all
+/// are in (as a long-poll client that polls again would keep them), so
+/// neither side's connection teardown is timed; else it is complete at
+/// the server's close.
+async fn client(addr: std::net::SocketAddr, n: usize, keep_alive: bool) {
     let mut tasks = Vec::with_capacity(n);
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
     // Connecting is not what is measured: 10,000 SYNs at once overflow the
@@ -124,15 +153,24 @@ async fn client(addr: std::net::SocketAddr, n: usize) {
         tasks.push(tokio::spawn(async move {
             let pace = connecting.acquire_owned().await.unwrap();
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let req =
-                format!("GET {PATH} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            let close = if keep_alive {
+                ""
+            } else {
+                "Connection: close\r\n"
+            };
+            let req = format!("GET {PATH} HTTP/1.1\r\nHost: localhost\r\n{close}\r\n");
             s.write_all(req.as_bytes()).await.unwrap();
             drop(pace);
             sent.send(()).await.unwrap();
-            let mut out = Vec::with_capacity(512);
-            s.read_to_end(&mut out).await.unwrap();
+            let out = if keep_alive {
+                read_response(&mut s).await
+            } else {
+                let mut out = Vec::with_capacity(512);
+                s.read_to_end(&mut out).await.unwrap();
+                out
+            };
             let done = now_ns();
-            (done, out.windows(WANT.len()).any(|w| w == WANT))
+            (done, out.windows(WANT.len()).any(|w| w == WANT), s)
         }));
     }
     drop(sent_tx);
@@ -145,16 +183,20 @@ async fn client(addr: std::net::SocketAddr, n: usize) {
     // other answers are still arriving would add the harness's own work to
     // the latency it measures.
     let mut done = Vec::with_capacity(n);
+    let mut open = Vec::with_capacity(n);
     for t in tasks {
-        done.push(t.await.unwrap());
+        let (at, ok, s) = t.await.unwrap();
+        done.push((at, ok));
+        open.push(s);
     }
+    drop(open);
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     for (done, ok) in done {
         writeln!(stdout, "{done} {}", u8::from(ok)).unwrap();
     }
 }
 
-async fn run(n: usize, tcp: bool) {
+async fn run(n: usize, tcp: bool, keep_alive: bool) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("bench.redb")).unwrap();
     store
@@ -206,6 +248,7 @@ async fn run(n: usize, tcp: bool) {
         ));
         let mut c = Command::new(std::env::current_exe().unwrap())
             .args(["--client", &addr.to_string(), &n.to_string()])
+            .args(keep_alive.then_some("--keep-alive"))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -296,7 +339,9 @@ async fn run(n: usize, tcp: bool) {
 
     println!(
         "waiters: {n} via {}",
-        if tcp {
+        if keep_alive {
+            "TCP loopback + hyper server (clients in a child process, kept alive)"
+        } else if tcp {
             "TCP loopback + hyper server (clients in a child process)"
         } else {
             "router oneshot"

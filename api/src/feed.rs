@@ -282,7 +282,9 @@ impl Feed {
             // The cursor is older than the tail, or the tail lags a commit
             // by a moment: the store has the answer.
             _ => {
-                let changes = self.read_store(after, limit).await?;
+                // Boxed, here and below: a held request keeps its future's
+                // full size allocated, and this rare path is its largest.
+                let changes = Box::pin(self.read_store(after, limit)).await?;
                 if !changes.is_empty() || hold.is_none() {
                     return Ok(page(changes, after));
                 }
@@ -308,7 +310,7 @@ impl Feed {
                     // The tail moved past `after` in one jump (a burst of
                     // more than TAIL_CAP changes).
                     Step::ReadStore => {
-                        let changes = self.read_store(after, limit).await?;
+                        let changes = Box::pin(self.read_store(after, limit)).await?;
                         return Ok(page(changes, after));
                     }
                     Step::Wait => woken.await,
