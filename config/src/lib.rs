@@ -17,6 +17,7 @@ mod error;
 mod keys;
 mod model;
 mod parse;
+mod segments;
 mod source;
 mod values;
 

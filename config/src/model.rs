@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -29,7 +30,7 @@ pub struct Config {
     /// `[defaults]` merged over the built-in defaults.
     pub defaults: Policy,
     /// `[[watch]]`, in file order; ids are unique.
-    pub watches: Vec<Watch>,
+    pub watches: Vec<Arc<Watch>>,
 }
 
 /// `[daemon]`: how the process runs.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -21,6 +22,7 @@ use crate::model::{
     Config, CursorConfig, CursorSource, DEFAULT_LISTEN, DaemonConfig, Listen, Policy, Schedule,
     TelemetryConfig, Watch, WatchId,
 };
+use crate::segments;
 use crate::source::Source;
 use crate::values::{parse_duration, parse_size, substitute_env};
 
@@ -61,22 +63,18 @@ impl Config {
             text,
             env: &env,
         };
-        let (document, syntax_errors) = DeTable::parse_recoverable(text);
-        for error in &syntax_errors {
-            let span = error.span().unwrap_or(0..0);
-            walker
-                .src
-                .report(span, format!("TOML syntax: {}", error.message().trim_end()));
+        let config = match segments::watch_headers(text) {
+            Some(starts) => walker.split_document(path, text, &starts),
+            None => walker
+                .piece(text, 0)
+                .map(|root| walker.document(path, root)),
+        };
+        match config {
+            Some(config) if !walker.src.has_problems() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                problems: walker.src.into_problems(),
+            }),
         }
-        if syntax_errors.is_empty() {
-            let config = walker.document(path, document.into_inner());
-            if !walker.src.has_problems() {
-                return Ok(config);
-            }
-        }
-        Err(ConfigError::Invalid {
-            problems: walker.src.into_problems(),
-        })
     }
 
     /// A one-line summary for `polld check-config` and the start-up log.
@@ -100,8 +98,30 @@ impl Config {
 
 struct Walker<'a> {
     src: Source<'a>,
+    /// The text being walked (the whole file or the piece being parsed):
+    /// the spans of the tree are offsets into it.
     text: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Everything but the watches.
+struct TopLevel {
+    daemon: DaemonConfig,
+    telemetry: TelemetryConfig,
+    defaults: Policy,
+    defaults_layer: PolicyLayer,
+}
+
+impl TopLevel {
+    fn into_config(self, path: &Path, watches: Vec<Arc<Watch>>) -> Config {
+        Config {
+            path: PathBuf::from(path),
+            daemon: self.daemon,
+            telemetry: self.telemetry,
+            defaults: self.defaults,
+            watches,
+        }
+    }
 }
 
 /// The known keys of one table, looked up by name; unknown keys have already
@@ -117,7 +137,8 @@ impl<'t, 'i> Fields<'t, 'i> {
     }
 }
 
-/// One layer of policy keys (`[defaults]` or a watch), with where each was set.
+/// One layer of policy keys (`[defaults]` or a watch), with where each was
+/// set (absolute offsets: the layers of a watch come from different pieces).
 #[derive(Default)]
 struct PolicyLayer {
     interval: Option<(Duration, Range<usize>)>,
@@ -162,12 +183,74 @@ fn list(keys: &[&str]) -> String {
 }
 
 impl<'a> Walker<'a> {
-    /// Takes the tree by value: each `[[watch]]` table is freed as soon as it
-    /// is validated, so a 100,000-watch list never holds the whole parsed
-    /// tree and the whole result at once.
+    /// Parses one piece of the file (the whole file, or the part of it
+    /// that starts at byte `base`), reporting its syntax errors; `None` if
+    /// it has any.
+    fn piece(&mut self, piece: &'a str, base: usize) -> Option<DeTable<'a>> {
+        self.src.set_base(base);
+        self.text = piece;
+        let (document, syntax_errors) = DeTable::parse_recoverable(piece);
+        for error in &syntax_errors {
+            let span = error.span().unwrap_or(0..0);
+            self.src
+                .report(span, format!("TOML syntax: {}", error.message().trim_end()));
+        }
+        syntax_errors.is_empty().then(|| document.into_inner())
+    }
+
+    /// The whole file as one tree.
     fn document(&mut self, path: &Path, mut root: DeTable<'_>) -> Config {
+        let top = self.top_level(&root);
+        let mut watches = Vec::new();
+        let mut seen = HashMap::new();
+        if let Some(item) = root.remove("watch") {
+            self.watch_array(item, &top, &mut seen, &mut watches);
+        }
+        top.into_config(path, watches)
+    }
+
+    /// The file split at its `[[watch]]` headers (see [`segments`]): the
+    /// part before the first one, then each watch parsed, validated and
+    /// freed in turn. `None` when the part before has syntax errors (the
+    /// watches are then only checked for theirs).
+    fn split_document(&mut self, path: &Path, text: &'a str, starts: &[usize]) -> Option<Config> {
+        let pieces = starts.iter().enumerate().map(|(i, &start)| {
+            let end = starts.get(i + 1).copied().unwrap_or(text.len());
+            (start, &text[start..end])
+        });
+        let Some(root) = self.piece(&text[..starts[0]], 0) else {
+            for (start, piece) in pieces {
+                self.piece(piece, start);
+            }
+            return None;
+        };
+        if root.contains_key("watch") {
+            // `watch` also defined before the first [[watch]]: let TOML
+            // itself say what is wrong, from the whole file.
+            drop(root);
+            return self.piece(text, 0).map(|root| self.document(path, root));
+        }
+        let top = self.top_level(&root);
+        drop(root);
+        let mut watches = Vec::with_capacity(starts.len());
+        let mut seen = HashMap::with_capacity(starts.len());
+        for (start, piece) in pieces {
+            // A piece holds one [[watch]] and its sub-tables, nothing else.
+            if let Some(mut root) = self.piece(piece, start)
+                && let Some(item) = root.remove("watch")
+            {
+                self.watch_array(item, &top, &mut seen, &mut watches);
+            }
+        }
+        self.src.set_base(0);
+        self.text = text;
+        Some(top.into_config(path, watches))
+    }
+
+    /// `[daemon]`, `[telemetry]` and `[defaults]`, and unknown top-level keys.
+    fn top_level(&mut self, root: &DeTable<'_>) -> TopLevel {
         let top = self.fields(
-            &root,
+            root,
             0..0,
             &["daemon", "telemetry", "defaults", "watch"],
             "the top level",
@@ -192,40 +275,49 @@ impl<'a> Walker<'a> {
             let fields = self.fields(table, item.span(), POLICY_KEYS, "[defaults]");
             defaults_layer = self.policy_layer(&fields);
             defaults_layer.apply(&mut defaults);
-            self.check_policy(&defaults, &[&defaults_layer], item.span());
+            let fallback = self.src.absolute(item.span());
+            self.check_policy(&defaults, &[&defaults_layer], fallback);
         }
-
-        let mut watches = Vec::new();
-        if let Some(item) = root.remove("watch") {
-            let span = item.span();
-            match item.into_inner() {
-                DeValue::Array(array) => {
-                    watches.reserve_exact(array.len());
-                    let mut seen: HashMap<String, usize> = HashMap::new();
-                    for entry in array {
-                        let Some(table) = self.table(&entry, "a [[watch]] table") else {
-                            continue;
-                        };
-                        if let Some(watch) =
-                            self.watch(table, entry.span(), &defaults, &defaults_layer, &mut seen)
-                        {
-                            watches.push(watch);
-                        }
-                    }
-                }
-                _ => self.src.report(
-                    span,
-                    "`watch` must be an array of tables, written [[watch]]",
-                ),
-            }
-        }
-
-        Config {
-            path: PathBuf::from(path),
+        TopLevel {
             daemon,
             telemetry,
             defaults,
-            watches,
+            defaults_layer,
+        }
+    }
+
+    /// The value of `watch`: an array of tables, each table freed once
+    /// validated. `seen` maps ids to where (absolute offset) they were first used.
+    fn watch_array(
+        &mut self,
+        item: Item<'_>,
+        top: &TopLevel,
+        seen: &mut HashMap<String, usize>,
+        watches: &mut Vec<Arc<Watch>>,
+    ) {
+        let span = item.span();
+        match item.into_inner() {
+            DeValue::Array(array) => {
+                watches.reserve(array.len());
+                for entry in array {
+                    let Some(table) = self.table(&entry, "a [[watch]] table") else {
+                        continue;
+                    };
+                    if let Some(watch) = self.watch(
+                        table,
+                        entry.span(),
+                        &top.defaults,
+                        &top.defaults_layer,
+                        seen,
+                    ) {
+                        watches.push(Arc::new(watch));
+                    }
+                }
+            }
+            _ => self.src.report(
+                span,
+                "`watch` must be an array of tables, written [[watch]]",
+            ),
         }
     }
 
@@ -577,6 +669,18 @@ impl<'a> Walker<'a> {
                 .integer(item, "keep_versions", 1..1_000_001)
                 .map(|v| v as u32);
         }
+        for set in [
+            &mut layer.interval,
+            &mut layer.min_interval,
+            &mut layer.max_interval,
+            &mut layer.timeout,
+            &mut layer.connect_timeout,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            set.1 = self.src.absolute(set.1.clone());
+        }
         layer
     }
 
@@ -620,7 +724,7 @@ impl<'a> Walker<'a> {
             let span = span_of(layers, |l| &l.min_interval)
                 .or_else(|| span_of(layers, |l| &l.max_interval))
                 .unwrap_or(fallback.clone());
-            self.src.report(
+            self.src.report_absolute(
                 span,
                 format!(
                     "min_interval {} is greater than max_interval {}",
@@ -633,7 +737,7 @@ impl<'a> Walker<'a> {
                 .or_else(|| span_of(layers, |l| &l.min_interval))
                 .or_else(|| span_of(layers, |l| &l.max_interval))
                 .unwrap_or(fallback.clone());
-            self.src.report(
+            self.src.report_absolute(
                 span,
                 format!(
                     "interval {} is outside [min_interval {}, max_interval {}]",
@@ -647,7 +751,7 @@ impl<'a> Walker<'a> {
             let span = span_of(layers, |l| &l.connect_timeout)
                 .or_else(|| span_of(layers, |l| &l.timeout))
                 .unwrap_or(fallback);
-            self.src.report(
+            self.src.report_absolute(
                 span,
                 format!(
                     "connect_timeout {} is longer than timeout {}",
@@ -680,7 +784,7 @@ impl<'a> Walker<'a> {
                                 format!("duplicate id {text:?}; it is already used by the watch at line {line}"),
                             );
                         } else {
-                            seen.insert(text, item.span().start);
+                            seen.insert(text, self.src.absolute(item.span()).start);
                         }
                         Some(id)
                     }
@@ -716,7 +820,7 @@ impl<'a> Walker<'a> {
                         item.span(),
                         format!(
                             "a watch has either `interval` (line {}) or `schedule`, not both",
-                            self.src.line_of(interval.0.span().start)
+                            self.src.line_of(self.src.absolute(interval.0.span()).start)
                         ),
                     );
                 }
@@ -725,7 +829,8 @@ impl<'a> Walker<'a> {
             None => Some(Schedule::Interval),
         };
         if matches!(schedule, Some(Schedule::Interval)) {
-            self.check_policy(&policy, &[&layer, defaults_layer], span.clone());
+            let fallback = self.src.absolute(span.clone());
+            self.check_policy(&policy, &[&layer, defaults_layer], fallback);
         }
 
         let method = match fields.get("method") {

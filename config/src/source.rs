@@ -11,6 +11,9 @@ pub(crate) struct Source<'a> {
     path: &'a Path,
     text: &'a str,
     line_starts: Vec<usize>,
+    /// Where the piece being walked starts in the file: spans given to
+    /// [`Source::report`] are relative to it.
+    base: usize,
     problems: Vec<Problem>,
 }
 
@@ -23,6 +26,7 @@ impl<'a> Source<'a> {
             path,
             text,
             line_starts,
+            base: 0,
             problems: Vec::new(),
         }
     }
@@ -40,8 +44,23 @@ impl<'a> Source<'a> {
         (line, column)
     }
 
-    /// Records a problem found at the start of `span`.
+    /// Sets where the piece being walked starts in the file.
+    pub(crate) fn set_base(&mut self, base: usize) {
+        self.base = base;
+    }
+
+    /// A span of the piece being walked, as offsets into the whole file.
+    pub(crate) fn absolute(&self, span: Range<usize>) -> Range<usize> {
+        span.start + self.base..span.end + self.base
+    }
+
+    /// Records a problem found at the start of `span` (in the piece being walked).
     pub(crate) fn report(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.report_absolute(self.absolute(span), message);
+    }
+
+    /// Records a problem found at the start of `span` (in the whole file).
+    pub(crate) fn report_absolute(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = self.line_column(span.start);
         self.problems.push(Problem {
             path: PathBuf::from(self.path),
@@ -51,7 +70,8 @@ impl<'a> Source<'a> {
         });
     }
 
-    /// The 1-based line of a byte offset, for messages that point elsewhere.
+    /// The 1-based line of a byte offset in the whole file, for messages
+    /// that point elsewhere.
     pub(crate) fn line_of(&self, offset: usize) -> usize {
         self.line_column(offset).0
     }

@@ -97,7 +97,11 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     tracing::info!(path = %db_path.display(), "store open");
 
     let (writer, mut writer_task) = store.spawn_writer(WriterConfig {
-        max_batch: 4096,
+        // Large batches: a commit rewrites every B-tree leaf its updates
+        // touch, and 100,000 watches polled at random spread over all of
+        // them; 16,384 outcomes per commit share leaves where 4,096 did not
+        // (29k → 41k sustained polls/s in bench/engine).
+        max_batch: 16384,
         max_delay: Duration::from_millis(5),
     });
     let agent = Agent::new(AgentOptions {
@@ -126,8 +130,9 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
         }
         None => (None, None),
     };
+    let watch_count = config.watches.len();
     let (engine, handle) = Engine::start(
-        &config,
+        std::mem::take(&mut config.watches),
         &store,
         writer,
         agent,
@@ -147,9 +152,6 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
         source,
     })?;
 
-    // The engine holds its own copy of every watch; the list is not needed again.
-    let watch_count = config.watches.len();
-    config.watches = Vec::new();
     let listener = polld_api::bind(&config.daemon.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.daemon.listen))?;

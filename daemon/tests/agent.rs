@@ -31,6 +31,8 @@ fn watch(url: &str, extra: &str) -> Watch {
         .unwrap_or_else(|e| panic!("{e}"))
         .watches
         .remove(0)
+        .as_ref()
+        .clone()
 }
 
 fn agent() -> Agent {

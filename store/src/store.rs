@@ -32,8 +32,10 @@ use crate::schema::{
 use crate::{Hash, hash_body};
 
 /// Default redb page cache: redb's own default is 1 GiB, too much for a
-/// daemon that mostly appends.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// daemon that mostly appends. Pages it misses come from the kernel's page
+/// cache; with 100,000 watches 64 MiB cost ~80 MiB of RSS for no measured
+/// gain in CPU per poll (BENCHMARKS.md, engine).
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 /// Default number of change-log entries kept.
 pub const DEFAULT_MAX_CHANGES: u64 = 1_000_000;
 /// Default zstd level for bodies: level 3 is zstd's own default and keeps a

@@ -104,8 +104,9 @@ impl Poller for Agent {
 
 /// Outcomes handed to the writer and not yet committed, above which no new
 /// poll starts: when the disk is slower than the polls, polls wait instead
-/// of their outcomes piling up in memory.
-const MAX_BACKLOG: usize = 8192;
+/// of their outcomes piling up in memory. Two writer batches (run.rs): one
+/// committing, one gathering.
+const MAX_BACKLOG: usize = 32_768;
 
 /// The count of outcomes between the engine and a finished commit, shared
 /// with the forwarder that sees the commits.
@@ -211,7 +212,9 @@ pub struct Engine<P: Poller = Agent> {
     backlog: Arc<Backlog>,
     forwarder: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
-    entries: HashMap<String, Entry>,
+    /// Boxed: the table then costs a pointer per slot, not a whole entry
+    /// per slot (and per spare slot).
+    entries: HashMap<String, Box<Entry>>,
     queue: DelayQueue<String>,
     limits: Limits,
     completions_tx: mpsc::UnboundedSender<Completion>,
@@ -257,11 +260,12 @@ struct Completion {
 }
 
 impl<P: Poller> Engine<P> {
-    /// Loads the stored state of every watch, reconciles it with `config`
+    /// Loads the stored state of every watch, reconciles it with `watches`
     /// (new watches are spread over their first interval, known ones resume
     /// from their stored due time) and returns the engine and its handle.
+    /// The watches are taken by value: 100,000 of them are worth not copying.
     pub async fn start(
-        config: &Config,
+        watches: Vec<Arc<Watch>>,
         store: &Store,
         writer: Writer,
         agent: P,
@@ -312,17 +316,29 @@ impl<P: Poller> Engine<P> {
             running: running.clone(),
             rng: StdRng::from_os_rng(),
         };
-        let mut stored: HashMap<String, WatchState> =
-            stored.into_iter().map(|s| (s.id.clone(), s)).collect();
+        // Sorted and searched in place rather than indexed in a map: no
+        // second copy of 100,000 states at start-up.
+        let mut stored: Vec<(String, Option<WatchState>)> = {
+            let mut stored = stored;
+            stored.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            stored
+                .into_iter()
+                .map(|s| (s.id.clone(), Some(s)))
+                .collect()
+        };
         let now = engine.options.clock.now();
-        for watch in &config.watches {
-            let previous = stored.remove(watch.id.as_str());
-            engine.add(Arc::new(watch.clone()), previous, now);
+        engine.entries.reserve(watches.len());
+        for watch in watches {
+            let previous = stored
+                .binary_search_by(|(id, _)| id.as_str().cmp(watch.id.as_str()))
+                .ok()
+                .and_then(|i| stored[i].1.take());
+            engine.add(watch, previous, now);
             // A first start records every watch: keep only a backlog's worth
             // of those records in memory at a time.
             engine.backlog.room().await;
         }
-        for (_, state) in stored {
+        for state in stored.into_iter().filter_map(|(_, state)| state) {
             if state.status != WatchStatus::Removed {
                 engine.record_removed(state);
             }
@@ -445,7 +461,7 @@ impl<P: Poller> Engine<P> {
             let id = watch.id.as_str();
             match self.entries.get_mut(id) {
                 None => {
-                    self.add(Arc::new(watch.clone()), None, now);
+                    self.add(watch.clone(), None, now);
                     summary.added += 1;
                 }
                 Some(entry) => {
@@ -464,7 +480,7 @@ impl<P: Poller> Engine<P> {
                     let interval = Duration::from_millis(entry.state.interval_ms)
                         .clamp(policy.min_interval, policy.max_interval);
                     entry.state.interval_ms = interval.as_millis() as u64;
-                    entry.watch = Arc::new(watch.clone());
+                    entry.watch = watch.clone();
                     // A shorter interval takes effect now rather than after the old wait.
                     let remaining = entry.due.saturating_duration_since(Instant::now());
                     if remaining > interval
@@ -555,7 +571,7 @@ impl<P: Poller> Engine<P> {
                 keep_versions: watch.policy.keep_versions,
             });
         }
-        self.entries.insert(id, entry);
+        self.entries.insert(id, Box::new(entry));
     }
 
     fn record_removed(&mut self, mut state: WatchState) {

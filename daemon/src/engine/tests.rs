@@ -170,7 +170,7 @@ async fn start(config: &Config, store: &Store, poller: Scripted) -> Running {
     });
     let clock = poller.clock;
     let (engine, _handle) = Engine::start(
-        config,
+        config.watches.clone(),
         store,
         writer,
         poller,
