@@ -83,6 +83,26 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used, in ms; `USER_HZ` is 100
+/// on Linux.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) * 10
+}
+
 /// Wall-clock nanoseconds, comparable between the two processes.
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -302,6 +322,8 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
         );
         tokio::time::sleep(Duration::from_secs(secs)).await;
     }
+    let client_pid = child.as_ref().map(|(c, _)| c.id());
+    let cpu_before = (cpu_ms(std::process::id()), client_pid.map_or(0, cpu_ms));
     let commit_start = std::time::Instant::now();
     store
         .apply_blocking(vec![outcome(vec![ChangeKind::ErrorStarted])])
@@ -310,6 +332,7 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
     let commit_took = commit_start.elapsed();
 
     let mut done: Vec<(u128, bool)> = Vec::with_capacity(n);
+    let mut cpu_client = 0;
     if let Some((mut c, lines)) = child {
         done = tokio::task::spawn_blocking(move || {
             lines
@@ -322,6 +345,8 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
         })
         .await
         .unwrap();
+        // Read before the wait reaps the client (until then its times stay).
+        cpu_client = cpu_ms(c.id()) - cpu_before.1;
         assert!(c.wait().unwrap().success());
     } else {
         answered.1.notified().await;
@@ -329,6 +354,7 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
             done.push(t.await.unwrap());
         }
     }
+    let cpu_server = cpu_ms(std::process::id()) - cpu_before.0;
     let ok = done.iter().filter(|d| d.1).count();
     let mut lat: Vec<f64> = done
         .iter()
@@ -363,6 +389,20 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
         pct(0.99),
         pct(1.0)
     );
+    let per = |ms: u64| ms as f64 * 1000.0 / n as f64;
+    if tcp {
+        println!(
+            "CPU from the commit to the last answer: server {cpu_server} ms ({:.1} us per waiter), \
+             clients {cpu_client} ms ({:.1} us per waiter)",
+            per(cpu_server),
+            per(cpu_client)
+        );
+    } else {
+        println!(
+            "CPU from the commit to the last answer: {cpu_server} ms ({:.1} us per waiter)",
+            per(cpu_server)
+        );
+    }
     assert_eq!(ok, n, "some waiters did not get the change");
     if let Some((stop, server)) = server {
         let _ = stop.send(());

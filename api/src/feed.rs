@@ -488,7 +488,12 @@ fn extend(store: &Store, current: &Tail, committed: u64) -> Result<Tail, StoreEr
     // spinning us.
     let mut last_seq = committed;
     for _ in 0..2 {
-        let batch = store.changes_after(after, TAIL_CAP)?;
+        // Asks for what is missing, not TAIL_CAP: the store sizes its
+        // answer by the limit, and a 1,024-change buffer per commit (fresh
+        // pages to fault in) made this read take milliseconds, not
+        // microseconds, while every waiter waited for it.
+        let missing = usize::try_from(committed.saturating_sub(after)).unwrap_or(TAIL_CAP);
+        let batch = store.changes_after(after, missing.clamp(1, TAIL_CAP))?;
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             break;
         };
