@@ -79,6 +79,9 @@ impl<'a> Source<'a> {
     pub(crate) fn into_problems(self) -> Vec<Problem> {
         let mut problems = self.problems;
         problems.sort_by_key(|p| (p.line, p.column));
+        // A `[defaults]` value that no watch can use is blamed once, not
+        // once per watch.
+        problems.dedup_by(|a, b| (a.line, a.column, &a.message) == (b.line, b.column, &b.message));
         problems
     }
 

@@ -494,3 +494,45 @@ async fn a_restart_resumes_due_times_and_spreads_late_watches() {
         "late first polls per 5 s: {buckets:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn polls_wait_while_the_commit_backlog_is_full() {
+    let config = watch_list("interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0", 3);
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let (writer, _writer_task) = store.spawn_writer(WriterConfig::default());
+    let (engine, _handle) = Engine::start(
+        config.watches.clone(),
+        &store,
+        writer,
+        poller.clone(),
+        Metrics::new(false),
+        EngineOptions {
+            concurrency: 8,
+            per_host: 8,
+            grace: Duration::from_secs(1),
+            resume_window: Duration::from_secs(30),
+            spans: None,
+            clock: poller.clock,
+        },
+    )
+    .await
+    .expect("engine start");
+    // As if the disk had stopped taking commits with a full backlog.
+    let backlog = engine.backlog.clone();
+    backlog.pending.fetch_add(MAX_BACKLOG, Ordering::Relaxed);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(engine.run(shutdown.clone()));
+
+    tokio::time::sleep(secs(60)).await;
+    assert!(
+        poller.firsts().is_empty(),
+        "no poll starts while the backlog is full"
+    );
+
+    // One commit makes room: the loop wakes and polls go on.
+    backlog.committed();
+    run_until(secs(30), || poller.firsts().len() == 3).await;
+    shutdown.cancel();
+    task.await.unwrap();
+}
