@@ -11,9 +11,9 @@
 //! store read is one short `spawn_blocking` call.
 //!
 //! Why deadline buckets ([`Deadlines`]): a parked waiter waits on one
-//! [`Notify`] shared by every waiter whose deadline falls on the same
-//! 100 ms mark, woken by the feed task on a commit and by one timer when the
-//! mark passes. A tokio timer per waiter would cost each waiter a timer
+//! [`Notify`] shared by every waiter whose deadline falls on the same mark
+//! (100 ms apart for waits of a second or more), woken by the feed task on
+//! a commit and by one timer when the mark passes. A tokio timer per waiter would cost each waiter a timer
 //! entry and, when a commit wakes them all, a turn on the timer driver's one
 //! lock to remove it: 10,000 waiters contended on that lock.
 
@@ -100,12 +100,18 @@ pub(crate) struct Hold {
     pub(crate) latest: Instant,
 }
 
-/// Spacing of the deadlines waiters share.
-const MARK: Duration = Duration::from_millis(100);
+/// Spacings of the deadlines waiters share, coarsest first: a hold window
+/// gets the coarsest that has a mark in it (100 ms for waits of a second
+/// or more), so that short waits share buckets too.
+const MARKS: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(10),
+    Duration::from_millis(1),
+];
 
 /// The parked waiters, grouped by deadline: one [`Bucket`] per deadline
-/// (a multiple of [`MARK`] since `base`, or an exact instant when a hold
-/// window contains no mark), each with one timer task.
+/// (a multiple of one of [`MARKS`] since `base`, or an exact instant when a
+/// hold window contains no mark), each with one timer task.
 #[derive(Debug)]
 pub(crate) struct Deadlines {
     base: Instant,
@@ -134,18 +140,7 @@ impl Deadlines {
     /// The bucket of a deadline within `hold`; starts its timer when it is
     /// the first waiter for that deadline.
     fn join(self: &Arc<Self>, hold: Hold) -> Arc<Bucket> {
-        let since = |t: Instant| {
-            u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-        };
-        let (lo, hi) = (since(hold.earliest), since(hold.latest));
-        let hi = hi.max(lo);
-        let mark = u64::try_from(MARK.as_nanos()).unwrap_or(u64::MAX);
-        let (first, last) = (lo.div_ceil(mark), hi / mark);
-        let key = if first <= last {
-            rand::random_range(first..=last).saturating_mul(mark)
-        } else {
-            rand::random_range(lo..=hi)
-        };
+        let key = self.pick(hold);
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(bucket) = buckets.get(&key) {
             return Arc::clone(bucket);
@@ -156,6 +151,23 @@ impl Deadlines {
         let at = self.base + Duration::from_nanos(key);
         tokio::spawn(expire(Arc::clone(self), key, at));
         bucket
+    }
+
+    /// A deadline within `hold`, in nanoseconds since `base`.
+    fn pick(&self, hold: Hold) -> u64 {
+        let since = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+        };
+        let (lo, hi) = (since(hold.earliest), since(hold.latest));
+        let hi = hi.max(lo);
+        MARKS
+            .iter()
+            .find_map(|mark| {
+                let mark = u64::try_from(mark.as_nanos()).unwrap_or(u64::MAX);
+                let (first, last) = (lo.div_ceil(mark), hi / mark);
+                (first <= last).then(|| rand::random_range(first..=last).saturating_mul(mark))
+            })
+            .unwrap_or_else(|| rand::random_range(lo..=hi))
     }
 
     /// Wakes every parked waiter (a new tail, or shutdown).
@@ -588,6 +600,37 @@ mod tests {
             "the tail does not reach back to 5"
         );
         assert_eq!(fresh_page(&changes, 10).unwrap().count, 4);
+    }
+
+    #[test]
+    fn deadlines_fall_on_shared_marks_within_the_hold() {
+        let deadlines = Deadlines::new();
+        let base = deadlines.base;
+        let ms = |n: u64| Duration::from_millis(n);
+        let hold = |from: u64, to: u64| Hold {
+            earliest: base + ms(from),
+            latest: base + ms(to),
+        };
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap();
+        for _ in 0..100 {
+            // A 55 s wait: a 100 ms mark between 49.5 and 55 s.
+            let key = deadlines.pick(hold(1_000 + 49_500, 1_000 + 55_000));
+            assert_eq!(key % nanos(ms(100)), 0);
+            assert!((nanos(ms(50_500))..=nanos(ms(56_000))).contains(&key));
+            // A 50 ms wait has no 100 ms mark in [45, 50] ms, a 10 ms one.
+            let key = deadlines.pick(hold(1_045, 1_050));
+            assert_eq!(key, nanos(ms(1_050)));
+            let key = deadlines.pick(hold(1_032, 1_037));
+            assert_eq!(key % nanos(ms(1)), 0);
+            assert!((nanos(ms(1_032))..=nanos(ms(1_037))).contains(&key));
+        }
+        // No mark at all: an instant of the window.
+        let at = base + Duration::from_micros(1_000_100);
+        let key = deadlines.pick(Hold {
+            earliest: at,
+            latest: at + Duration::from_micros(500),
+        });
+        assert!((1_000_100_000..=1_000_600_000).contains(&key), "{key}");
     }
 
     #[test]
