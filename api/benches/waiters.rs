@@ -209,11 +209,16 @@ async fn client(addr: std::net::SocketAddr, n: usize, keep_alive: bool) {
         done.push((at, ok));
         open.push(s);
     }
-    drop(open);
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     for (done, ok) in done {
         writeln!(stdout, "{done} {}", u8::from(ok)).unwrap();
     }
+    stdout.flush().unwrap();
+    // The server takes its CPU figures at the last line: the connections
+    // are closed only after that, so that no teardown is counted with
+    // --keep-alive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(open);
 }
 
 async fn run(n: usize, tcp: bool, keep_alive: bool) {
@@ -332,21 +337,24 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
     let commit_took = commit_start.elapsed();
 
     let mut done: Vec<(u128, bool)> = Vec::with_capacity(n);
-    let mut cpu_client = 0;
+    let mut cpu_after = None;
     if let Some((mut c, lines)) = child {
-        done = tokio::task::spawn_blocking(move || {
-            lines
+        let client_pid = c.id();
+        let (answers, cpu) = tokio::task::spawn_blocking(move || {
+            let answers: Vec<(u128, bool)> = lines
+                .take(n)
                 .map(|l| {
                     let l = l.unwrap();
                     let (t, ok) = l.split_once(' ').unwrap();
                     (t.parse().unwrap(), ok == "1")
                 })
-                .collect()
+                .collect();
+            (answers, (cpu_ms(std::process::id()), cpu_ms(client_pid)))
         })
         .await
         .unwrap();
-        // Read before the wait reaps the client (until then its times stay).
-        cpu_client = cpu_ms(c.id()) - cpu_before.1;
+        done = answers;
+        cpu_after = Some(cpu);
         assert!(c.wait().unwrap().success());
     } else {
         answered.1.notified().await;
@@ -354,7 +362,11 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
             done.push(t.await.unwrap());
         }
     }
-    let cpu_server = cpu_ms(std::process::id()) - cpu_before.0;
+    let (cpu_server, cpu_client) = cpu_after.unwrap_or((cpu_ms(std::process::id()), 0));
+    let (cpu_server, cpu_client) = (
+        cpu_server - cpu_before.0,
+        cpu_client.saturating_sub(cpu_before.1),
+    );
     let ok = done.iter().filter(|d| d.1).count();
     let mut lat: Vec<f64> = done
         .iter()
