@@ -314,8 +314,13 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
             break (Some(status), headers, url.clone(), Ok(response));
         };
 
-        let server_wait =
-            hints::retry_after(&headers, SystemTime::now()).map(|d| d.min(args.max_retry_after));
+        // A server's wait is capped by --max-retry-after and floored so that
+        // `Retry-After: 0` on every answer cannot make a tight loop: never
+        // shorter than --interval or the agent's 1 s between job checks,
+        // whichever is smaller.
+        let floor = interval.min(agent::MIN_JOB_CHECK_GAP);
+        let server_wait = hints::retry_after(&headers, SystemTime::now())
+            .map(|d| d.min(args.max_retry_after).max(floor));
         let (wait, why): (Duration, String) = match (status, response) {
             (_, Err(error)) => {
                 if args.verbose {

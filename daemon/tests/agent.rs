@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use polld_config::{Config, Watch};
 use polld_daemon::agent::{
-    Agent, AgentOptions, Finished, MAX_PAGES, OutcomeKind, PollOutcome, PollRequest,
+    Agent, AgentOptions, Finished, MAX_JOB_STEPS, MAX_PAGES, MIN_JOB_CHECK_GAP, OutcomeKind,
+    PollOutcome, PollRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{method, path, query_param};
@@ -254,6 +255,37 @@ async fn a_202_job_is_polled_no_sooner_than_retry_after_until_its_200() {
         assert_eq!(request.method.as_str(), "GET");
         assert_eq!(request.headers["user-agent"], UA);
     }
+}
+
+#[tokio::test]
+async fn a_202_job_saying_retry_after_0_is_still_checked_at_most_once_a_second() {
+    let server = MockServer::start().await;
+    Mock::given(path("/job"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .insert_header("location", "/job")
+                .insert_header("retry-after", "0"),
+        )
+        .mount(&server)
+        .await;
+    // 1.5 s leave room for the first request and one status check a
+    // second later; the next check would pass the deadline.
+    let w = watch(
+        &format!("{}/job", server.uri()),
+        "timeout = \"1500ms\"\nconnect_timeout = \"1s\"",
+    );
+    let out = poll(&w).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::RateLimited),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(out.hints.retry_after, Some(MIN_JOB_CHECK_GAP));
+    assert_eq!(
+        received(&server).await.len(),
+        2,
+        "the first request and one status check, not {MAX_JOB_STEPS} back to back"
+    );
 }
 
 #[tokio::test]

@@ -225,6 +225,26 @@ async fn timeout_and_max_attempts_end_with_exit_2() {
     assert!(run.stderr.contains("--max-attempts"), "{}", run.stderr);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_0_on_every_answer_is_no_tight_loop() {
+    let server = MockServer::start().await;
+    Mock::given(path("/eager"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .insert_header("location", "/eager")
+                .insert_header("retry-after", "0"),
+        )
+        .mount(&server)
+        .await;
+    let url = format!("{}/eager", server.uri());
+    let run = polld_await(&["--interval", "300ms", "--timeout", "1s", &url]).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    // One request, then one every 300 ms until the 1 s timeout: 4, or 5
+    // if the last check lands right on the deadline.
+    let requests = server.received_requests().await.unwrap().len();
+    assert!((3..=5).contains(&requests), "{requests} requests in 1 s");
+}
+
 /// 429 with Retry-After once, then the answer.
 struct LimitedOnce(Arc<Mutex<Vec<Instant>>>);
 

@@ -30,6 +30,10 @@ pub const MAX_REDIRECTS: usize = 10;
 pub const MAX_PAGES: usize = 10;
 /// Steps of the 202 / 303 async-job pattern followed in one poll.
 pub const MAX_JOB_STEPS: usize = 30;
+/// The shortest gap between two status checks of a 202 job, whatever its
+/// `Retry-After` says: `Retry-After: 0` would otherwise make every step of
+/// [`MAX_JOB_STEPS`] a back-to-back request.
+pub const MIN_JOB_CHECK_GAP: Duration = Duration::from_secs(1);
 /// Response headers polld keeps with a version.
 pub const KEPT_HEADERS: &[&str] = &[
     "content-type",
@@ -615,8 +619,9 @@ impl Agent {
                     ));
                 }
                 let wait = hints::retry_after(&headers, SystemTime::now())
-                    .unwrap_or(Duration::from_secs(1))
-                    .min(watch.policy.max_retry_after);
+                    .unwrap_or(MIN_JOB_CHECK_GAP)
+                    .min(watch.policy.max_retry_after)
+                    .max(MIN_JOB_CHECK_GAP);
                 drop(response);
                 self.wait_until(request, wait, deadline).await?;
                 permanent_chain = false;
