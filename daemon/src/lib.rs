@@ -12,5 +12,6 @@ pub mod exit;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod redact;
 pub mod run;
 pub mod telemetry;

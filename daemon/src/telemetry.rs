@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::metrics::Metrics;
+use crate::redact;
 
 /// Spans held for the next export at most; beyond, spans are dropped (and counted).
 const SPAN_QUEUE: usize = 8192;
@@ -150,7 +151,7 @@ pub fn start(
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default();
-    tracing::info!(metrics = %config.metrics_url, traces = %config.traces_url, interval = ?config.interval, "exporting telemetry over OTLP/HTTP");
+    tracing::info!(metrics = %redact::url(&config.metrics_url), traces = %redact::url(&config.traces_url), interval = ?config.interval, "exporting telemetry over OTLP/HTTP");
     let task = tokio::spawn(export_loop(config, client, metrics, rx, cancel));
     (SpanSink(tx), task)
 }
@@ -214,9 +215,11 @@ async fn post(client: &reqwest::Client, config: &OtlpConfig, url: &Url, body: Ve
     match request.send().await {
         Ok(response) if response.status().is_success() => {}
         Ok(response) => {
-            tracing::warn!(url = %url, status = %response.status(), "OTLP export refused")
+            tracing::warn!(url = %redact::url(url), status = %response.status(), "OTLP export refused")
         }
-        Err(err) => tracing::warn!(url = %url, error = %err, "OTLP export failed"),
+        Err(err) => {
+            tracing::warn!(url = %redact::url(url), error = %redact::in_text(&err.to_string(), url), "OTLP export failed")
+        }
     }
 }
 
@@ -471,7 +474,7 @@ pub fn traces_request(polls: &[PollSpan]) -> ExportTraceServiceRequest {
         .map(|p| {
             let mut attributes = vec![
                 attr("polld.watch", &p.watch),
-                attr("url.full", &p.url),
+                attr("url.full", &redact::url_text(&p.url)),
                 attr("polld.result", p.result),
             ];
             if let Some(code) = p.status {

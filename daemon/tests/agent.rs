@@ -1340,3 +1340,43 @@ async fn credentials_do_not_follow_a_permanent_move_to_another_origin() {
     );
     assert_eq!(request.headers["accept"], "text/plain");
 }
+
+#[tokio::test]
+async fn secrets_in_the_url_stay_out_of_error_messages() {
+    let server = MockServer::start().await;
+    Mock::given(path("/down"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&server)
+        .await;
+    let port = server.address().port();
+    // An HTTP error names the URL it came from.
+    let w = watch(
+        &format!("http://bob:hunter2@127.0.0.1:{port}/down?page=2&access_token=t0ps3cret"),
+        "",
+    );
+    let error = match poll(&w).await.kind {
+        OutcomeKind::Failed { error, .. } => error,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        error,
+        format!(
+            "http://bob:REDACTED@127.0.0.1:{port}/down?page=2&access_token=REDACTED: \
+             HTTP 500 Internal Server Error"
+        )
+    );
+    // So does a transport error, and reqwest's own text in it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let w = watch(
+        &format!("http://127.0.0.1:{closed_port}/x?apiKey=t0ps3cret"),
+        "",
+    );
+    let error = match poll(&w).await.kind {
+        OutcomeKind::Failed { error, .. } => error,
+        other => panic!("{other:?}"),
+    };
+    assert!(error.contains("apiKey=REDACTED"), "{error}");
+    assert!(!error.contains("t0ps3cret"), "{error}");
+}

@@ -6,6 +6,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use url::Url;
 
+use crate::redact;
+
 /// Longest wait for the next chunk of a body.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -13,7 +15,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     /// More than `max_body` bytes after decompression.
-    #[error("{url}: body larger than max_body ({max} bytes after decompression); cut")]
+    #[error("{}: body larger than max_body ({max} bytes after decompression); cut", redact::url(.url))]
     TooLarge {
         /// The URL.
         url: Url,
@@ -21,13 +23,13 @@ pub enum BodyError {
         max: u64,
     },
     /// No byte for [`READ_TIMEOUT`].
-    #[error("{url}: body stalled: no data for {}s", READ_TIMEOUT.as_secs())]
+    #[error("{}: body stalled: no data for {}s", redact::url(.url), READ_TIMEOUT.as_secs())]
     Stalled {
         /// The URL.
         url: Url,
     },
     /// The connection broke or the encoding was bad.
-    #[error("{url}: cannot read the body: {message}")]
+    #[error("{}: cannot read the body: {message}", redact::url(.url))]
     Read {
         /// The URL.
         url: Url,
@@ -74,7 +76,7 @@ pub async fn read(
                 }
                 return Err(BodyError::Read {
                     url: url.clone(),
-                    message,
+                    message: redact::in_text(&message, url),
                 });
             }
             Ok(Ok(None)) => return Ok(body.freeze()),

@@ -22,6 +22,8 @@ use http::{HeaderMap, Method, StatusCode, header};
 use polld_config::{Condition, ResponseView, Watch};
 use url::Url;
 
+use crate::redact;
+
 pub use hints::{Hints, parse_retry_after};
 
 /// Redirect hops followed in one poll.
@@ -262,7 +264,7 @@ impl Agent {
                     &request,
                     format!(
                         "{}: no complete answer within the timeout of {}",
-                        request.url,
+                        redact::url(request.url),
                         humantime::format_duration(request.watch.policy.timeout)
                     ),
                     true,
@@ -450,11 +452,19 @@ impl Agent {
             429 | 503 => OutcomeKind::RateLimited,
             410 => OutcomeKind::Gone,
             code if status.is_server_error() => OutcomeKind::Failed {
-                error: format!("{}: HTTP {code} {}", exchange.final_url, reason(status)),
+                error: format!(
+                    "{}: HTTP {code} {}",
+                    redact::url(&exchange.final_url),
+                    reason(status)
+                ),
                 retryable: true,
             },
             code => OutcomeKind::Failed {
-                error: format!("{}: HTTP {code} {}", exchange.final_url, reason(status)),
+                error: format!(
+                    "{}: HTTP {code} {}",
+                    redact::url(&exchange.final_url),
+                    reason(status)
+                ),
                 retryable: matches!(code, 408 | 425),
             },
         };
@@ -518,7 +528,11 @@ impl Agent {
             if !seen.insert((method.clone(), url.clone())) {
                 return Err(PollOutcome::failed(
                     request,
-                    format!("{}: redirect loop through {url}", request.url),
+                    format!(
+                        "{}: redirect loop through {}",
+                        redact::url(request.url),
+                        redact::url(&url)
+                    ),
                     false,
                 ));
             }
@@ -562,7 +576,11 @@ impl Agent {
                 let Some(target) = location else {
                     return Err(PollOutcome::failed(
                         request,
-                        format!("{url}: HTTP {} without a usable Location", status.as_u16()),
+                        format!(
+                            "{}: HTTP {} without a usable Location",
+                            redact::url(&url),
+                            status.as_u16()
+                        ),
                         false,
                     ));
                 };
@@ -573,7 +591,10 @@ impl Agent {
                 if redirects > MAX_REDIRECTS {
                     return Err(PollOutcome::failed(
                         request,
-                        format!("{}: more than {MAX_REDIRECTS} redirects", request.url),
+                        format!(
+                            "{}: more than {MAX_REDIRECTS} redirects",
+                            redact::url(request.url)
+                        ),
                         false,
                     ));
                 }
@@ -613,7 +634,7 @@ impl Agent {
                         request,
                         format!(
                             "{}: the job did not finish within {MAX_JOB_STEPS} status checks",
-                            request.url
+                            redact::url(request.url)
                         ),
                         true,
                     ));
@@ -815,5 +836,6 @@ fn describe(url: &Url, err: &reqwest::Error) -> String {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    message
+    // reqwest's own text names the URL too.
+    redact::in_text(&message, url)
 }

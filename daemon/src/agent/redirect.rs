@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use url::{Host, Url};
 
+use crate::redact;
+
 /// Whether a host is loopback, private, link-local or unspecified, judged
 /// from literal addresses and the name `localhost` (names are not resolved
 /// here).
@@ -46,12 +48,15 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
 pub fn refusal(from: &Url, to: &Url, allow_internal: bool) -> Option<String> {
     if !matches!(to.scheme(), "http" | "https") {
         return Some(format!(
-            "redirect to {to} refused: only http and https are followed"
+            "redirect to {} refused: only http and https are followed",
+            redact::url(to)
         ));
     }
     if !allow_internal && !is_internal(from) && is_internal(to) {
         return Some(format!(
-            "redirect from {from} to the internal address {to} refused"
+            "redirect from {} to the internal address {} refused",
+            redact::url(from),
+            redact::url(to)
         ));
     }
     None

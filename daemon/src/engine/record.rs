@@ -10,6 +10,7 @@ use rand::Rng;
 use super::Entry;
 use super::policy::{self, Cadence, ServerDelay, Verdict};
 use crate::agent::{Finished, OutcomeKind, PollOutcome};
+use crate::redact;
 
 /// A 301/308 seen on this many polls in a row re-points the watch.
 pub(crate) const MOVES_BEFORE_REPOINT: u32 = 3;
@@ -143,7 +144,7 @@ pub(crate) fn apply(
         Some(target) => {
             state.consecutive_moves += 1;
             if state.consecutive_moves >= MOVES_BEFORE_REPOINT {
-                tracing::info!(watch = %id, from = %state.url, to = %target, polls = state.consecutive_moves, "moved permanently: the watch now polls the new URL (the watch list is not rewritten)");
+                tracing::info!(watch = %id, from = %redact::url_text(&state.url), to = %redact::url(target), polls = state.consecutive_moves, "moved permanently: the watch now polls the new URL (the watch list is not rewritten)");
                 state.url = target.to_string();
                 state.consecutive_moves = 0;
             }

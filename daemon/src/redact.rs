@@ -1,0 +1,161 @@
+//! URLs as polld shows them in logs, error messages and spans: watch lists
+//! carry credentials in URLs (`https://user:pass@host/`, `?access_token=`),
+//! and those must not reach the journal, the store's `last_error` or an
+//! OTLP collector. The watch list and the API's watch records keep the URL
+//! as configured; everything that *describes* a poll goes through here.
+
+use std::fmt;
+
+use url::Url;
+
+/// What a secret is replaced with.
+pub const MASK: &str = "REDACTED";
+
+/// Query keys whose values are masked: a key is secret when its lowercase
+/// form contains one of these (so `access_token`, `X-Amz-Signature`,
+/// `apiKey`, `client_secret`, `sig`, `password`).
+const SECRET_KEY_PARTS: &[&str] = &[
+    "token",
+    "key",
+    "secret",
+    "pass",
+    "pwd",
+    "sig",
+    "auth",
+    "credential",
+    "session",
+];
+
+/// `url` for display: the password of its user info and the values of
+/// secret-looking query keys masked, the fragment dropped; everything else
+/// verbatim (no re-encoding), so the URL stays recognisable.
+pub fn url(url: &Url) -> Redacted<'_> {
+    Redacted(url)
+}
+
+/// The display form of [`url`].
+pub struct Redacted<'a>(&'a Url);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = self.0;
+        if url.cannot_be_a_base() {
+            // mailto:, data: and the like: no authority, no query keys to
+            // trust; show the scheme only.
+            return write!(f, "{}:{MASK}", url.scheme());
+        }
+        write!(f, "{}://", url.scheme())?;
+        if !url.username().is_empty() || url.password().is_some() {
+            f.write_str(url.username())?;
+            if url.password().is_some() {
+                write!(f, ":{MASK}")?;
+            }
+            f.write_str("@")?;
+        }
+        if let Some(host) = url.host_str() {
+            f.write_str(host)?;
+        }
+        if let Some(port) = url.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(url.path())?;
+        if let Some(query) = url.query() {
+            f.write_str("?")?;
+            for (i, pair) in query.split('&').enumerate() {
+                if i > 0 {
+                    f.write_str("&")?;
+                }
+                match pair.split_once('=') {
+                    Some((key, _)) if is_secret_key(key) => write!(f, "{key}={MASK}")?,
+                    _ => f.write_str(pair)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+fn is_secret_key(raw: &str) -> bool {
+    // Keys are compared decoded: `api%5Fkey` is `api_key`.
+    let key: String = url::form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .map(|(k, _)| k.to_lowercase())
+        .unwrap_or_default();
+    SECRET_KEY_PARTS.iter().any(|part| key.contains(part))
+}
+
+/// [`url`] for a URL kept as text (a watch's stored URL); text that is not
+/// a URL is shown as it is.
+pub fn url_text(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(parsed) => url(&parsed).to_string(),
+        Err(_) => text.to_owned(),
+    }
+}
+
+/// `text` with every occurrence of `url`'s serialization replaced by its
+/// redacted form: for messages of other libraries (reqwest's errors name the
+/// URL they failed on).
+pub fn in_text(text: &str, url: &Url) -> String {
+    let redacted = self::url(url).to_string();
+    if redacted == url.as_str() {
+        return text.to_owned();
+    }
+    text.replace(url.as_str(), &redacted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(text: &str) -> String {
+        url(&Url::parse(text).unwrap()).to_string()
+    }
+
+    #[test]
+    fn plain_urls_are_shown_as_they_are() {
+        for text in [
+            "https://example.org/",
+            "http://127.0.0.1:8080/feed.json?page=2&sort=new",
+            "https://example.org/a%20b?q=x%2By&empty&=v",
+        ] {
+            assert_eq!(shown(text), text);
+        }
+    }
+
+    #[test]
+    fn passwords_and_secret_query_values_are_masked() {
+        assert_eq!(
+            shown("https://bob:hunter2@example.org/x"),
+            "https://bob:REDACTED@example.org/x"
+        );
+        assert_eq!(
+            shown("https://bob@example.org/x"),
+            "https://bob@example.org/x"
+        );
+        assert_eq!(
+            shown("https://h/x?page=2&access_token=abc&apiKey=k&X-Amz-Signature=s&sig=1#frag"),
+            "https://h/x?page=2&access_token=REDACTED&apiKey=REDACTED\
+             &X-Amz-Signature=REDACTED&sig=REDACTED"
+        );
+        assert_eq!(
+            shown("https://h/?api%5Fkey=k&pass%77ord=p"),
+            "https://h/?api%5Fkey=REDACTED&pass%77ord=REDACTED"
+        );
+    }
+
+    #[test]
+    fn other_messages_lose_the_secret_too() {
+        let url = Url::parse("https://h/x?token=t0p").unwrap();
+        let message = format!("error sending request for url ({url}): refused");
+        let cleaned = in_text(&message, &url);
+        assert!(!cleaned.contains("t0p"), "{cleaned}");
+        assert!(cleaned.contains("https://h/x?token=REDACTED"), "{cleaned}");
+    }
+}
