@@ -35,7 +35,12 @@ impl<'a> Source<'a> {
     pub(crate) fn line_column(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&start| start <= offset);
-        let start = self.line_starts[line - 1];
+        let mut start = self.line_starts[line - 1];
+        // A byte order mark is no character an editor shows: the first
+        // line's columns start after it (TOML allows one at the start).
+        if line == 1 && self.text.starts_with('\u{feff}') {
+            start = offset.min('\u{feff}'.len_utf8());
+        }
         let column = self
             .text
             .get(start..offset)
@@ -101,5 +106,14 @@ mod tests {
         assert_eq!(source.line_column(3), (2, 1));
         // 'ç' is two bytes: the '=' after "çd " is the 4th character.
         assert_eq!(source.line_column(7), (2, 4));
+    }
+
+    #[test]
+    fn a_byte_order_mark_takes_no_column() {
+        let source = Source::new(Path::new("f"), "\u{feff}ab = 1\n");
+        // The BOM is 3 bytes; editors put the `a` after it in column 1.
+        assert_eq!(source.line_column(3), (1, 1));
+        assert_eq!(source.line_column(6), (1, 4));
+        assert_eq!(source.line_column(0), (1, 1));
     }
 }

@@ -97,3 +97,39 @@ fn a_syntax_error_in_one_watch_is_reported_with_the_others_problems() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn problems_deep_in_a_crlf_file_with_a_bom_point_at_the_whole_file() {
+    // Line 1 starts after the byte order mark: `bogus` is in column 1.
+    let mut text = String::from("\u{feff}bogus = 1\r\n");
+    let mut lines = 1;
+    let mut want = vec!["w.toml:1:1: unknown key `bogus`".to_owned()];
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "\r\n[[watch]] # é\r\nid = \"w{i}\"\r\nurl = \"https://example.org/{i}\"\r\n"
+        ));
+        lines += 4;
+        if i == 2345 {
+            // "é" is two bytes: the column counts characters.
+            text.push_str("headers = { \"é\" = \"x\", A = 1 }\r\n");
+            lines += 1;
+            want.push(format!(
+                "w.toml:{lines}:13: \"é\" is not a valid header name"
+            ));
+            want.push(format!("w.toml:{lines}:28: `headers.A` must be a string"));
+        }
+        if i == 2999 {
+            text.push_str("id = \"again\"\r\n");
+            lines += 1;
+            want.push(format!("w.toml:{lines}:1: TOML syntax: duplicate key"));
+        }
+    }
+    let problems = problems(&text);
+    assert_eq!(problems.len(), want.len(), "{problems:#?}");
+    for (got, want) in problems.iter().zip(&want) {
+        assert!(
+            got.starts_with(want.as_str()),
+            "{got} does not start with {want}"
+        );
+    }
+}
