@@ -58,12 +58,30 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Config::parse(path, text, &env, segments::watch_headers(text))
+    }
+
+    /// `text` parsed whole, as if it could not be split: what the split
+    /// parse must agree with.
+    #[cfg(test)]
+    pub(crate) fn parse_whole(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::parse(path, text, &|_| None, None)
+    }
+
+    /// `text` parsed in pieces starting at `starts` (see [`segments`]), or
+    /// whole.
+    fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        starts: Option<Vec<usize>>,
+    ) -> Result<Config, ConfigError> {
         let mut walker = Walker {
             src: Source::new(path, text),
             text,
-            env: &env,
+            env,
         };
-        let config = match segments::watch_headers(text) {
+        let config = match starts {
             Some(starts) => walker.split_document(path, text, &starts),
             None => walker
                 .piece(text, 0)
