@@ -49,5 +49,5 @@ pub use error::ApiError;
 pub use json::ratio_304;
 pub use openapi::openapi;
 pub use routes::router;
-pub use server::{Listener, ServeError, ServeLimits, bind, serve};
+pub use server::{Listener, ServeError, ServeLimits, activated, bind, serve};
 pub use state::{ApiOptions, ApiState, ApiToken, BoxFuture, Engine, MetricsSource};

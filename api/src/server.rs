@@ -1,4 +1,5 @@
-//! Binding and serving: TCP or a Unix socket (`unix:PATH`, mode 0660), one
+//! Binding and serving: TCP or a Unix socket (`unix:PATH`, mode 0660), or
+//! the socket systemd passes by socket activation (`LISTEN_FDS`); one
 //! hyper HTTP/1 connection per client with a header-read timeout, a limit on
 //! open connections, and a bounded drain on shutdown.
 //!
@@ -57,6 +58,16 @@ pub enum ServeError {
         /// The path.
         path: PathBuf,
     },
+    /// The socket systemd passed (`LISTEN_FDS`) cannot serve: it is not a
+    /// listening TCP or Unix stream socket, or cannot be made non-blocking.
+    #[error(
+        "the socket passed by systemd (LISTEN_FDS) is not a listening TCP or Unix stream socket"
+    )]
+    Activated {
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Limits of the server.
@@ -89,8 +100,10 @@ impl Default for ServeLimits {
 pub enum Listener {
     /// A TCP listener.
     Tcp(TcpListener),
-    /// A Unix socket listener and its path (removed when serving ends).
-    Unix(UnixListener, PathBuf),
+    /// A Unix socket listener and the socket file polld created (removed
+    /// when serving ends); `None` for a socket systemd passed, whose file
+    /// belongs to the socket unit.
+    Unix(UnixListener, Option<PathBuf>),
 }
 
 impl Listener {
@@ -100,9 +113,46 @@ impl Listener {
     pub fn local_addr(&self) -> Option<Listen> {
         match self {
             Listener::Tcp(l) => l.local_addr().ok().map(Listen::Tcp),
-            Listener::Unix(_, path) => Some(Listen::Unix(path.clone())),
+            Listener::Unix(l, path) => path
+                .clone()
+                .or_else(|| l.local_addr().ok()?.as_pathname().map(Path::to_owned))
+                .map(Listen::Unix),
         }
     }
+}
+
+/// The listener systemd passed by socket activation (`polld.socket`): the
+/// first socket of `LISTEN_FDS`, a TCP or Unix stream socket. `Ok(None)`
+/// when nothing was passed, or when `LISTEN_PID` names another process
+/// (the variables were inherited, not meant for polld).
+pub fn activated() -> Result<Option<Listener>, ServeError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    if fds.len() > 1 {
+        tracing::warn!(
+            sockets = fds.len(),
+            "socket activation passed several sockets; the API uses the first"
+        );
+    }
+    let err = |source| ServeError::Activated { source };
+    // Each take leaves the descriptor in place when its type does not match.
+    let listener = match fds.take_tcp_listener(0) {
+        Ok(Some(std)) => {
+            std.set_nonblocking(true).map_err(err)?;
+            Listener::Tcp(TcpListener::from_std(std).map_err(err)?)
+        }
+        Ok(None) => return Ok(None),
+        Err(_) => match fds.take_unix_listener(0).map_err(err)? {
+            Some(std) => {
+                std.set_nonblocking(true).map_err(err)?;
+                Listener::Unix(UnixListener::from_std(std).map_err(err)?, None)
+            }
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(listener))
 }
 
 /// Binds `listen`. For a Unix socket, a stale socket file left by a crashed
@@ -145,7 +195,7 @@ async fn bind_unix(path: &Path) -> Result<Listener, ServeError> {
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    Ok(Listener::Unix(listener, path.to_owned()))
+    Ok(Listener::Unix(listener, Some(path.to_owned())))
 }
 
 /// Binds `listen` and serves `router` until `shutdown` resolves; see
@@ -221,7 +271,7 @@ impl Listener {
             );
             conns.shutdown().await;
         }
-        if let Listener::Unix(_, path) = &self {
+        if let Listener::Unix(_, Some(path)) = &self {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use polld_config::Config;
+use polld_config::{Config, Listen};
 use polld_store::{Store, StoreError, StoreOptions, WriterConfig};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentOptions};
@@ -84,6 +84,10 @@ impl polld_api::MetricsSource for ApiMetrics {
 
 /// Runs the daemon until SIGTERM / SIGINT.
 pub async fn run(mut config: Config) -> Result<(), RunError> {
+    // First of all: a SIGHUP's default action is to terminate, and a
+    // SIGTERM during start-up must still end in a clean shutdown. Signals
+    // that arrive before the loop below waits for them are kept.
+    let signals = Signals::install()?;
     let config_path = config.path.clone();
     let state_dir = config.daemon.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
@@ -152,14 +156,17 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
         source,
     })?;
 
-    let listener = polld_api::bind(&config.daemon.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.daemon.listen))?;
+    let listener = api_listener(&config.daemon.listen).await?;
+    let listen = listener
+        .local_addr()
+        .unwrap_or_else(|| config.daemon.listen.clone());
+    let mut api_options = polld_api::ApiOptions::from_config(&config.daemon, token);
+    api_options.listen = listen.clone();
     let api_state = polld_api::ApiState::new(
         store.clone(),
         Arc::new(ApiEngine(handle.clone())),
         Arc::new(ApiMetrics(metrics.clone())),
-        polld_api::ApiOptions::from_config(&config.daemon, token),
+        api_options,
     );
     let shutdown = CancellationToken::new();
     let api_task = {
@@ -175,7 +182,7 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
         ))
     };
     let mut engine_task = tokio::spawn(engine.run(shutdown.clone()));
-    tracing::info!(watches = watch_count, listen = %config.daemon.listen, "polld running");
+    tracing::info!(watches = watch_count, %listen, "polld running");
     notify::ready(&status_line(&metrics, 0, Duration::ZERO));
     let watchdog = {
         let handle = handle.clone();
@@ -187,7 +194,7 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     let status = tokio::spawn(status_updates(metrics.clone(), background.clone()));
 
     let stopped_early = tokio::select! {
-        signals = wait_for_signals(&config_path, &handle) => { signals?; None }
+        () = signals.wait(&config_path, &handle) => None,
         result = &mut writer_task => Some(match result {
             // A failed commit: exit 74 (EX_IOERR) so that operators and
             // systemd can tell it from other failures.
@@ -251,6 +258,24 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
         })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The API's listener: the socket systemd passed (socket activation,
+/// `polld.socket`) when there is one, else `listen` bound here.
+async fn api_listener(listen: &Listen) -> anyhow::Result<polld_api::Listener> {
+    if let Some(listener) = polld_api::activated()? {
+        tracing::info!(
+            socket = %listener
+                .local_addr()
+                .map_or_else(|| "?".to_owned(), |l| l.to_string()),
+            configured = %listen,
+            "API on the socket passed by systemd; `listen` is not bound"
+        );
+        return Ok(listener);
+    }
+    polld_api::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
 }
 
 /// Reads the API token; a missing file gets a new random token (mode 0600)
@@ -333,20 +358,33 @@ async fn open_store(path: &Path, keep_changes: u64) -> Result<Store, RunError> {
         })
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_signals(config_path: &Path, engine: &EngineHandle) -> anyhow::Result<()> {
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => {
-                notify::reloading();
-                reload(config_path, engine).await;
-                notify::ready("reloaded");
+/// The signals polld handles, installed before anything else starts.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn wait(mut self, config_path: &Path, engine: &EngineHandle) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => {
+                    notify::reloading();
+                    reload(config_path, engine).await;
+                    notify::ready("reloaded");
+                }
             }
         }
     }

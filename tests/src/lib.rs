@@ -69,6 +69,14 @@ impl Polld {
     /// Like [`Polld::start`], with extra `[daemon]` keys (TOML lines); a
     /// `{dir}` in them stands for the test's temporary directory.
     pub fn start_with(daemon_keys: &str, watches: &str) -> Polld {
+        let mut polld = Polld::prepare_with(daemon_keys, watches);
+        polld.spawn();
+        polld
+    }
+
+    /// Writes the watch list of [`Polld::start_with`] without starting the
+    /// process (then [`Polld::spawn`] or [`Polld::spawn_wrapped`]).
+    pub fn prepare_with(daemon_keys: &str, watches: &str) -> Polld {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let daemon_keys = daemon_keys.replace("{dir}", &dir.path().display().to_string());
@@ -77,14 +85,12 @@ impl Polld {
             dir.path().join("state").display()
         );
         std::fs::write(dir.path().join("watchlist.toml"), config).expect("write watch list");
-        let mut polld = Polld {
+        Polld {
             child: None,
             dir,
             api: format!("http://127.0.0.1:{port}"),
             log: Arc::default(),
-        };
-        polld.spawn();
-        polld
+        }
     }
 
     /// The watch-list file.
