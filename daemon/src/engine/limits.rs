@@ -72,16 +72,31 @@ impl Limits {
         }
     }
 
-    /// A poll to `host` ended (its permits are already dropped): the next
-    /// watch waiting for that host becomes ready first.
-    pub(crate) fn release(&mut self, host: &Arc<str>) {
-        if let Some(queue) = self.waiting.get_mut(host) {
-            if let Some(id) = queue.pop_front() {
-                self.ready.push_front(id);
+    /// A poll that held a permit of `host` ended (its permits are already
+    /// dropped): the next watch waiting for that host becomes ready first.
+    ///
+    /// `host_of` is the same check as in [`Limits::next_ready`]. A waiting
+    /// id it skips (removed from the list meanwhile) is dropped here rather
+    /// than taking the slot; one whose host changed (its URL was edited)
+    /// goes to the ready queue to take its new host's slot, and the search
+    /// goes on for a watch of this host. Otherwise the freed slot could sit
+    /// unused while watches of this host wait for a release that never comes.
+    pub(crate) fn release(&mut self, host: &Arc<str>, host_of: impl Fn(&str) -> Option<Arc<str>>) {
+        let Some(queue) = self.waiting.get_mut(host) else {
+            return;
+        };
+        while let Some(id) = queue.pop_front() {
+            let Some(now) = host_of(&id) else {
+                continue;
+            };
+            let same = now == *host;
+            self.ready.push_front(id);
+            if same {
+                break;
             }
-            if queue.is_empty() {
-                self.waiting.remove(host);
-            }
+        }
+        if queue.is_empty() {
+            self.waiting.remove(host);
         }
     }
 
@@ -118,11 +133,11 @@ mod tests {
         assert_eq!(limits.in_flight(3), 3);
         // a1 ends: a3 (waiting for host a) goes first.
         drop(a1.1);
-        limits.release(&Arc::from("a"));
+        limits.release(&Arc::from("a"), host);
         let next = limits.next_ready(host).unwrap();
         assert_eq!(next.0, "a3");
         drop(b1.1);
-        limits.release(&Arc::from("b"));
+        limits.release(&Arc::from("b"), host);
         assert_eq!(limits.next_ready(host).unwrap().0, "b2");
     }
 }

@@ -228,6 +228,10 @@ pub struct Engine<P: Poller = Agent> {
     progress: Arc<AtomicU64>,
     running: Arc<AtomicBool>,
     rng: StdRng,
+    /// Numbers the polls started, so that an answer is matched to the very
+    /// poll its entry is waiting for (not to a watch of the same id removed
+    /// and added again meanwhile).
+    polls_started: u64,
 }
 
 impl<P: Poller> std::fmt::Debug for Engine<P> {
@@ -246,7 +250,11 @@ struct Entry {
     host: Arc<str>,
     key: Option<Key>,
     due: Instant,
-    in_flight: bool,
+    /// The number of the poll in flight, if one is.
+    in_flight: Option<u64>,
+    /// Due and in the ready queue (or waiting there for its host): at most
+    /// once, so that "poll now" cannot make a second poll of it.
+    queued: bool,
     /// Bumped when the watch's request changes, so a poll started before
     /// the change is not recorded over the new state.
     generation: u64,
@@ -255,8 +263,32 @@ struct Entry {
 /// A finished (or cancelled) poll, reported back to the engine loop.
 struct Completion {
     id: String,
+    /// Which poll of the watch this was.
+    poll: u64,
     generation: u64,
+    /// The host whose permit the poll held (the watch's host may have
+    /// changed since).
+    host: Arc<str>,
     outcome: Option<PollOutcome>,
+}
+
+/// Reports a poll back to the engine loop when dropped: also when the
+/// poll panics, so that the watch is not left in flight for ever and its
+/// host's waiting watches are released. The permits go first, so that the
+/// loop can reuse the slots at once.
+struct Report {
+    permits: Option<limits::Permits>,
+    completion: Option<Completion>,
+    done: mpsc::UnboundedSender<Completion>,
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        drop(self.permits.take());
+        if let Some(completion) = self.completion.take() {
+            let _ = self.done.send(completion);
+        }
+    }
 }
 
 impl<P: Poller> Engine<P> {
@@ -315,6 +347,7 @@ impl<P: Poller> Engine<P> {
             progress: progress.clone(),
             running: running.clone(),
             rng: StdRng::from_os_rng(),
+            polls_started: 0,
         };
         // Sorted and searched in place rather than indexed in a map: no
         // second copy of 100,000 states at start-up.
@@ -372,7 +405,10 @@ impl<P: Poller> Engine<P> {
                     let id = expired.into_inner();
                     if let Some(entry) = self.entries.get_mut(&id) {
                         entry.key = None;
-                        self.limits.ready.push_back(id);
+                        if !entry.queued && entry.in_flight.is_none() {
+                            entry.queued = true;
+                            self.limits.ready.push_back(id);
+                        }
                     }
                 }
                 _ = tick.tick() => {}
@@ -416,16 +452,20 @@ impl<P: Poller> Engine<P> {
         match command {
             Command::PollNow(id, reply) => {
                 let found = match self.entries.get_mut(&id) {
-                    Some(entry) => {
-                        if !entry.in_flight {
-                            if let Some(key) = entry.key.take() {
-                                self.queue.remove(&key);
-                            }
-                            self.limits.ready.push_front(id);
+                    // A poll under way (or one already due and queued)
+                    // answers the request: a second one would be impolite.
+                    Some(entry) if entry.in_flight.is_some() || entry.queued => true,
+                    // Waiting for its next poll: that poll moves to now.
+                    Some(entry) if entry.key.is_some() => {
+                        if let Some(key) = entry.key.take() {
+                            self.queue.remove(&key);
                         }
+                        entry.queued = true;
+                        self.limits.ready.push_front(id);
                         true
                     }
-                    None => false,
+                    // Done (its `until` or `fail_if` held): not polled any more.
+                    Some(_) | None => false,
                 };
                 let _ = reply.send(found);
             }
@@ -461,7 +501,17 @@ impl<P: Poller> Engine<P> {
             let id = watch.id.as_str();
             match self.entries.get_mut(id) {
                 None => {
-                    self.add(watch.clone(), None, now);
+                    // A watch removed by an earlier reload and now back
+                    // resumes its stored state (counters, validators, last
+                    // hash), as it would after a restart.
+                    let previous = match self.store.watch(id) {
+                        Ok(previous) => previous,
+                        Err(err) => {
+                            tracing::warn!(watch = %id, error = %err, "cannot read the stored state of an added watch; it starts afresh");
+                            None
+                        }
+                    };
+                    self.add(watch.clone(), previous, now);
                     summary.added += 1;
                 }
                 Some(entry) => {
@@ -469,8 +519,11 @@ impl<P: Poller> Engine<P> {
                         continue;
                     }
                     summary.changed += 1;
+                    // Stopped by its `until` or `fail_if`: no poll ahead.
+                    let stopped = entry.key.is_none() && entry.in_flight.is_none() && !entry.queued;
                     let new_fingerprint = fingerprint(watch);
-                    if entry.state.fingerprint != new_fingerprint {
+                    let request_changed = entry.state.fingerprint != new_fingerprint;
+                    if request_changed {
                         // The request changed: what the server validated no longer applies.
                         watch::reset_request_state(&mut entry.state, watch, new_fingerprint);
                         entry.generation += 1;
@@ -490,6 +543,16 @@ impl<P: Poller> Engine<P> {
                             policy::jittered(interval, policy.jitter, &mut self.rng).min(interval);
                         self.queue.reset(key, delay);
                         entry.due = Instant::now() + delay;
+                    }
+                    // A watch stopped by its `until` or `fail_if` is polled
+                    // again once its request changed: what held was about
+                    // another request.
+                    if stopped && request_changed {
+                        let delay =
+                            policy::first_delay(policy, &watch.schedule, now, &mut self.rng);
+                        entry.key = Some(self.queue.insert(id.to_owned(), delay));
+                        entry.due = Instant::now() + delay;
+                        entry.state.next_due_ms = Some(record::unix_ms(now + delay));
                     }
                     let state = entry.state.clone();
                     self.submit(Outcome {
@@ -556,7 +619,8 @@ impl<P: Poller> Engine<P> {
             state,
             key: None,
             due: Instant::now() + delay,
-            in_flight: false,
+            in_flight: None,
+            queued: false,
             generation: 0,
         };
         entry.state.next_due_ms = Some(record::unix_ms(now + delay));
@@ -589,17 +653,16 @@ impl<P: Poller> Engine<P> {
     /// Starts as many ready polls as the global and per-host limits allow.
     fn dispatch(&mut self) {
         while !self.backlog.full()
-            && let Some((id, permits)) = self.limits.next_ready(|id| {
-                self.entries
-                    .get(id)
-                    .filter(|e| !e.in_flight)
-                    .map(|e| e.host.clone())
-            })
+            && let Some((id, permits)) = self.limits.next_ready(|id| pollable(&self.entries, id))
         {
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
             };
-            entry.in_flight = true;
+            self.polls_started += 1;
+            let poll = self.polls_started;
+            entry.queued = false;
+            entry.in_flight = Some(poll);
+            let host = entry.host.clone();
             let lag = Instant::now().saturating_duration_since(entry.due);
             self.metrics.lag(lag);
             let watch = entry.watch.clone();
@@ -614,7 +677,17 @@ impl<P: Poller> Engine<P> {
             let last_hash = state.latest_hash;
             let generation = entry.generation;
             let agent = self.agent.clone();
-            let done = self.completions_tx.clone();
+            let mut report = Report {
+                permits: Some(permits),
+                completion: Some(Completion {
+                    id,
+                    poll,
+                    generation,
+                    host,
+                    outcome: None,
+                }),
+                done: self.completions_tx.clone(),
+            };
             let cancel = self.poll_cancel.clone();
             self.tracker.spawn(async move {
                 // The stored URL differs from the configured one only after a move.
@@ -630,24 +703,30 @@ impl<P: Poller> Engine<P> {
                     outcome = agent.poll(request) => Some(outcome),
                     _ = cancel.cancelled() => None,
                 };
-                // Free the slots before reporting, so the loop can reuse them at once.
-                drop(permits);
-                let _ = done.send(Completion {
-                    id,
-                    generation,
-                    outcome,
-                });
+                if let Some(completion) = &mut report.completion {
+                    completion.outcome = outcome;
+                }
+                drop(report);
             });
         }
     }
 
     /// Records a finished poll: state, counters, version, next due time.
     fn complete(&mut self, completion: Completion) {
-        let Some(entry) = self.entries.get_mut(&completion.id) else {
-            return; // removed while polling
+        // The slot is free whatever became of the watch.
+        let entries = &self.entries;
+        self.limits
+            .release(&completion.host, |id| pollable(entries, id));
+        let Some(entry) = self
+            .entries
+            .get_mut(&completion.id)
+            .filter(|e| e.in_flight == Some(completion.poll))
+        else {
+            // Removed while polling (and maybe added again since, with a
+            // state this answer knows nothing of): not recorded.
+            return;
         };
-        entry.in_flight = false;
-        self.limits.release(&entry.host);
+        entry.in_flight = None;
         let stale = completion.generation != entry.generation;
         let Some(outcome) = completion.outcome.filter(|_| !stale) else {
             // Cancelled at shutdown, or the request changed meanwhile: nothing
@@ -661,6 +740,11 @@ impl<P: Poller> Engine<P> {
         };
         let now = self.options.clock.now();
         let recorded = record::apply(entry, &outcome, now, &mut self.rng);
+        // A permanent move may have re-pointed the watch to another host:
+        // its next polls count against that host's limit.
+        if outcome.moved_permanently.is_some() {
+            entry.host = watch::host_of(&entry.state.url);
+        }
         self.metrics.poll(
             &completion.id,
             recorded.result,
@@ -724,6 +808,10 @@ impl<P: Poller> Engine<P> {
 
     fn resync(&mut self, id: &str, stored: Option<WatchState>) {
         if let Some(entry) = self.entries.get_mut(id) {
+            // A poll under way was sent with validators the store may not
+            // hold: its answer (a 304 to an ETag whose body was never
+            // stored) must not be recorded over the state read back here.
+            entry.generation += 1;
             let state = &mut entry.state;
             match stored {
                 Some(stored) => {
@@ -738,10 +826,20 @@ impl<P: Poller> Engine<P> {
                     state.etag = None;
                     state.last_modified = None;
                     state.latest_hash = None;
+                    state.cursor = entry.watch.cursor.as_ref().and_then(|c| c.initial.clone());
                 }
             }
         }
     }
+}
+
+/// The host a due watch is limited under, or None when it is not to be
+/// polled (removed from the list, or already polling).
+fn pollable(entries: &HashMap<String, Box<Entry>>, id: &str) -> Option<Arc<str>> {
+    entries
+        .get(id)
+        .filter(|e| e.queued && e.in_flight.is_none())
+        .map(|e| e.host.clone())
 }
 
 /// Hands outcomes to the writer in the order the engine produced them and

@@ -21,6 +21,12 @@ enum Reply {
     Failed,
     /// 429 with `Retry-After`.
     RateLimited(Duration),
+    /// 200 after a 301 to this URL.
+    Moved(&'static str),
+    /// 200, and the watch's `until` conditions hold.
+    Done,
+    /// The poller panics (after its hold).
+    Panic,
 }
 
 /// One poll as the scripted server saw it.
@@ -42,6 +48,10 @@ struct Scripted {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// (watch id, how many polls it had before) → the answer.
     script: Arc<Script>,
+    /// How long each poll takes (on tokio's clock).
+    hold: Duration,
+    /// Polls in flight per host, and the most ever seen at once.
+    hosts: Arc<Mutex<HashMap<String, (usize, usize)>>>,
 }
 
 impl Scripted {
@@ -54,7 +64,20 @@ impl Scripted {
             clock,
             seen: Arc::default(),
             script: Arc::new(script),
+            hold: Duration::ZERO,
+            hosts: Arc::default(),
         }
+    }
+
+    /// Every poll takes `hold` before it answers.
+    fn holding(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
+    }
+
+    /// The most polls that were in flight at once to `host`.
+    fn most_at_once(&self, host: &str) -> usize {
+        self.hosts.lock().unwrap().get(host).map_or(0, |h| h.1)
     }
 
     /// Poll times of one watch, on tokio's clock.
@@ -95,10 +118,17 @@ impl Poller for Scripted {
             });
             before
         };
+        let host = request.url.host_str().unwrap_or_default().to_owned();
+        {
+            let mut hosts = self.hosts.lock().unwrap();
+            let (now, most) = hosts.entry(host.clone()).or_default();
+            *now += 1;
+            *most = (*most).max(*now);
+        }
         let reply = (self.script)(id, before);
         let (kind, status) = match reply {
             Reply::NotModified => (OutcomeKind::NotModified, 304),
-            Reply::Changed => {
+            Reply::Changed | Reply::Moved(_) | Reply::Done => {
                 let body = Bytes::from(format!("{id} version {before}"));
                 let hash = *blake3::hash(&body).as_bytes();
                 let content_type = Some("text/plain".to_owned());
@@ -121,16 +151,33 @@ impl Poller for Scripted {
                     500,
                 )
             }
-            Reply::RateLimited(_) => (OutcomeKind::RateLimited, 429),
+            Reply::RateLimited(_) | Reply::Panic => (OutcomeKind::RateLimited, 429),
         };
         let mut outcome = PollOutcome::new(kind, &request);
         outcome.status = Some(status);
-        if let Reply::RateLimited(wait) = reply {
-            outcome.hints.retry_after = Some(wait);
-            outcome.hints.not_before = Some(wait);
-            outcome.hints.reason = Some("Retry-After");
+        match reply {
+            Reply::RateLimited(wait) => {
+                outcome.hints.retry_after = Some(wait);
+                outcome.hints.not_before = Some(wait);
+                outcome.hints.reason = Some("Retry-After");
+            }
+            Reply::Moved(to) => outcome.moved_permanently = Some(to.parse().unwrap()),
+            Reply::Done => {
+                outcome.finished = Some(crate::agent::Finished::Done {
+                    condition: "status=200".to_owned(),
+                });
+            }
+            _ => {}
         }
-        std::future::ready(outcome)
+        let (hold, hosts) = (self.hold, self.hosts.clone());
+        async move {
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
+            hosts.lock().unwrap().get_mut(&host).unwrap().0 -= 1;
+            assert!(!matches!(reply, Reply::Panic), "the scripted poller panics");
+            outcome
+        }
     }
 }
 
@@ -138,6 +185,7 @@ impl Poller for Scripted {
 struct Running {
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    handle: EngineHandle,
 }
 
 impl Running {
@@ -164,12 +212,21 @@ fn watch_list(defaults: &str, n: usize) -> Config {
 }
 
 async fn start(config: &Config, store: &Store, poller: Scripted) -> Running {
+    start_limited(config, store, poller, 64).await
+}
+
+async fn start_limited(
+    config: &Config,
+    store: &Store,
+    poller: Scripted,
+    per_host: usize,
+) -> Running {
     let (writer, _writer_task) = store.spawn_writer(WriterConfig {
         max_batch: 256,
         max_delay: Duration::from_millis(5),
     });
     let clock = poller.clock;
-    let (engine, _handle) = Engine::start(
+    let (engine, handle) = Engine::start(
         config.watches.clone(),
         store,
         writer,
@@ -177,7 +234,7 @@ async fn start(config: &Config, store: &Store, poller: Scripted) -> Running {
         Metrics::new(false),
         EngineOptions {
             concurrency: 64,
-            per_host: 64,
+            per_host,
             grace: Duration::from_secs(1),
             resume_window: Duration::from_secs(30),
             spans: None,
@@ -188,7 +245,11 @@ async fn start(config: &Config, store: &Store, poller: Scripted) -> Running {
     .expect("engine start");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(engine.run(shutdown.clone()));
-    Running { shutdown, task }
+    Running {
+        shutdown,
+        task,
+        handle,
+    }
 }
 
 fn open_store() -> (tempfile::TempDir, Store) {
@@ -535,4 +596,243 @@ async fn polls_wait_while_the_commit_backlog_is_full() {
     run_until(secs(30), || poller.firsts().len() == 3).await;
     shutdown.cancel();
     task.await.unwrap();
+}
+
+/// `[defaults]` and the watches w{i} of [`watch_list`] for each i in `ids`
+/// (same URLs, so that a reload sees them unchanged).
+fn some_of(defaults: &str, ids: &[usize]) -> Config {
+    let mut text = format!("[defaults]\n{defaults}\n");
+    for i in ids {
+        text.push_str(&format!(
+            "[[watch]]\nid = \"w{i}\"\nurl = \"http://127.0.0.1:9/{i}\"\n"
+        ));
+    }
+    config(&text)
+}
+
+/// The index of watch `w{i}`.
+fn index(id: &str) -> usize {
+    id[1..].parse().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_removed_while_polling_frees_its_host_slot() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
+    let (_dir, store) = open_store();
+    let poller =
+        Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified).holding(secs(100));
+    let running = start_limited(&watch_list(defaults, 2), &store, poller.clone(), 1).await;
+    run_until(secs(20), || poller.firsts().len() == 1).await;
+    let first = poller.firsts().into_keys().next().unwrap();
+    let other = 1 - index(&first);
+    // The other watch falls due and waits for the host; the one polling is
+    // removed from the list before its answer comes.
+    tokio::time::sleep(secs(10)).await;
+    let summary = running.handle.reload(some_of(defaults, &[other])).await;
+    assert_eq!(summary.map(|s| s.removed), Some(1));
+    let other = format!("w{other}");
+    run_until(secs(300), || poller.times(&other).len() >= 2).await;
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
+    let (_dir, store) = open_store();
+    let poller =
+        Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified).holding(secs(100));
+    let running = start_limited(&watch_list(defaults, 3), &store, poller.clone(), 1).await;
+    run_until(secs(20), || poller.firsts().len() == 1).await;
+    // The two others fall due and wait for the host while the first polls,
+    // in the order of their first due times.
+    let first = index(poller.firsts().keys().next().unwrap());
+    let mut waiting: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    waiting.sort_by_key(|i| {
+        let state = store.watch(&format!("w{i}")).unwrap().unwrap();
+        state.next_due_ms.unwrap()
+    });
+    tokio::time::sleep(secs(10)).await;
+    // The one that waits first leaves the list.
+    let (gone, kept) = (waiting[0], waiting[1]);
+    running
+        .handle
+        .reload(some_of(defaults, &[first, kept]))
+        .await;
+    let kept = format!("w{kept}");
+    run_until(secs(500), || poller.times(&kept).len() >= 2).await;
+    running.stop().await;
+    assert!(poller.times(&format!("w{gone}")).is_empty());
+    // The kept watch takes the host as soon as the first poll ends, not
+    // after the first watch's next poll.
+    let ended = poller.times(&format!("w{first}"))[0] + secs(100);
+    assert_near(poller.times(&kept)[0], ended, "the waiting watch's poll");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_for_a_removed_and_re_added_watch_is_not_recorded() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
+    let (_dir, store) = open_store();
+    // The poll in flight across the removal would make a version.
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
+        0 => Reply::Changed,
+        _ => Reply::NotModified,
+    })
+    .holding(secs(100));
+    let running = start(&some_of(defaults, &[0, 1]), &store, poller.clone()).await;
+    run_until(secs(20), || !poller.times("w0").is_empty()).await;
+    tokio::time::sleep(secs(1)).await;
+    running.handle.reload(some_of(defaults, &[1])).await;
+    tokio::time::sleep(secs(1)).await;
+    let summary = running.handle.reload(some_of(defaults, &[0, 1])).await;
+    assert_eq!(summary.map(|s| s.added), Some(1));
+    // The re-added watch polls on its own; the old answer comes meanwhile.
+    run_until(secs(300), || poller.times("w0").len() >= 2).await;
+    tokio::time::sleep(secs(101)).await;
+    running.stop().await;
+
+    let state = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(
+        (state.changed, state.versions, state.not_modified),
+        (0, 0, 1),
+        "only the re-added watch's own poll is recorded: {state:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_moved_to_another_host_counts_against_that_host() {
+    let text = "[defaults]\ninterval = \"1s\"\nmin_interval = \"1s\"\nbackoff = 1.0\njitter = 0.0\n\
+        [[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/0\"\n\
+        [[watch]]\nid = \"w1\"\nurl = \"http://localhost:9/1\"\n";
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |id, _| match id {
+        "w0" => Reply::Moved("http://localhost:9/moved"),
+        _ => Reply::NotModified,
+    })
+    .holding(secs(10));
+    let running = start_limited(&config(text), &store, poller.clone(), 1).await;
+    run_until(secs(2_000), || {
+        poller.times("w0").len() >= 20 && poller.times("w1").len() >= 20
+    })
+    .await;
+    running.stop().await;
+
+    let state = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(state.url, "http://localhost:9/moved", "re-pointed");
+    assert_eq!(poller.most_at_once("localhost"), 1, "per_host = 1 holds");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_done_watch_is_polled_again_once_its_url_changes() {
+    let list = |url: &str| {
+        config(&format!(
+            "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"{url}\"\nuntil = [\"status=200\"]\n"
+        ))
+    };
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
+        0 => Reply::Done,
+        _ => Reply::NotModified,
+    });
+    let running = start(&list("http://127.0.0.1:9/a"), &store, poller.clone()).await;
+    run_until(secs(20), || poller.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(60)).await;
+    assert_eq!(poller.times("w0").len(), 1, "done: polling stopped");
+    assert!(
+        !running.handle.poll_now("w0").await,
+        "a done watch is not polled on demand"
+    );
+    assert!(!running.handle.poll_now("nope").await);
+
+    let summary = running.handle.reload(list("http://127.0.0.1:9/b")).await;
+    assert_eq!(summary.map(|s| s.changed), Some(1));
+    run_until(secs(30), || poller.times("w0").len() >= 2).await;
+    running.stop().await;
+    let state = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(state.status, WatchStatus::Ok, "{state:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_now_for_a_watch_waiting_for_its_host_polls_it_once() {
+    let defaults =
+        "interval = \"10s\"\nmin_interval = \"1s\"\nmax_retry_after = \"1h\"\njitter = 0.0";
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| {
+        Reply::RateLimited(secs(300))
+    })
+    .holding(secs(50));
+    let running = start_limited(&watch_list(defaults, 2), &store, poller.clone(), 1).await;
+    run_until(secs(20), || poller.firsts().len() == 1).await;
+    let first = index(poller.firsts().keys().next().unwrap());
+    let other = format!("w{}", 1 - first);
+    // Due, and waiting for the host: asked to poll now as well.
+    tokio::time::sleep(secs(10)).await;
+    assert!(running.handle.poll_now(&other).await);
+    // And the one in flight: its poll under way answers the request.
+    assert!(running.handle.poll_now(&format!("w{first}")).await);
+    run_until(secs(2_000), || poller.times(&other).len() >= 2).await;
+    running.stop().await;
+
+    let gaps = gaps(&poller.times(&other));
+    assert!(
+        gaps[0] >= secs(350) - Duration::from_millis(2),
+        "Retry-After: 300 after a 50 s poll is kept: {gaps:?}"
+    );
+    let first_gaps = self::gaps(&poller.times(&format!("w{first}")));
+    assert!(first_gaps.iter().all(|g| *g >= secs(349)), "{first_gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_edited_url_frees_the_old_hosts_slot_when_its_poll_ends() {
+    // w{moved} at another host, the other watch where it was.
+    let list = |moved: Option<usize>| {
+        let mut text =
+            "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0\n".to_owned();
+        for i in 0..2 {
+            let host = if moved == Some(i) {
+                "localhost"
+            } else {
+                "127.0.0.1"
+            };
+            text.push_str(&format!(
+                "[[watch]]\nid = \"w{i}\"\nurl = \"http://{host}:9/{i}\"\n"
+            ));
+        }
+        config(&text)
+    };
+    let (_dir, store) = open_store();
+    let poller =
+        Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified).holding(secs(100));
+    let running = start_limited(&list(None), &store, poller.clone(), 1).await;
+    run_until(secs(20), || poller.firsts().len() == 1).await;
+    let first = index(poller.firsts().keys().next().unwrap());
+    let other = format!("w{}", 1 - first);
+    // The other watch waits for 127.0.0.1 while the first polls it; the
+    // first is edited to poll another host.
+    tokio::time::sleep(secs(10)).await;
+    running.handle.reload(list(Some(first))).await;
+    let started = poller.times(&format!("w{first}"))[0];
+    run_until(secs(300), || !poller.times(&other).is_empty()).await;
+    running.stop().await;
+    assert_near(
+        poller.times(&other)[0],
+        started + secs(100),
+        "the waiting watch polls once the first poll of 127.0.0.1 ends",
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_poll_releases_its_slots_and_the_watch_polls_again() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
+        0 => Reply::Panic,
+        _ => Reply::NotModified,
+    })
+    .holding(secs(5));
+    let running = start_limited(&watch_list(defaults, 2), &store, poller.clone(), 1).await;
+    run_until(secs(300), || {
+        poller.times("w0").len() >= 2 && poller.times("w1").len() >= 2
+    })
+    .await;
+    running.stop().await;
 }
