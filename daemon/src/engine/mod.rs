@@ -612,7 +612,8 @@ impl<P: Poller> Engine<P> {
             }
         };
         let id = state.id.clone();
-        let done = state.status == WatchStatus::Done;
+        // `until` or `fail_if` held before: still stopped after a restart.
+        let done = watch::is_stopped(&state);
         let mut entry = Entry {
             host: watch::host_of(&state.url),
             watch: watch.clone(),

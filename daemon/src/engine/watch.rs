@@ -69,7 +69,19 @@ pub(crate) fn new_state(watch: &Watch, fingerprint: u64) -> WatchState {
     }
 }
 
-/// The request changed: drop validators, cursor and any learned move.
+/// Whether the stored state is of a watch whose `until` held (`done`) or
+/// whose `fail_if` held (an error with no poll ahead): it is not polled
+/// again until its request changes.
+pub(crate) fn is_stopped(state: &WatchState) -> bool {
+    match state.status {
+        WatchStatus::Done => true,
+        WatchStatus::Error => state.next_due_ms.is_none(),
+        _ => false,
+    }
+}
+
+/// The request changed: drop validators, cursor and any learned move; a
+/// stopped watch is polled again.
 pub(crate) fn reset_request_state(state: &mut WatchState, watch: &Watch, fingerprint: u64) {
     state.fingerprint = fingerprint;
     state.url = watch.url.to_string();
@@ -77,7 +89,7 @@ pub(crate) fn reset_request_state(state: &mut WatchState, watch: &Watch, fingerp
     state.last_modified = None;
     state.cursor = watch.cursor.as_ref().and_then(|c| c.initial.clone());
     state.consecutive_moves = 0;
-    if state.status == WatchStatus::Done {
+    if is_stopped(state) {
         state.status = WatchStatus::Ok;
     }
 }
