@@ -523,6 +523,8 @@ impl<P: Poller> Engine<P> {
                     let stopped = entry.key.is_none() && entry.in_flight.is_none() && !entry.queued;
                     let new_fingerprint = fingerprint(watch);
                     let request_changed = entry.state.fingerprint != new_fingerprint;
+                    let conditions_changed =
+                        entry.watch.until != watch.until || entry.watch.fail_if != watch.fail_if;
                     if request_changed {
                         // The request changed: what the server validated no longer applies.
                         watch::reset_request_state(&mut entry.state, watch, new_fingerprint);
@@ -530,8 +532,15 @@ impl<P: Poller> Engine<P> {
                         entry.host = watch::host_of(&entry.state.url);
                     }
                     let policy = &watch.policy;
-                    let interval = Duration::from_millis(entry.state.interval_ms)
-                        .clamp(policy.min_interval, policy.max_interval);
+                    // A new base interval replaces what backoff had grown
+                    // from the old one; otherwise the current one is kept
+                    // within the new bounds.
+                    let current = if entry.watch.policy.interval == policy.interval {
+                        Duration::from_millis(entry.state.interval_ms)
+                    } else {
+                        policy.interval
+                    };
+                    let interval = current.clamp(policy.min_interval, policy.max_interval);
                     entry.state.interval_ms = interval.as_millis() as u64;
                     entry.watch = watch.clone();
                     // A shorter interval takes effect now rather than after the old wait.
@@ -543,11 +552,14 @@ impl<P: Poller> Engine<P> {
                             policy::jittered(interval, policy.jitter, &mut self.rng).min(interval);
                         self.queue.reset(key, delay);
                         entry.due = Instant::now() + delay;
+                        // Stored too: a restart before that poll keeps it.
+                        entry.state.next_due_ms = Some(record::unix_ms(now + delay));
                     }
                     // A watch stopped by its `until` or `fail_if` is polled
-                    // again once its request changed: what held was about
-                    // another request.
-                    if stopped && request_changed {
+                    // again once its request or those conditions changed:
+                    // what held was about another request or question.
+                    if stopped && (request_changed || conditions_changed) {
+                        entry.state.status = WatchStatus::Ok;
                         let delay =
                             policy::first_delay(policy, &watch.schedule, now, &mut self.rng);
                         entry.key = Some(self.queue.insert(id.to_owned(), delay));

@@ -881,3 +881,61 @@ async fn a_watch_stopped_by_fail_if_stays_stopped_after_a_restart() {
     let state = store.watch("w0").unwrap().expect("stored");
     assert_eq!(state.status, WatchStatus::Ok, "{state:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_done_watch_is_polled_again_once_its_until_changes() {
+    let list = |until: &str| {
+        config(&format!(
+            "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\nuntil = [\"{until}\"]\n"
+        ))
+    };
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
+        0 => Reply::Done,
+        _ => Reply::NotModified,
+    });
+    let running = start(&list("status=200"), &store, poller.clone()).await;
+    run_until(secs(20), || poller.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(60)).await;
+    assert_eq!(poller.times("w0").len(), 1, "done: polling stopped");
+
+    let summary = running.handle.reload(list("status=204")).await;
+    assert_eq!(summary.map(|s| s.changed), Some(1));
+    run_until(secs(30), || poller.times("w0").len() >= 2).await;
+    running.stop().await;
+    let state = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(state.status, WatchStatus::Ok, "{state:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shorter_interval_from_a_reload_is_stored_with_its_due_time() {
+    let list = |interval: &str| {
+        config(&format!(
+            "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"1s\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\n"
+        ))
+    };
+    let (_dir, store) = open_store();
+    let clock = wall_clock(1_700_000_000);
+    let poller = Scripted::new(clock, |_, _| Reply::NotModified);
+    let running = start(&list("1h"), &store, poller.clone()).await;
+    run_until(secs(3_600), || poller.times("w0").len() == 1).await;
+
+    running.handle.reload(list("10s")).await.expect("reloaded");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let now_ms = clock
+        .now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let due = store
+        .watch("w0")
+        .unwrap()
+        .and_then(|s| s.next_due_ms)
+        .expect("due time stored");
+    assert!(
+        due <= now_ms + 10_000,
+        "stored due {} s ahead, after a reload to 10 s",
+        (due - now_ms) / 1000
+    );
+    running.stop().await;
+}
