@@ -55,7 +55,8 @@ pub struct AwaitArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "data")]
     pub data_file: Option<PathBuf>,
     /// A request header, 'Name: value' (repeatable). Sent to the first URL's
-    /// origin only when it is a credential (Authorization, Cookie, *token*).
+    /// origin only when it is a credential (Authorization, Cookie, a name
+    /// with auth, key, token, secret, session, pass, sig... in it).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
     /// A condition that must hold to finish with success (repeatable; all
@@ -259,7 +260,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
             let mut request = client.request(method.clone(), url.clone());
             let same_origin = redirect::same_origin(&origin, &url);
             for (name, value) in &plan.headers {
-                if same_origin || !agent::is_credential(name) {
+                if same_origin || !agent::is_credential(name, value) {
                     request = request.header(name, value);
                 }
             }

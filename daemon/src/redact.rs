@@ -11,10 +11,12 @@ use url::Url;
 /// What a secret is replaced with.
 pub const MASK: &str = "REDACTED";
 
-/// Query keys whose values are masked: a key is secret when its lowercase
-/// form contains one of these (so `access_token`, `X-Amz-Signature`,
-/// `apiKey`, `client_secret`, `sig`, `password`).
+/// Names (query keys, header names) that say their value is a secret: a
+/// name is secret when its lowercase form contains one of these (so
+/// `access_token`, `X-Amz-Signature`, `apiKey`, `X-Auth-Key`,
+/// `client_secret`, `sig`, `password`, `Cookie`).
 const SECRET_KEY_PARTS: &[&str] = &[
+    "cookie",
     "token",
     "key",
     "secret",
@@ -79,6 +81,12 @@ impl fmt::Debug for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{self}\"")
     }
+}
+
+/// Whether a header or parameter name says that its value is a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_KEY_PARTS.iter().any(|part| name.contains(part))
 }
 
 fn is_secret_key(raw: &str) -> bool {

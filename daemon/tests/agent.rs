@@ -435,7 +435,7 @@ async fn credentials_by_name_stay_home_but_same_origin_hops_keep_them() {
         .await;
     let w = watch(
         &format!("{}/a", home.uri()),
-        "headers = { Authorization = \"Bearer t\", Cookie = \"s=1\", X-Api-Key = \"k\", X-Trace = \"keep\" }",
+        "headers = { Authorization = \"Bearer t\", Cookie = \"s=1\", X-Api-Key = \"k\", X-Auth-Key = \"k\", apikey = \"k\", X-Secret = \"k\", X-From-Env = \"${NOT_SET:-e}\", X-Trace = \"keep\" }",
     );
     let out = poll_with(
         &w,
@@ -463,6 +463,10 @@ async fn credentials_by_name_stay_home_but_same_origin_hops_keep_them() {
         "authorization",
         "cookie",
         "x-api-key",
+        "x-auth-key",
+        "apikey",
+        "x-secret",
+        "x-from-env",
         "if-none-match",
         "if-modified-since",
     ] {

@@ -545,7 +545,7 @@ impl Agent {
             // the watch (the operator updates the list for that).
             let configured_origin = redirect::same_origin(&watch.url, &url);
             for (name, value) in &watch.headers {
-                if !(same_origin && configured_origin) && is_credential(name) {
+                if !(same_origin && configured_origin) && is_credential(name, value) {
                     continue;
                 }
                 builder = builder.header(name, value);
@@ -747,13 +747,12 @@ impl Exchange {
     }
 }
 
-/// Headers that carry credentials: never sent to another origin.
-pub fn is_credential(name: &http::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "authorization" | "cookie" | "proxy-authorization"
-    ) || name.as_str().contains("token")
-        || name.as_str().contains("api-key")
+/// Configured headers that carry credentials, never sent to another
+/// origin: a value marked sensitive (`Authorization`, `Cookie`, anything
+/// filled from `${ENV}`) or a name that says it is a secret (`*auth*`,
+/// `*key*`, `*token*`, `*secret*`, `*session*`, ...: [`redact::is_secret_name`]).
+pub fn is_credential(name: &http::HeaderName, value: &http::HeaderValue) -> bool {
+    value.is_sensitive() || redact::is_secret_name(name.as_str())
 }
 
 fn reason(status: StatusCode) -> &'static str {
