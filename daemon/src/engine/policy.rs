@@ -215,8 +215,15 @@ pub fn resume_delay(
     window: Duration,
     rng: &mut impl Rng,
 ) -> Duration {
+    // The longest delay a decision can make: a server's delay up to
+    // `max_retry_after`, or the policy's up to `max_interval`, plus jitter
+    // on top. A stored due time beyond that is from an older, looser list.
+    let longest = policy
+        .max_interval
+        .max(policy.max_retry_after)
+        .mul_f64(1.0 + policy.jitter);
     match due.duration_since(now) {
-        Ok(ahead) => ahead.min(policy.max_interval),
+        Ok(ahead) => ahead.min(longest),
         Err(_) => policy.interval.min(window).mul_f64(rng.random::<f64>()),
     }
 }
@@ -463,6 +470,20 @@ mod tests {
         assert_eq!(
             resume_delay(&p, ahead, now, Duration::from_secs(20), &mut rng),
             Duration::from_secs(45)
+        );
+        // A server's Retry-After beyond max_interval survives a restart
+        // (capped by max_retry_after plus jitter, not by max_interval).
+        let asked = now + Duration::from_secs(3 * 3600);
+        let mut p2 = p.clone();
+        p2.max_retry_after = Duration::from_secs(6 * 3600);
+        assert_eq!(
+            resume_delay(&p2, asked, now, Duration::from_secs(20), &mut rng),
+            Duration::from_secs(3 * 3600)
+        );
+        let absurd = now + Duration::from_secs(100 * 3600);
+        assert_eq!(
+            resume_delay(&p2, absurd, now, Duration::from_secs(20), &mut rng),
+            Duration::from_secs(6 * 3600).mul_f64(1.0 + p2.jitter)
         );
         let late = now - Duration::from_secs(500);
         let spread: Vec<Duration> = (0..200)
