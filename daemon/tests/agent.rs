@@ -59,6 +59,7 @@ async fn poll_with(
             last_modified,
             cursor,
             last_hash: None,
+            job: None,
         })
         .await
 }
@@ -276,7 +277,7 @@ async fn a_202_job_saying_retry_after_0_is_still_checked_at_most_once_a_second()
     );
     let out = poll(&w).await;
     assert!(
-        matches!(out.kind, OutcomeKind::RateLimited),
+        matches!(out.kind, OutcomeKind::JobPending { .. }),
         "{:?}",
         out.kind
     );
@@ -332,7 +333,7 @@ async fn a_303_after_post_is_a_get_after_its_retry_after() {
 }
 
 #[tokio::test]
-async fn a_redirect_retry_after_beyond_the_deadline_ends_rate_limited_without_following() {
+async fn a_303_retry_after_beyond_the_deadline_leaves_its_target_to_the_next_poll() {
     let server = MockServer::start().await;
     Mock::given(path("/wait"))
         .respond_with(
@@ -349,11 +350,10 @@ async fn a_redirect_retry_after_beyond_the_deadline_ends_rate_limited_without_fo
         started.elapsed() < Duration::from_secs(2),
         "did not sleep 30 s"
     );
-    assert!(
-        matches!(out.kind, OutcomeKind::RateLimited),
-        "{:?}",
-        out.kind
-    );
+    match &out.kind {
+        OutcomeKind::JobPending { job } => assert_eq!(job.path(), "/later"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(out.hints.not_before, Some(Duration::from_secs(30)));
     assert_eq!(received(&server).await.len(), 1, "/later not requested yet");
 }
@@ -850,6 +850,7 @@ async fn poll_hash(watch: &Watch, etag: Option<&str>, last_hash: [u8; 32]) -> Po
             last_modified: None,
             cursor: None,
             last_hash: Some(last_hash),
+            job: None,
         })
         .await
 }
@@ -1330,6 +1331,7 @@ async fn credentials_do_not_follow_a_permanent_move_to_another_origin() {
             last_modified: None,
             cursor: None,
             last_hash: None,
+            job: None,
         })
         .await;
     assert!(
@@ -1383,4 +1385,58 @@ async fn secrets_in_the_url_stay_out_of_error_messages() {
     };
     assert!(error.contains("apiKey=REDACTED"), "{error}");
     assert!(!error.contains("t0ps3cret"), "{error}");
+}
+
+#[tokio::test]
+async fn a_job_longer_than_the_timeout_is_resumed_by_the_next_poll_not_restarted() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/report"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .insert_header("location", "/jobs/1")
+                .insert_header("retry-after", "60"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jobs/1"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"state\":\"done\"}"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/report", server.uri()),
+        "method = \"POST\"\nbody = \"q=1\"\nmax_retry_after = \"10m\"",
+    );
+    // The job asks for 60 s; the poll may take 3: it ends, saying where to resume.
+    let out = poll(&w).await;
+    let job = match &out.kind {
+        OutcomeKind::JobPending { job } => job.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(job.path(), "/jobs/1");
+    assert_eq!(out.status, Some(202));
+    assert_eq!(out.hints.retry_after, Some(Duration::from_secs(60)));
+    assert_eq!(received(&server).await.len(), 1, "no status check yet");
+
+    // The next poll reads the job's status: no second POST, no new job.
+    let out = agent()
+        .poll(PollRequest {
+            watch: &w,
+            url: &w.url,
+            etag: None,
+            last_modified: None,
+            cursor: None,
+            last_hash: None,
+            job: Some(job.as_str()),
+        })
+        .await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"{\"state\":\"done\"}"),
+        other => panic!("{other:?}"),
+    }
+    let requests = received(&server).await;
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].method.as_str(), "GET");
+    assert_eq!(requests[1].url.path(), "/jobs/1");
 }

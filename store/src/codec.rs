@@ -277,6 +277,12 @@ pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
             e.hash(h);
         }
     }
+    // Schema 3: appended, so that a schema 2 record (without it) still
+    // decodes; an older polld refuses a schema 3 file before reading one.
+    if let Some(job) = &s.pending_job {
+        e.u8(1);
+        e.str(job);
+    }
     e.finish()
 }
 
@@ -315,6 +321,14 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
         1 => Some(d.hash()?),
         _ => return Err(d.err("bad option tag")),
     };
+    // Absent (not a 0 tag) when there is none: see `encode_state`.
+    let pending_job = if d.buf.is_empty() {
+        None
+    } else if d.u8()? == 1 {
+        Some(d.string()?)
+    } else {
+        return Err(d.err("bad pending-job tag"));
+    };
     d.end()?;
     Ok(WatchState {
         id: id.to_owned(),
@@ -343,6 +357,7 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
         versions,
         latest_version,
         latest_hash,
+        pending_job,
     })
 }
 
@@ -463,7 +478,22 @@ mod tests {
             versions: 1,
             latest_version: Some(1),
             latest_hash: Some([9; 32]),
+            pending_job: None,
         }
+    }
+
+    #[test]
+    fn a_pending_job_round_trips_and_older_records_have_none() {
+        let mut s = full_state();
+        s.pending_job = Some("https://example.org/jobs/17".into());
+        let back = decode_state("w", &encode_state(&s)).unwrap();
+        assert_eq!(back.pending_job, s.pending_job);
+        // A schema 2 record is this encoding without the trailing field.
+        let older = encode_state(&full_state());
+        assert_eq!(decode_state("w", &older).unwrap().pending_job, None);
+        let mut trailing = encode_state(&s);
+        trailing.push(0xff);
+        assert!(decode_state("w", &trailing).is_err(), "garbage after it");
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct WatchState {
     pub latest_version: Option<u64>,
     /// Body hash of the newest version (set by the store).
     pub latest_hash: Option<Hash>,
+    /// The status URL of an async job (202 + `Location`) that was still
+    /// running when the last poll had to end: the next poll resumes there
+    /// instead of starting (and POSTing) a new job.
+    pub pending_job: Option<String>,
 }
 
 /// One stored version of a watch's body.

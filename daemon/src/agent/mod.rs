@@ -105,6 +105,9 @@ pub struct PollRequest<'a> {
     pub cursor: Option<&'a str>,
     /// BLAKE3 of the latest stored body.
     pub last_hash: Option<[u8; 32]>,
+    /// The status URL of an async job an earlier poll left running: this
+    /// poll resumes there (a GET) instead of starting a new job.
+    pub job: Option<&'a str>,
 }
 
 /// What one poll came to.
@@ -138,6 +141,12 @@ pub enum OutcomeKind {
     },
     /// 410: the resource is gone.
     Gone,
+    /// An async job (202 + `Location`, or a 303 to its result) asked for a
+    /// wait longer than the poll may take: the next poll resumes at `job`.
+    JobPending {
+        /// Where to GET next.
+        job: Url,
+    },
 }
 
 /// Conditions of the watch that ended it.
@@ -204,6 +213,15 @@ impl PollOutcome {
 
     fn failed(request: &PollRequest<'_>, error: String, retryable: bool) -> Self {
         PollOutcome::new(OutcomeKind::Failed { error, retryable }, request)
+    }
+
+    /// A job that asked for a wait past the poll's deadline (`hints` say
+    /// how long): the next poll resumes at `job`.
+    fn job_pending(request: &PollRequest<'_>, job: &Url, status: StatusCode, hints: Hints) -> Self {
+        let mut outcome = PollOutcome::new(OutcomeKind::JobPending { job: job.clone() }, request);
+        outcome.status = Some(status.as_u16());
+        outcome.hints = hints;
+        outcome
     }
 }
 
@@ -289,12 +307,19 @@ impl Agent {
         let mut first: Option<Exchange> = None;
         let mut last: Option<Exchange> = None;
         let mut nothing_new = false;
+        // A job URL that no longer parses is dropped: the poll starts anew.
+        let pending_job = request.job.and_then(|j| Url::parse(j).ok());
 
         for page in 0..MAX_PAGES {
             // Validators only on the first page: later pages are new content.
             let conditional = page == 0;
+            let job = if page == 0 {
+                pending_job.as_ref()
+            } else {
+                None
+            };
             let exchange = match self
-                .exchange(request, &page_url, conditional, deadline)
+                .exchange(request, &page_url, job, conditional, deadline)
                 .await
             {
                 Ok(exchange) => exchange,
@@ -510,6 +535,7 @@ impl Agent {
         &self,
         request: &PollRequest<'_>,
         start: &Url,
+        job: Option<&Url>,
         conditional: bool,
         deadline: tokio::time::Instant,
     ) -> Result<Exchange, PollOutcome> {
@@ -523,6 +549,15 @@ impl Agent {
         let mut job_steps = 0usize;
         // A chain of only 301/308 from the start re-points the watch.
         let mut permanent_chain = true;
+        if let Some(job) = job {
+            // Resuming a job: its status is read with a GET, no validators.
+            url = job.clone();
+            method = Method::GET;
+            body = None;
+            permanent_chain = false;
+            job_steps = 1;
+        }
+        let conditional = conditional && job.is_none();
         let mut moved: Option<Url> = None;
         loop {
             if !seen.insert((method.clone(), url.clone())) {
@@ -616,8 +651,19 @@ impl Agent {
                 // Let the connection go before any wait: an unread response
                 // held across a Retry-After kept it out of the pool.
                 drop(response);
-                // A Retry-After on a 3xx is honoured before following.
-                self.wait_retry_after(request, &headers, deadline).await?;
+                // A Retry-After on a 3xx is honoured before following; a
+                // 303 (a job's result) too long to wait for is where the
+                // next poll resumes.
+                let job_result = status == StatusCode::SEE_OTHER;
+                self.wait_retry_after(request, &headers, deadline)
+                    .await
+                    .map_err(|outcome| {
+                        if job_result {
+                            PollOutcome::job_pending(request, &target, status, outcome.hints)
+                        } else {
+                            outcome
+                        }
+                    })?;
                 url = target;
                 continue;
             }
@@ -644,7 +690,11 @@ impl Agent {
                     .min(watch.policy.max_retry_after)
                     .max(MIN_JOB_CHECK_GAP);
                 drop(response);
-                self.wait_until(request, wait, deadline).await?;
+                self.wait_until(request, wait, deadline)
+                    .await
+                    .map_err(|outcome| {
+                        PollOutcome::job_pending(request, &target, status, outcome.hints)
+                    })?;
                 permanent_chain = false;
                 method = Method::GET;
                 body = None;

@@ -688,6 +688,7 @@ impl<P: Poller> Engine<P> {
             let last_modified = state.last_modified.clone();
             let cursor = state.cursor.clone();
             let last_hash = state.latest_hash;
+            let job = state.pending_job.clone();
             let generation = entry.generation;
             let agent = self.agent.clone();
             let mut report = Report {
@@ -711,6 +712,7 @@ impl<P: Poller> Engine<P> {
                     last_modified: last_modified.as_deref(),
                     cursor: cursor.as_deref(),
                     last_hash,
+                    job: job.as_deref(),
                 };
                 let outcome = tokio::select! {
                     outcome = agent.poll(request) => Some(outcome),

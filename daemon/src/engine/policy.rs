@@ -20,6 +20,9 @@ pub enum Verdict {
     Failed,
     /// 429/503: wait at least what the server asked, else like an error.
     RateLimited,
+    /// An async job still running: the cadence stays as it is; the job's
+    /// `Retry-After` is the floor of the next delay.
+    Pending,
 }
 
 /// The per-watch scheduling state that survives restarts (kept in the store).
@@ -100,6 +103,13 @@ pub fn decide(
             (
                 scheduled(policy, schedule, next.interval, now, rng),
                 "backoff",
+            )
+        }
+        Verdict::Pending => {
+            next.consecutive_errors = 0;
+            (
+                scheduled(policy, schedule, next.interval, now, rng),
+                "job pending",
             )
         }
         Verdict::Failed | Verdict::RateLimited => {

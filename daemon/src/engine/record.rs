@@ -114,6 +114,15 @@ pub(crate) fn apply(
             }
             (Verdict::Failed, "error", WatchStatus::Error)
         }
+        OutcomeKind::JobPending { job } => {
+            // Nothing new yet: counted as an unchanged answer. The cadence
+            // stays; the job's Retry-After is the floor of the next delay.
+            state.unchanged += 1;
+            if state.pending_job.as_deref() != Some(job.as_str()) {
+                tracing::info!(watch = %id, job = %redact::url(job), "async job still running; the next poll resumes it");
+            }
+            (Verdict::Pending, "unchanged", WatchStatus::Ok)
+        }
         OutcomeKind::Gone => {
             state.errors += 1;
             state.last_error = Some("410 Gone".to_owned());
@@ -168,6 +177,18 @@ pub(crate) fn apply(
             stopped = true;
         }
         None => {}
+    }
+
+    // Where the next poll starts: a job still running is resumed there; a
+    // transient failure or a rate limit keeps it; any other answer (the
+    // job's result, or a 4xx on its status URL) ends it.
+    match &outcome.kind {
+        OutcomeKind::JobPending { job } if !stopped => state.pending_job = Some(job.to_string()),
+        OutcomeKind::RateLimited
+        | OutcomeKind::Failed {
+            retryable: true, ..
+        } if !stopped => {}
+        _ => state.pending_job = None,
     }
 
     let hints = &outcome.hints;

@@ -27,6 +27,8 @@ enum Reply {
     Done,
     /// 200, and one of the watch's `fail_if` conditions holds.
     FailIf,
+    /// 202 from a job that asks for this long, more than a poll may take.
+    JobPending(Duration),
     /// The poller panics (after its hold).
     Panic,
 }
@@ -39,6 +41,8 @@ struct Seen {
     at: Duration,
     /// On the engine's wall clock.
     wall: SystemTime,
+    /// The job the poll was asked to resume.
+    job: Option<String>,
 }
 
 type Script = dyn Fn(&str, usize) -> Reply + Send + Sync;
@@ -117,6 +121,7 @@ impl Poller for Scripted {
                 id: id.to_owned(),
                 at: self.start.elapsed(),
                 wall: self.clock.now(),
+                job: request.job.map(str::to_owned),
             });
             before
         };
@@ -154,11 +159,17 @@ impl Poller for Scripted {
                 )
             }
             Reply::RateLimited(_) | Reply::Panic => (OutcomeKind::RateLimited, 429),
+            Reply::JobPending(_) => (
+                OutcomeKind::JobPending {
+                    job: "http://127.0.0.1:9/jobs/1".parse().unwrap(),
+                },
+                202,
+            ),
         };
         let mut outcome = PollOutcome::new(kind, &request);
         outcome.status = Some(status);
         match reply {
-            Reply::RateLimited(wait) => {
+            Reply::RateLimited(wait) | Reply::JobPending(wait) => {
                 outcome.hints.retry_after = Some(wait);
                 outcome.hints.not_before = Some(wait);
                 outcome.hints.reason = Some("Retry-After");
@@ -938,4 +949,41 @@ async fn a_shorter_interval_from_a_reload_is_stored_with_its_due_time() {
         (due - now_ms) / 1000
     );
     running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pending_job_is_resumed_by_the_next_poll_after_its_wait_even_after_a_restart() {
+    let list = config(
+        "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\nmax_retry_after = \"1h\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/report\"\nmethod = \"POST\"\n",
+    );
+    let (_dir, store) = open_store();
+    let first = Scripted::new(wall_clock(1_700_000_000), |_, _| {
+        Reply::JobPending(secs(120))
+    });
+    let running = start(&list, &store, first.clone()).await;
+    run_until(secs(20), || first.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(1)).await;
+    running.stop().await;
+    let state = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(
+        state.pending_job.as_deref(),
+        Some("http://127.0.0.1:9/jobs/1")
+    );
+    assert_eq!(state.status, WatchStatus::Ok, "a running job is no error");
+
+    // After a restart, the next poll comes after the job's wait and resumes it.
+    let second = Scripted::new(first.clock, |_, _| Reply::Changed);
+    let running = start(&list, &store, second.clone()).await;
+    run_until(secs(300), || second.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(1)).await;
+    running.stop().await;
+    let polls = second.polls("w0");
+    assert_eq!(polls[0].job.as_deref(), Some("http://127.0.0.1:9/jobs/1"));
+    let waited = polls[0]
+        .wall
+        .duration_since(first.polls("w0")[0].wall)
+        .unwrap();
+    assert!(waited >= secs(120), "resumed after {waited:?}, not 120 s");
+    let state = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(state.pending_job, None, "the job's result ends it");
 }

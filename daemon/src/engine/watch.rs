@@ -89,6 +89,7 @@ pub(crate) fn reset_request_state(state: &mut WatchState, watch: &Watch, fingerp
     state.last_modified = None;
     state.cursor = watch.cursor.as_ref().and_then(|c| c.initial.clone());
     state.consecutive_moves = 0;
+    state.pending_job = None;
     if is_stopped(state) {
         state.status = WatchStatus::Ok;
     }
