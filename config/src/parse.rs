@@ -901,9 +901,13 @@ impl<'a> Walker<'a> {
                 schedule: Box::new(schedule),
             }),
             Err(err) => {
+                // The cron crate's message repeats the expression and a
+                // caret line before the reason: keep the reason, one line.
+                let err = err.to_string();
+                let reason = err.lines().last().unwrap_or_default().trim();
                 self.src.report(
                     item.span(),
-                    format!("`schedule` {expr:?} is not a cron expression ({err}); expected 6 fields with seconds first, e.g. \"0 */10 * * * *\""),
+                    format!("`schedule` {expr:?} is not a cron expression ({reason}); expected 6 fields with seconds first, e.g. \"0 */10 * * * *\""),
                 );
                 None
             }

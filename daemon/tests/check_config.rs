@@ -195,6 +195,11 @@ const CASES: &[Case] = &[
         errors: &[(4, 12, "is not a cron expression")],
     },
     Case {
+        name: "cron field out of range, its reason on the same line",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 0 25 * * *\"\n",
+        errors: &[(4, 12, "is not a cron expression (Hours must be")],
+    },
+    Case {
         name: "jitter of one",
         text: "[defaults]\njitter = 1.0\n",
         errors: &[(2, 10, "expected a fraction in [0, 1)")],
