@@ -741,19 +741,22 @@ async fn a_watch_moved_to_another_host_counts_against_that_host() {
     assert_eq!(poller.most_at_once("localhost"), 1, "per_host = 1 holds");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_done_watch_is_polled_again_once_its_url_changes() {
-    let list = |url: &str| {
-        config(&format!(
-            "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"{url}\"\nuntil = [\"status=200\"]\n"
-        ))
-    };
+/// A watch list of one watch `w0` at `url` with `until = [until]`.
+fn done_list(url: &str, until: &str) -> Config {
+    config(&format!(
+        "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"{url}\"\nuntil = [\"{until}\"]\n"
+    ))
+}
+
+/// `w0` of `before` reaches `done` on its first poll; after a reload to
+/// `after` it is polled again and is `ok`.
+async fn a_done_watch_polls_again_after_reloading(before: Config, after: Config) {
     let (_dir, store) = open_store();
     let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
         0 => Reply::Done,
         _ => Reply::NotModified,
     });
-    let running = start(&list("http://127.0.0.1:9/a"), &store, poller.clone()).await;
+    let running = start(&before, &store, poller.clone()).await;
     run_until(secs(20), || poller.times("w0").len() == 1).await;
     tokio::time::sleep(secs(60)).await;
     assert_eq!(poller.times("w0").len(), 1, "done: polling stopped");
@@ -763,12 +766,30 @@ async fn a_done_watch_is_polled_again_once_its_url_changes() {
     );
     assert!(!running.handle.poll_now("nope").await);
 
-    let summary = running.handle.reload(list("http://127.0.0.1:9/b")).await;
+    let summary = running.handle.reload(after).await;
     assert_eq!(summary.map(|s| s.changed), Some(1));
     run_until(secs(30), || poller.times("w0").len() >= 2).await;
     running.stop().await;
     let state = store.watch("w0").unwrap().expect("stored");
     assert_eq!(state.status, WatchStatus::Ok, "{state:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_done_watch_is_polled_again_once_its_url_changes() {
+    a_done_watch_polls_again_after_reloading(
+        done_list("http://127.0.0.1:9/a", "status=200"),
+        done_list("http://127.0.0.1:9/b", "status=200"),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_done_watch_is_polled_again_once_its_until_changes() {
+    a_done_watch_polls_again_after_reloading(
+        done_list("http://127.0.0.1:9/a", "status=200"),
+        done_list("http://127.0.0.1:9/a", "status=204"),
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -888,31 +909,6 @@ async fn a_watch_stopped_by_fail_if_stays_stopped_after_a_restart() {
     let third = Scripted::new(wall_clock(1_700_001_000), |_, _| Reply::NotModified);
     let running = start(&list("http://127.0.0.1:9/b"), &store, third.clone()).await;
     run_until(secs(30), || third.times("w0").len() == 1).await;
-    running.stop().await;
-    let state = store.watch("w0").unwrap().expect("stored");
-    assert_eq!(state.status, WatchStatus::Ok, "{state:?}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_done_watch_is_polled_again_once_its_until_changes() {
-    let list = |until: &str| {
-        config(&format!(
-            "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\nuntil = [\"{until}\"]\n"
-        ))
-    };
-    let (_dir, store) = open_store();
-    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
-        0 => Reply::Done,
-        _ => Reply::NotModified,
-    });
-    let running = start(&list("status=200"), &store, poller.clone()).await;
-    run_until(secs(20), || poller.times("w0").len() == 1).await;
-    tokio::time::sleep(secs(60)).await;
-    assert_eq!(poller.times("w0").len(), 1, "done: polling stopped");
-
-    let summary = running.handle.reload(list("status=204")).await;
-    assert_eq!(summary.map(|s| s.changed), Some(1));
-    run_until(secs(30), || poller.times("w0").len() >= 2).await;
     running.stop().await;
     let state = store.watch("w0").unwrap().expect("stored");
     assert_eq!(state.status, WatchStatus::Ok, "{state:?}");
