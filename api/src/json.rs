@@ -1,6 +1,7 @@
 //! The JSON shapes of DESIGN.md ("Local API") and their conversion from the
 //! store's records. Field names here are the contract: more fields may be
-//! added, none renamed.
+//! added, none renamed. A field that may be unknown is sent as `null`, never
+//! left out, so the schema marks it required (and nullable).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use polld_store::{Change, Version, WatchState};
@@ -48,20 +49,26 @@ pub(crate) struct WatchJson {
     /// `ok`, `error`, `rate_limited`, `done` or `removed`.
     pub(crate) state: &'static str,
     /// HTTP status of the last answer.
+    #[schema(required = true)]
     pub(crate) last_status: Option<u16>,
     /// Text of the last error.
+    #[schema(required = true)]
     pub(crate) last_error: Option<String>,
     /// Last poll (RFC 3339).
+    #[schema(required = true)]
     pub(crate) last_checked: Option<String>,
     /// Last new version (RFC 3339).
+    #[schema(required = true)]
     pub(crate) last_changed: Option<String>,
     /// Next scheduled poll (RFC 3339); null when not scheduled.
+    #[schema(required = true)]
     pub(crate) next_poll: Option<String>,
     /// Current interval in seconds.
     pub(crate) interval_s: f64,
     /// Versions retained.
     pub(crate) versions: u64,
     /// Number of the newest version.
+    #[schema(required = true)]
     pub(crate) latest_version: Option<u64>,
     /// Polls made.
     pub(crate) polls: u64,
@@ -81,6 +88,7 @@ pub(crate) struct WatchJson {
     pub(crate) bytes_received: u64,
     /// not_modified / (not_modified + unchanged + changed); null before any
     /// successful poll.
+    #[schema(required = true)]
     pub(crate) ratio_304: Option<f64>,
 }
 
@@ -119,6 +127,7 @@ pub(crate) struct WatchList {
     /// Watches, ordered by id.
     pub(crate) watches: Vec<WatchJson>,
     /// Pass as `after` for the next page; null on the last page.
+    #[schema(required = true)]
     pub(crate) next: Option<String>,
 }
 
@@ -132,6 +141,7 @@ pub(crate) struct VersionJson {
     /// Body size in bytes.
     pub(crate) size: u64,
     /// `Content-Type` of the response that carried it.
+    #[schema(required = true)]
     pub(crate) content_type: Option<String>,
     /// BLAKE3 of the body, hex; also the body's `ETag`.
     pub(crate) hash: String,
@@ -164,6 +174,7 @@ pub(crate) struct ChangeJson {
     /// Watch id.
     pub(crate) watch: String,
     /// The version made; null for changes that made none.
+    #[schema(required = true)]
     pub(crate) version: Option<u64>,
     /// `new_version`, `watch_added`, `watch_removed`, `error_started`,
     /// `error_cleared` or `done`.

@@ -99,7 +99,8 @@ fn waiter_slot(state: &ApiState) -> Result<WaiterSlot, ApiError> {
         (status = 200, description = "Changes after the cursor (possibly none, at the end of `wait`)", body = ChangesPage),
         (status = 400, description = "Malformed cursor, wait or limit", body = ErrorJson),
         (status = 410, description = "The cursor is older than the retained history: re-read /v1/watches and resume from `resync_after`", body = ErrorJson),
-        (status = 429, description = "Too many waiters; see Retry-After", body = ErrorJson),
+        (status = 429, description = "Too many waiters", body = ErrorJson,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ))]
 pub(crate) async fn long_poll(
     State(state): State<ApiState>,
@@ -165,7 +166,8 @@ pub(crate) struct StreamQuery {
         (status = 200, description = "An event stream of `change` events", content_type = "text/event-stream", body = String),
         (status = 400, description = "Malformed cursor", body = ErrorJson),
         (status = 410, description = "The cursor is older than the retained history", body = ErrorJson),
-        (status = 429, description = "Too many waiters; see Retry-After", body = ErrorJson),
+        (status = 429, description = "Too many waiters", body = ErrorJson,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ))]
 pub(crate) async fn sse(
     State(state): State<ApiState>,

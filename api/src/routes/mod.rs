@@ -13,7 +13,7 @@ use axum::extract::rejection::QueryRejection;
 
 use crate::error::ApiError;
 use crate::guard;
-use crate::openapi::api_routes;
+use crate::openapi::routes_and_doc;
 use crate::state::ApiState;
 
 /// The OpenAPI document, rendered once when the router is built.
@@ -23,7 +23,7 @@ pub(crate) struct OpenApiJson(pub(crate) Arc<String>);
 /// The whole API with its guards. Serve it with [`crate::serve`], or drive
 /// it in tests with `tower::ServiceExt::oneshot`.
 pub fn router(state: ApiState) -> Router {
-    let (routes, doc) = api_routes().split_for_parts();
+    let (routes, doc) = routes_and_doc();
     let doc = doc
         .to_pretty_json()
         .unwrap_or_else(|err| format!("{{\"error\": \"cannot render the document: {err}\"}}"));

@@ -110,7 +110,11 @@ fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
         ("If-None-Match" = Option<String>, Header, description = "ETags the client has"),
     ),
     responses(
-        (status = 200, description = "The stored body, with its original Content-Type", content_type = "application/octet-stream", body = BinaryBody),
+        (status = 200, description = "The stored body, with its original Content-Type", content_type = "application/octet-stream", body = BinaryBody,
+            headers(
+                ("ETag" = String, description = "Strong: the body's BLAKE3 hash"),
+                ("Last-Modified" = String, description = "When the version was fetched"),
+            )),
         (status = 304, description = "The client's copy is current"),
         (status = 400, description = "Bad version number", body = ErrorJson),
         (status = 404, description = "No such watch or version", body = ErrorJson),
@@ -220,7 +224,8 @@ const JSON_PATCH: &str = "application/json-patch+json";
 #[utoipa::path(get, path = "/v1/watches/{id}/diff", tag = "versions",
     params(("id" = String, Path, description = "Watch id"), DiffQuery),
     responses(
-        (status = 200, description = "Unified diff", content_type = "text/x-diff", body = String),
+        (status = 200, description = "A unified diff, or an RFC 6902 patch when `Accept: application/json-patch+json` and both bodies are JSON; a short summary when a body is binary",
+            content((String = "text/x-diff"), (Vec<Object> = "application/json-patch+json"))),
         (status = 400, description = "Bad version number", body = ErrorJson),
         (status = 404, description = "No such watch or version, or fewer than two versions", body = ErrorJson),
         (status = 406, description = "A JSON patch was asked for but a body is not JSON", body = ErrorJson),

@@ -34,7 +34,6 @@ pub(crate) struct ListQuery {
     responses(
         (status = 200, description = "A page of watches", body = WatchList),
         (status = 400, description = "Bad limit", body = ErrorJson),
-        (status = 401, description = "Missing or wrong token", body = ErrorJson),
     ))]
 pub(crate) async fn list(
     State(state): State<ApiState>,

@@ -528,6 +528,66 @@ async fn openapi_documents_every_route() {
     }
 }
 
+/// The document says what the guard and the handlers really answer: the
+/// token and its 401 on `/v1` only, the Host check's 403 everywhere, both
+/// diff formats, and fields that are always sent marked required.
+#[tokio::test]
+async fn openapi_declares_auth_errors_and_formats() {
+    let fx = fixture();
+    let doc = get(&fx.router(), "/v1/openapi.json").await.json();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let error_ref = "#/components/schemas/ErrorJson";
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let at = format!("{method} {path}");
+            let responses = op["responses"].as_object().unwrap();
+            let error_body = |status: &str| {
+                responses
+                    .get(status)
+                    .map(|r| r["content"]["application/json"]["schema"]["$ref"].clone())
+            };
+            assert_eq!(error_body("403"), Some(error_ref.into()), "{at}");
+            if path.starts_with("/v1/") {
+                assert_eq!(op["security"], serde_json::json!([{"bearer": []}]), "{at}");
+                assert_eq!(error_body("401"), Some(error_ref.into()), "{at}");
+            } else {
+                assert!(op.get("security").is_none(), "{at}: {op}");
+                assert!(!responses.contains_key("401"), "{at}");
+            }
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"], error_ref,
+                        "{at} {status}"
+                    );
+                }
+            }
+        }
+    }
+    let diff = &doc["paths"]["/v1/watches/{id}/diff"]["get"]["responses"]["200"]["content"];
+    assert!(diff.get("text/x-diff").is_some(), "{diff}");
+    assert!(diff.get("application/json-patch+json").is_some(), "{diff}");
+    let schemas = &doc["components"]["schemas"];
+    let required = |schema: &str| -> Vec<String> {
+        serde_json::from_value(schemas[schema]["required"].clone()).unwrap()
+    };
+    assert!(required("WatchList").contains(&"next".to_owned()));
+    assert!(required("ChangesPage").contains(&"next".to_owned()));
+    // Every field a watch is served with is in its required list.
+    let res = {
+        fx.commit("alpha", Some((b"1", "text/plain")), vec![]);
+        get(&fx.router(), "/v1/watches/alpha").await.json()
+    };
+    let mut served: Vec<String> = res.as_object().unwrap().keys().cloned().collect();
+    let mut declared = required("WatchJson");
+    served.sort();
+    declared.sort();
+    assert_eq!(served, declared);
+}
+
 #[tokio::test]
 async fn a_closed_store_is_503_json() {
     let fx = fixture();
