@@ -277,11 +277,20 @@ pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
             e.hash(h);
         }
     }
-    // Schema 3: appended, so that a schema 2 record (without it) still
-    // decodes; an older polld refuses a schema 3 file before reading one.
-    if let Some(job) = &s.pending_job {
-        e.u8(1);
-        e.str(job);
+    // Schema 3 and 4: appended, so that older records (without them) still
+    // decode; an older polld refuses a newer file before reading one. Left
+    // out when absent, which keeps a schema 3 record's encoding.
+    if s.pending_job.is_some() || s.base_interval_ms.is_some() {
+        match &s.pending_job {
+            None => e.u8(0),
+            Some(job) => {
+                e.u8(1);
+                e.str(job);
+            }
+        }
+    }
+    if let Some(base) = s.base_interval_ms {
+        e.varint(base);
     }
     e.finish()
 }
@@ -321,13 +330,20 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
         1 => Some(d.hash()?),
         _ => return Err(d.err("bad option tag")),
     };
-    // Absent (not a 0 tag) when there is none: see `encode_state`.
+    // Absent when neither is set: see `encode_state`.
     let pending_job = if d.buf.is_empty() {
         None
-    } else if d.u8()? == 1 {
-        Some(d.string()?)
     } else {
-        return Err(d.err("bad pending-job tag"));
+        match d.u8()? {
+            0 => None,
+            1 => Some(d.string()?),
+            _ => return Err(d.err("bad pending-job tag")),
+        }
+    };
+    let base_interval_ms = if d.buf.is_empty() {
+        None
+    } else {
+        Some(d.varint()?)
     };
     d.end()?;
     Ok(WatchState {
@@ -358,6 +374,7 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
         latest_version,
         latest_hash,
         pending_job,
+        base_interval_ms,
     })
 }
 
@@ -479,6 +496,7 @@ mod tests {
             latest_version: Some(1),
             latest_hash: Some([9; 32]),
             pending_job: None,
+            base_interval_ms: Some(60_000),
         }
     }
 
@@ -488,9 +506,18 @@ mod tests {
         s.pending_job = Some("https://example.org/jobs/17".into());
         let back = decode_state("w", &encode_state(&s)).unwrap();
         assert_eq!(back.pending_job, s.pending_job);
-        // A schema 2 record is this encoding without the trailing field.
-        let older = encode_state(&full_state());
+        // A schema 2 record is this encoding without the trailing fields.
+        let older = encode_state(&WatchState {
+            base_interval_ms: None,
+            ..full_state()
+        });
         assert_eq!(decode_state("w", &older).unwrap().pending_job, None);
+        // A schema 3 record: a job, no base interval.
+        let v3 = WatchState {
+            base_interval_ms: None,
+            ..s.clone()
+        };
+        assert_eq!(decode_state("w", &encode_state(&v3)).unwrap(), v3);
         let mut trailing = encode_state(&s);
         trailing.push(0xff);
         assert!(decode_state("w", &trailing).is_err(), "garbage after it");
@@ -522,8 +549,20 @@ mod tests {
     #[test]
     fn truncated_or_garbage_records_are_errors_not_panics() {
         let b = encode_state(&full_state());
+        // The appended fields are optional: a cut before them is an error, a
+        // cut between them reads as an older record, never as another value.
+        let older = encode_state(&WatchState {
+            base_interval_ms: None,
+            ..full_state()
+        });
         for cut in 0..b.len() {
-            assert!(decode_state("w", &b[..cut]).is_err(), "cut at {cut}");
+            match decode_state("w", &b[..cut]) {
+                Err(_) => {}
+                Ok(back) => {
+                    assert!(cut >= older.len(), "cut at {cut} decoded");
+                    assert_eq!(back.base_interval_ms, None, "cut at {cut}");
+                }
+            }
         }
         let mut long = b.clone();
         long.push(0);

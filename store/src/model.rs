@@ -100,6 +100,11 @@ pub struct WatchState {
     /// running when the last poll had to end: the next poll resumes there
     /// instead of starting (and POSTing) a new job.
     pub pending_job: Option<String>,
+    /// The watch's configured `interval`, ms, when this state was written:
+    /// a restart under another one starts from the new interval (as a
+    /// reload does) instead of resuming what backoff grew from the old.
+    /// `None` in records written before polld kept it.
+    pub base_interval_ms: Option<u64>,
 }
 
 /// One stored version of a watch's body.

@@ -21,7 +21,7 @@ use crate::codec::decode_version;
 use crate::error::StoreError;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// `schema_version`, `last_seq` (newest seq ever appended, 0 before the
 /// first) and `oldest_seq` (oldest retained; `last_seq + 1` when the log is
@@ -47,7 +47,7 @@ pub(crate) const KEY_OLDEST_SEQ: &str = "oldest_seq";
 
 /// One upgrade step: `MIGRATIONS[i]` turns schema `i + 1` into `i + 2`.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] = [v1_to_v2, v2_to_v3];
+const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] = [v1_to_v2, v2_to_v3, v3_to_v4];
 
 /// Reads the schema version of an existing file without writing to it, so
 /// that a file from a newer polld is refused before redb's open-time check
@@ -177,6 +177,13 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// an older polld refuses a file that may hold such records.
 #[allow(clippy::unnecessary_wraps)] // the shape of every migration
 fn v2_to_v3(_txn: &WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Schema 4 appends another optional field (the configured interval) to
+/// watch-state records, as schema 3 did.
+#[allow(clippy::unnecessary_wraps)] // the shape of every migration
+fn v3_to_v4(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 

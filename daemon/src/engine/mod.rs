@@ -542,6 +542,7 @@ impl<P: Poller> Engine<P> {
                     };
                     let interval = current.clamp(policy.min_interval, policy.max_interval);
                     entry.state.interval_ms = interval.as_millis() as u64;
+                    entry.state.base_interval_ms = Some(policy.interval.as_millis() as u64);
                     entry.watch = watch.clone();
                     // A shorter interval takes effect now rather than after the old wait.
                     let remaining = entry.due.saturating_duration_since(Instant::now());
@@ -602,8 +603,18 @@ impl<P: Poller> Engine<P> {
                     events.push(ChangeKind::WatchAdded);
                 }
                 let policy = &watch.policy;
-                let interval = Duration::from_millis(state.interval_ms)
-                    .clamp(policy.min_interval, policy.max_interval);
+                // The list was edited while polld was down: a new base
+                // interval replaces what backoff grew from the old one, as
+                // on a reload, and the next poll comes within it.
+                let base_ms = policy.interval.as_millis() as u64;
+                let base_changed = state.base_interval_ms.is_some_and(|b| b != base_ms);
+                state.base_interval_ms = Some(base_ms);
+                let current = if base_changed {
+                    policy.interval
+                } else {
+                    Duration::from_millis(state.interval_ms)
+                };
+                let interval = current.clamp(policy.min_interval, policy.max_interval);
                 state.interval_ms = interval.as_millis() as u64;
                 let delay = match state.next_due_ms {
                     Some(due) => policy::resume_delay(
@@ -614,6 +625,18 @@ impl<P: Poller> Engine<P> {
                         &mut self.rng,
                     ),
                     None => policy::first_delay(policy, &watch.schedule, now, &mut self.rng),
+                };
+                let delay = if base_changed {
+                    // Spread like a new list's first polls: many watches
+                    // edited at once must not come back as a herd.
+                    delay.min(policy::first_delay(
+                        policy,
+                        &watch.schedule,
+                        now,
+                        &mut self.rng,
+                    ))
+                } else {
+                    delay
                 };
                 (state, delay, events)
             }

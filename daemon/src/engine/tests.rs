@@ -948,6 +948,46 @@ async fn a_shorter_interval_from_a_reload_is_stored_with_its_due_time() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_new_interval_edited_while_stopped_applies_at_the_restart() {
+    let list = |interval: &str| {
+        config(&format!(
+            "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"1s\"\nmax_interval = \"4h\"\nbackoff = 2.0\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\n"
+        ))
+    };
+    let (_dir, store) = open_store();
+    let first = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&list("1h"), &store, first.clone()).await;
+    run_until(secs(3_600), || first.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(1)).await;
+    running.stop().await;
+    let stored = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(stored.interval_ms, 7_200_000, "backed off after a 304");
+
+    // Restarted under the same list: the backed-off interval is kept.
+    let second = Scripted::new(first.clock, |_, _| Reply::NotModified);
+    let running = start(&list("1h"), &store, second.clone()).await;
+    tokio::time::sleep(secs(60)).await;
+    running.stop().await;
+    assert!(second.times("w0").is_empty(), "polled again too soon");
+    let stored = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(stored.interval_ms, 7_200_000);
+
+    // Restarted after an edit to 10 s: polled within 10 s, and backoff
+    // grows from 10 s (a 304 doubles it), not from the two hours.
+    let third = Scripted::new(second.clock, |_, _| Reply::NotModified);
+    let running = start(&list("10s"), &store, third.clone()).await;
+    run_until(secs(40), || third.times("w0").len() == 2).await;
+    running.stop().await;
+    let times = third.times("w0");
+    assert!(
+        times[0] <= secs(10),
+        "first poll {:?} after the restart",
+        times[0]
+    );
+    assert_near(times[1] - times[0], secs(20), "10 s backed off once");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_pending_job_is_resumed_by_the_next_poll_after_its_wait_even_after_a_restart() {
     let list = config(
         "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\nmax_retry_after = \"1h\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/report\"\nmethod = \"POST\"\n",

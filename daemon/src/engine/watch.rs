@@ -64,6 +64,7 @@ pub(crate) fn new_state(watch: &Watch, fingerprint: u64) -> WatchState {
         fingerprint,
         cursor: watch.cursor.as_ref().and_then(|c| c.initial.clone()),
         interval_ms: watch.policy.interval.as_millis() as u64,
+        base_interval_ms: Some(watch.policy.interval.as_millis() as u64),
         status: WatchStatus::Ok,
         ..WatchState::default()
     }
