@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use polld_store::StoreError;
 use serde_json::json;
 
+use crate::json::GoneJson;
+
 /// What went wrong while answering a request.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -108,7 +110,10 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Gone { message, resync } => (
                 status,
-                Json(json!({ "error": message, "resync_after": resync })),
+                Json(GoneJson {
+                    error: message,
+                    resync_after: resync,
+                }),
             )
                 .into_response(),
             ApiError::Unauthorized => {

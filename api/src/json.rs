@@ -217,6 +217,16 @@ pub(crate) struct ErrorJson {
     pub(crate) error: String,
 }
 
+/// The body of `410 Gone` on the changes feed: an error body that also says
+/// where to resume.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GoneJson {
+    /// What happened and how to resync.
+    pub(crate) error: String,
+    /// Cursor to pass as `after` once the state was re-read.
+    pub(crate) resync_after: String,
+}
+
 /// The body of `202` on `POST /v1/watches/{id}/poll`.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PollQueued {

@@ -4,7 +4,9 @@
 //! documented, nor documented at another path than it is served at.
 
 use axum::Router;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{Object, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -54,12 +56,17 @@ impl Modify for GuardResponses {
                 &mut item.patch,
                 &mut item.trace,
             ];
+            let has_params = path.contains('{');
             for op in operations.into_iter().flatten() {
                 add_error(
                     op,
                     "403",
                     "The Host header names no allowed host (DNS-rebinding defence)",
+                    None,
                 );
+                if has_params {
+                    add_error(op, "400", "A path parameter is not valid UTF-8", None);
+                }
                 if v1 {
                     op.security = Some(vec![SecurityRequirement::new(
                         "bearer",
@@ -69,37 +76,51 @@ impl Modify for GuardResponses {
                         op,
                         "401",
                         "Missing or wrong bearer token (only when a token is configured)",
+                        Some(("WWW-Authenticate", "`Bearer realm=\"polld\"`")),
+                    );
+                }
+                if reads_store || path == "/readyz" {
+                    add_error(
+                        op,
+                        "500",
+                        "Internal or store error (the detail is logged, not sent)",
+                        None,
                     );
                 }
                 if reads_store {
                     add_error(
                         op,
-                        "500",
-                        "The store failed (the detail is logged, not sent)",
+                        "503",
+                        "The store is closed (polld is shutting down)",
+                        None,
                     );
-                    add_error(op, "503", "The store is closed (polld is shutting down)");
                 }
             }
         }
     }
 }
 
-/// Adds an `{"error": ...}` response for `status`, unless the handler
-/// documents its own.
-fn add_error(op: &mut Operation, status: &str, description: &str) {
+/// Adds an `{"error": ...}` response for `status` (with a string header
+/// when given), unless the handler documents its own.
+fn add_error(op: &mut Operation, status: &str, description: &str, header: Option<(&str, &str)>) {
     op.responses
         .responses
         .entry(status.to_owned())
         .or_insert_with(|| {
-            RefOr::T(
-                ResponseBuilder::new()
-                    .description(description)
-                    .content(
-                        "application/json",
-                        Content::new(Some(Ref::from_schema_name("ErrorJson"))),
-                    )
-                    .build(),
-            )
+            let mut response = ResponseBuilder::new().description(description).content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorJson"))),
+            );
+            if let Some((name, about)) = header {
+                response = response.header(
+                    name,
+                    HeaderBuilder::new()
+                        .schema(Object::with_type(Type::String))
+                        .description(Some(about))
+                        .build(),
+                );
+            }
+            RefOr::T(response.build())
         });
 }
 

@@ -79,7 +79,7 @@ pub(crate) async fn get_one(
         (status = 202, description = "The poll was queued", body = PollQueued),
         (status = 404, description = "No such watch", body = ErrorJson),
         (status = 409, description = "The watch is not being polled (removed or done)", body = ErrorJson),
-        (status = 503, description = "The engine is not running", body = ErrorJson),
+        (status = 503, description = "The engine is not running, or the store is closed", body = ErrorJson),
     ))]
 pub(crate) async fn poll(
     State(state): State<ApiState>,

@@ -557,16 +557,42 @@ async fn openapi_declares_auth_errors_and_formats() {
                 assert!(op.get("security").is_none(), "{at}: {op}");
                 assert!(!responses.contains_key("401"), "{at}");
             }
+            // The store's failures on every /v1 path that reads it, and
+            // nowhere else.
+            let reads_store = path.starts_with("/v1/") && path != "/v1/openapi.json";
+            let fails = reads_store || path == "/readyz";
+            assert_eq!(responses.contains_key("503"), fails, "{at}");
+            assert_eq!(responses.contains_key("500"), fails, "{at}");
             for (status, response) in responses {
                 if status.starts_with('4') || status.starts_with('5') {
+                    // 410 adds where to resume to the error body.
+                    let schema = if status == "410" {
+                        "#/components/schemas/GoneJson"
+                    } else {
+                        error_ref
+                    };
                     assert_eq!(
-                        response["content"]["application/json"]["schema"]["$ref"], error_ref,
+                        response["content"]["application/json"]["schema"]["$ref"], schema,
                         "{at} {status}"
                     );
                 }
             }
         }
     }
+    let header = |path: &str, method: &str, status: &str, name: &str| {
+        doc["paths"][path][method]["responses"][status]["headers"]
+            .get(name)
+            .is_some()
+    };
+    assert!(header("/v1/watches", "get", "401", "WWW-Authenticate"));
+    assert!(header("/v1/changes", "get", "429", "Retry-After"));
+    assert!(header("/v1/changes/stream", "get", "429", "Retry-After"));
+    assert!(header(
+        "/v1/watches/{id}/versions/{n}",
+        "get",
+        "200",
+        "ETag"
+    ));
     let diff = &doc["paths"]["/v1/watches/{id}/diff"]["get"]["responses"]["200"]["content"];
     assert!(diff.get("text/x-diff").is_some(), "{diff}");
     assert!(diff.get("application/json-patch+json").is_some(), "{diff}");
@@ -575,7 +601,9 @@ async fn openapi_declares_auth_errors_and_formats() {
         serde_json::from_value(schemas[schema]["required"].clone()).unwrap()
     };
     assert!(required("WatchList").contains(&"next".to_owned()));
-    assert!(required("ChangesPage").contains(&"next".to_owned()));
+    assert!(required("VersionJson").contains(&"content_type".to_owned()));
+    assert!(required("ChangeJson").contains(&"version".to_owned()));
+    assert_eq!(required("GoneJson"), ["error", "resync_after"]);
     // Every field a watch is served with is in its required list.
     let res = {
         fx.commit("alpha", Some((b"1", "text/plain")), vec![]);
