@@ -547,6 +547,7 @@ impl<P: Poller> Engine<P> {
                     // A shorter interval takes effect now rather than after the old wait.
                     let remaining = entry.due.saturating_duration_since(Instant::now());
                     if remaining > interval
+                        && waits_by_policy(&entry.state)
                         && let Some(key) = &entry.key
                     {
                         let delay =
@@ -592,7 +593,7 @@ impl<P: Poller> Engine<P> {
     /// spread over its first interval.
     fn add(&mut self, watch: Arc<Watch>, previous: Option<WatchState>, now: SystemTime) {
         let fp = fingerprint(&watch);
-        let (state, delay, events) = match previous {
+        let (state, delay, events, write) = match previous {
             Some(mut state) => {
                 let mut events = Vec::new();
                 if state.fingerprint != fp {
@@ -608,6 +609,10 @@ impl<P: Poller> Engine<P> {
                 // on a reload, and the next poll comes within it.
                 let base_ms = policy.interval.as_millis() as u64;
                 let base_changed = state.base_interval_ms.is_some_and(|b| b != base_ms);
+                // Written back below even without an event: a watch that is
+                // not polled (stopped) or a record from before schema 4
+                // must learn it, or the next edit goes unnoticed.
+                let base_unrecorded = state.base_interval_ms != Some(base_ms);
                 state.base_interval_ms = Some(base_ms);
                 let current = if base_changed {
                     policy.interval
@@ -626,9 +631,11 @@ impl<P: Poller> Engine<P> {
                     ),
                     None => policy::first_delay(policy, &watch.schedule, now, &mut self.rng),
                 };
-                let delay = if base_changed {
-                    // Spread like a new list's first polls: many watches
-                    // edited at once must not come back as a herd.
+                // Only a wait the policy chose is shortened: one a server
+                // asked for (Retry-After) or error backoff is kept. Spread
+                // like a new list's first polls: many watches edited at
+                // once must not come back as a herd.
+                let delay = if base_changed && waits_by_policy(&state) {
                     delay.min(policy::first_delay(
                         policy,
                         &watch.schedule,
@@ -638,12 +645,12 @@ impl<P: Poller> Engine<P> {
                 } else {
                     delay
                 };
-                (state, delay, events)
+                (state, delay, events, base_unrecorded)
             }
             None => {
                 let state = watch::new_state(&watch, fp);
                 let delay = policy::first_delay(&watch.policy, &watch.schedule, now, &mut self.rng);
-                (state, delay, vec![ChangeKind::WatchAdded])
+                (state, delay, vec![ChangeKind::WatchAdded], true)
             }
         };
         let id = state.id.clone();
@@ -663,7 +670,7 @@ impl<P: Poller> Engine<P> {
         if !done {
             entry.key = Some(self.queue.insert(id.clone(), delay));
         }
-        if !events.is_empty() {
+        if write || !events.is_empty() {
             self.submit(Outcome {
                 state: entry.state.clone(),
                 new_version: None,
@@ -869,6 +876,13 @@ impl<P: Poller> Engine<P> {
             }
         }
     }
+}
+
+/// Whether a watch's pending wait is its policy's (after a successful
+/// poll), not one a server asked for or error backoff: only such a wait is
+/// cut short when its interval is edited.
+fn waits_by_policy(state: &WatchState) -> bool {
+    state.status == WatchStatus::Ok && state.consecutive_errors == 0 && state.pending_job.is_none()
 }
 
 /// The host a due watch is limited under, or None when it is not to be

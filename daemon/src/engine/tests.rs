@@ -916,11 +916,7 @@ async fn a_watch_stopped_by_fail_if_stays_stopped_after_a_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn a_shorter_interval_from_a_reload_is_stored_with_its_due_time() {
-    let list = |interval: &str| {
-        config(&format!(
-            "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"1s\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\n"
-        ))
-    };
+    let list = one_watch;
     let (_dir, store) = open_store();
     let clock = wall_clock(1_700_000_000);
     let poller = Scripted::new(clock, |_, _| Reply::NotModified);
@@ -947,35 +943,35 @@ async fn a_shorter_interval_from_a_reload_is_stored_with_its_due_time() {
     running.stop().await;
 }
 
+fn one_watch(interval: &str) -> Config {
+    config(&format!(
+        "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"1s\"\nmax_interval = \"4h\"\nmax_retry_after = \"6h\"\nbackoff = 2.0\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\n"
+    ))
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_new_interval_edited_while_stopped_applies_at_the_restart() {
-    let list = |interval: &str| {
-        config(&format!(
-            "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"1s\"\nmax_interval = \"4h\"\nbackoff = 2.0\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\n"
-        ))
-    };
     let (_dir, store) = open_store();
     let first = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
-    let running = start(&list("1h"), &store, first.clone()).await;
+    let running = start(&one_watch("1h"), &store, first.clone()).await;
     run_until(secs(3_600), || first.times("w0").len() == 1).await;
     tokio::time::sleep(secs(1)).await;
     running.stop().await;
     let stored = store.watch("w0").unwrap().expect("stored");
     assert_eq!(stored.interval_ms, 7_200_000, "backed off after a 304");
+    assert_eq!(stored.base_interval_ms, Some(3_600_000));
 
     // Restarted under the same list: the backed-off interval is kept.
     let second = Scripted::new(first.clock, |_, _| Reply::NotModified);
-    let running = start(&list("1h"), &store, second.clone()).await;
+    let running = start(&one_watch("1h"), &store, second.clone()).await;
     tokio::time::sleep(secs(60)).await;
     running.stop().await;
     assert!(second.times("w0").is_empty(), "polled again too soon");
-    let stored = store.watch("w0").unwrap().expect("stored");
-    assert_eq!(stored.interval_ms, 7_200_000);
 
     // Restarted after an edit to 10 s: polled within 10 s, and backoff
     // grows from 10 s (a 304 doubles it), not from the two hours.
     let third = Scripted::new(second.clock, |_, _| Reply::NotModified);
-    let running = start(&list("10s"), &store, third.clone()).await;
+    let running = start(&one_watch("10s"), &store, third.clone()).await;
     run_until(secs(40), || third.times("w0").len() == 2).await;
     running.stop().await;
     let times = third.times("w0");
@@ -985,6 +981,27 @@ async fn a_new_interval_edited_while_stopped_applies_at_the_restart() {
         times[0]
     );
     assert_near(times[1] - times[0], secs(20), "10 s backed off once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interval_edit_keeps_a_servers_retry_after_across_a_restart() {
+    let (_dir, store) = open_store();
+    let first = Scripted::new(wall_clock(1_700_000_000), |_, _| {
+        Reply::RateLimited(secs(3 * 3_600))
+    });
+    let running = start(&one_watch("1h"), &store, first.clone()).await;
+    run_until(secs(3_600), || first.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(1)).await;
+    running.stop().await;
+
+    let second = Scripted::new(first.clock, |_, _| Reply::NotModified);
+    let running = start(&one_watch("10s"), &store, second.clone()).await;
+    tokio::time::sleep(secs(600)).await;
+    assert!(second.times("w0").is_empty(), "the 3 h Retry-After was cut");
+    running.stop().await;
+    // The new interval is recorded all the same.
+    let stored = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(stored.base_interval_ms, Some(10_000));
 }
 
 #[tokio::test(start_paused = true)]
