@@ -1440,3 +1440,29 @@ async fn a_job_longer_than_the_timeout_is_resumed_by_the_next_poll_not_restarted
     assert_eq!(requests[1].method.as_str(), "GET");
     assert_eq!(requests[1].url.path(), "/jobs/1");
 }
+
+#[tokio::test]
+async fn an_x_ratelimit_reset_beyond_any_clock_is_capped_not_a_panic() {
+    let server = MockServer::start().await;
+    Mock::given(path("/"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", "18446744073709551615")
+                .set_body_string("x"),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(
+        &format!("{}/", server.uri()),
+        "max_retry_after = \"1h\"",
+    ))
+    .await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Changed { .. }),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(3600)));
+    assert_eq!(out.hints.reason, Some("RateLimit"));
+}

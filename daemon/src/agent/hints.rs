@@ -122,12 +122,15 @@ pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration
         let Some(value) = header_str(headers, reset).and_then(|v| v.parse::<u64>().ok()) else {
             continue;
         };
-        // Values beyond ~30 years of seconds are epoch timestamps.
+        // Values beyond ~30 years of seconds are epoch timestamps; one
+        // beyond what SystemTime holds is as far off as a wait gets.
         const EPOCH_THRESHOLD: u64 = 1_000_000_000;
         return Some(if value >= EPOCH_THRESHOLD {
-            (SystemTime::UNIX_EPOCH + Duration::from_secs(value))
-                .duration_since(date)
-                .unwrap_or(Duration::ZERO)
+            SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_secs(value))
+                .map_or(Duration::MAX, |reset| {
+                    reset.duration_since(date).unwrap_or(Duration::ZERO)
+                })
         } else {
             Duration::from_secs(value)
         });
@@ -278,6 +281,15 @@ mod tests {
             Some(Duration::from_secs(42)),
             "epoch seconds against Date"
         );
+        // An epoch beyond SystemTime's range: the longest wait (then
+        // capped), not an overflow panic.
+        headers.insert("x-ratelimit-reset", u64::MAX.to_string().parse().unwrap());
+        assert_eq!(rate_limit_reset(&headers, at(0)), Some(Duration::MAX));
+        let h = hints(200, &headers, at(0), Duration::from_secs(3600));
+        assert_eq!(h.not_before, Some(Duration::from_secs(3600)));
+        // A reset already past: no wait.
+        headers.insert("x-ratelimit-reset", (now - 5).to_string().parse().unwrap());
+        assert_eq!(rate_limit_reset(&headers, at(0)), Some(Duration::ZERO));
         headers.insert("x-ratelimit-reset", "7".parse().unwrap());
         assert_eq!(
             rate_limit_reset(&headers, at(T)),
