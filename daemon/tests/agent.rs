@@ -1466,3 +1466,21 @@ async fn an_x_ratelimit_reset_beyond_any_clock_is_capped_not_a_panic() {
     assert_eq!(out.hints.not_before, Some(Duration::from_secs(3600)));
     assert_eq!(out.hints.reason, Some("RateLimit"));
 }
+
+#[tokio::test]
+async fn a_429_with_two_retry_after_lines_waits_for_the_longer() {
+    let server = MockServer::start().await;
+    Mock::given(path("/"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .append_header("retry-after", "5")
+                .append_header("retry-after", "120"),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/", server.uri()), "")).await;
+    assert!(matches!(out.kind, OutcomeKind::RateLimited));
+    assert_eq!(out.hints.retry_after, Some(Duration::from_secs(120)));
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(120)));
+    assert_eq!(received(&server).await.len(), 1);
+}

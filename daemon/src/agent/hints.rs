@@ -36,14 +36,19 @@ pub fn parse_retry_after(
     now: SystemTime,
 ) -> Option<Duration> {
     let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        // 1*DIGIT; more digits than u64 holds saturate.
-        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+    if let Some(secs) = delta_seconds(value) {
         return Some(Duration::from_secs(secs));
     }
     let date = httpdate::parse_http_date(value).ok()?;
     let reference = response_date.unwrap_or(now);
     Some(date.duration_since(reference).unwrap_or(Duration::ZERO))
+}
+
+/// `1*DIGIT` (RFC 9110 delta-seconds); more digits than u64 holds
+/// saturate (RFC 9111 §1.2.2), so a huge wait is still a wait.
+fn delta_seconds(value: &str) -> Option<u64> {
+    (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| value.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 /// The response's `Date`, if valid.
@@ -61,21 +66,27 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(str::trim)
 }
 
-/// `Retry-After`: with several headers, the first that parses wins.
+/// `Retry-After`: with several headers (a singleton field sent twice),
+/// the longest valid wait wins, so that none of them is cut short.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let date = response_date(headers);
     headers
         .get_all(http::header::RETRY_AFTER)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| parse_retry_after(v, date, now))
+        .filter_map(|v| parse_retry_after(v, date, now))
+        .max()
 }
 
-/// `X-Poll-Interval: SECONDS` (GitHub's hint for how often to poll).
+/// `X-Poll-Interval: SECONDS` (GitHub's hint for how often to poll); with
+/// several headers the longest.
 pub fn poll_interval(headers: &HeaderMap) -> Option<Duration> {
-    header_str(headers, "x-poll-interval")?
-        .parse::<u64>()
-        .ok()
+    headers
+        .get_all("x-poll-interval")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| delta_seconds(v.trim()))
+        .max()
         .map(Duration::from_secs)
 }
 
@@ -85,16 +96,18 @@ pub fn poll_interval(headers: &HeaderMap) -> Option<Duration> {
 /// `X-RateLimit-Reset` (delta seconds, or epoch seconds when large). Only
 /// an exhausted window (remaining 0) asks us to wait.
 pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(field) = header_str(headers, "ratelimit") {
-        // One or more `"policy";r=REMAINING;t=RESET` items.
-        let mut longest: Option<Duration> = None;
+    // One or more `"policy";r=REMAINING;t=RESET` items, on one or more
+    // field lines (a list field: the lines are one list).
+    let mut longest: Option<Duration> = None;
+    for field in headers.get_all("ratelimit").iter() {
+        let Ok(field) = field.to_str() else { continue };
         for item in field.split(',') {
             let mut remaining = None;
             let mut reset = None;
             for param in item.split(';').skip(1) {
                 match param.trim().split_once('=') {
-                    Some(("r", v)) => remaining = v.trim().parse::<u64>().ok(),
-                    Some(("t", v)) => reset = v.trim().parse::<u64>().ok(),
+                    Some(("r", v)) => remaining = delta_seconds(v.trim()),
+                    Some(("t", v)) => reset = delta_seconds(v.trim()),
                     _ => {}
                 }
             }
@@ -104,9 +117,9 @@ pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration
                 longest = longest.max(Some(Duration::from_secs(t)));
             }
         }
-        if longest.is_some() {
-            return longest;
-        }
+    }
+    if longest.is_some() {
+        return longest;
     }
     let date = response_date(headers).unwrap_or(now);
     for (remaining, reset) in [
@@ -119,7 +132,7 @@ pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration
         if !exhausted {
             continue;
         }
-        let Some(value) = header_str(headers, reset).and_then(|v| v.parse::<u64>().ok()) else {
+        let Some(value) = header_str(headers, reset).and_then(delta_seconds) else {
             continue;
         };
         // Values beyond ~30 years of seconds are epoch timestamps; one
@@ -247,12 +260,19 @@ mod tests {
     }
 
     #[test]
-    fn two_retry_after_headers_take_the_first_valid_and_cap_applies() {
+    fn several_retry_after_headers_take_the_longest_valid_and_cap_applies() {
         let mut headers = HeaderMap::new();
         headers.append("retry-after", "garbage".parse().unwrap());
-        headers.append("retry-after", "30".parse().unwrap());
         headers.append("retry-after", "90".parse().unwrap());
-        assert_eq!(retry_after(&headers, at(T)), Some(Duration::from_secs(30)));
+        headers.append("retry-after", "30".parse().unwrap());
+        headers.append("retry-after", "-600".parse().unwrap());
+        assert_eq!(retry_after(&headers, at(T)), Some(Duration::from_secs(90)));
+        // A date among them counts too.
+        headers.append(
+            "retry-after",
+            httpdate::fmt_http_date(at(T + 120)).parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, at(T)), Some(Duration::from_secs(120)));
         let h = hints(429, &headers, at(T), Duration::from_secs(10));
         assert_eq!(h.not_before, Some(Duration::from_secs(10)));
         assert_eq!(h.reason, Some("Retry-After"));
@@ -270,6 +290,24 @@ mod tests {
         );
         headers.insert("ratelimit", "\"default\";r=5;t=10".parse().unwrap());
         assert_eq!(rate_limit_reset(&headers, at(T)), None, "not exhausted");
+        // A second field line is part of the same list: its exhausted
+        // policy counts.
+        headers.append("ratelimit", "\"hourly\";r=0;t=600".parse().unwrap());
+        assert_eq!(
+            rate_limit_reset(&headers, at(T)),
+            Some(Duration::from_secs(600))
+        );
+        headers.insert(
+            "ratelimit",
+            "\"a\";r=0;t=30, \"b\";r=0;t=99999999999999999999, \"c\";r=-1;t=5"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            rate_limit_reset(&headers, at(T)),
+            Some(Duration::from_secs(u64::MAX)),
+            "the longest exhausted policy; too many digits saturate"
+        );
 
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
@@ -314,8 +352,37 @@ mod tests {
         );
         assert_eq!(fresh_for(&headers), Some(Duration::from_secs(600)));
         headers.insert("x-poll-interval", "60".parse().unwrap());
+        headers.append("x-poll-interval", "garbage".parse().unwrap());
+        headers.append("x-poll-interval", "0".parse().unwrap());
         let h = hints(200, &headers, at(T), Duration::from_secs(3600));
         assert_eq!(h.not_before, Some(Duration::from_secs(60)));
         assert_eq!(h.reason, Some("X-Poll-Interval"));
+    }
+
+    #[test]
+    fn x_poll_interval_edges() {
+        let poll = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append("x-poll-interval", v.parse().unwrap());
+            }
+            poll_interval(&headers)
+        };
+        assert_eq!(poll(&["0"]), Some(Duration::ZERO), "0 asks for no wait");
+        assert_eq!(poll(&["garbage"]), None);
+        assert_eq!(poll(&["-60"]), None);
+        assert_eq!(poll(&["+60"]), None);
+        assert_eq!(poll(&["1.5"]), None);
+        assert_eq!(poll(&[" 60 "]), Some(Duration::from_secs(60)));
+        assert_eq!(
+            poll(&["99999999999999999999"]),
+            Some(Duration::from_secs(u64::MAX)),
+            "a huge interval saturates (then the cap applies), not ignored"
+        );
+        assert_eq!(poll(&["60", "300"]), Some(Duration::from_secs(300)));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-poll-interval", "99999999999999999999".parse().unwrap());
+        let h = hints(200, &headers, at(T), Duration::from_secs(3600));
+        assert_eq!(h.not_before, Some(Duration::from_secs(3600)));
     }
 }
