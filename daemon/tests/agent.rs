@@ -1484,3 +1484,27 @@ async fn a_429_with_two_retry_after_lines_waits_for_the_longer() {
     assert_eq!(out.hints.not_before, Some(Duration::from_secs(120)));
     assert_eq!(received(&server).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_403_secondary_rate_limit_with_retry_after_is_a_wait() {
+    // GitHub: "You have exceeded a secondary rate limit" is a 403 (or 429)
+    // with Retry-After.
+    let server = MockServer::start().await;
+    Mock::given(path("/"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("retry-after", "60")
+                .set_body_string(r#"{"message":"You have exceeded a secondary rate limit"}"#),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/", server.uri()), "")).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Failed { .. }),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(60)));
+    assert_eq!(out.hints.reason, Some("Retry-After"));
+    assert_eq!(received(&server).await.len(), 1);
+}

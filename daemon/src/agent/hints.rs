@@ -183,9 +183,11 @@ pub fn fresh_for(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Every hint of a response; `not_before` is the largest explicit request,
-/// capped by `cap`. `Retry-After` is read on 429, 503 and 3xx only.
+/// capped by `cap`. `Retry-After` is read on every 3xx, 4xx and 5xx: besides
+/// 429, 503 and 3xx (RFC 9110 §10.2.3), servers send it on other refusals,
+/// such as GitHub's 403 for a secondary rate limit.
 pub fn hints(status: u16, headers: &HeaderMap, now: SystemTime, cap: Duration) -> Hints {
-    let retry_after = matches!(status, 429 | 503 | 300..=399)
+    let retry_after = matches!(status, 300..=599)
         .then(|| retry_after(headers, now))
         .flatten();
     let poll_interval = poll_interval(headers);
@@ -276,8 +278,13 @@ mod tests {
         let h = hints(429, &headers, at(T), Duration::from_secs(10));
         assert_eq!(h.not_before, Some(Duration::from_secs(10)));
         assert_eq!(h.reason, Some("Retry-After"));
-        // Not on a 200.
+        // Not on a 200, but on any refusal: GitHub's secondary rate limit
+        // is a 403 with Retry-After.
         assert_eq!(hints(200, &headers, at(T), Duration::MAX).retry_after, None);
+        for status in [403, 500, 502, 504] {
+            let h = hints(status, &headers, at(T), Duration::MAX);
+            assert_eq!(h.not_before, Some(Duration::from_secs(120)), "{status}");
+        }
     }
 
     #[test]
