@@ -1508,3 +1508,37 @@ async fn a_403_secondary_rate_limit_with_retry_after_is_a_wait() {
     assert_eq!(out.hints.reason, Some("Retry-After"));
     assert_eq!(received(&server).await.len(), 1);
 }
+
+#[tokio::test]
+async fn freshness_takes_the_first_max_age_less_age_and_expires_less_age() {
+    let server = MockServer::start().await;
+    Mock::given(path("/cc"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .append_header("cache-control", "public, max-age=\"300\"")
+                .append_header("cache-control", "max-age=3000")
+                .insert_header("age", "100")
+                .set_body_string("x"),
+        )
+        .mount(&server)
+        .await;
+    let date = std::time::SystemTime::now();
+    Mock::given(path("/expires"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("date", httpdate::fmt_http_date(date).as_str())
+                .insert_header(
+                    "expires",
+                    httpdate::fmt_http_date(date + Duration::from_secs(600)).as_str(),
+                )
+                .insert_header("age", "100")
+                .set_body_string("x"),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/cc", server.uri()), "")).await;
+    assert_eq!(out.hints.fresh_for, Some(Duration::from_secs(200)));
+    assert_eq!(out.hints.not_before, None, "freshness is no server request");
+    let out = poll(&watch(&format!("{}/expires", server.uri()), "")).await;
+    assert_eq!(out.hints.fresh_for, Some(Duration::from_secs(500)));
+}

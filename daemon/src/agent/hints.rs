@@ -151,11 +151,14 @@ pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration
     None
 }
 
-/// How long the response stays fresh: `Cache-Control: max-age` (or
-/// `s-maxage`) minus `Age`, else `Expires - Date`. `no-cache` / `no-store`
-/// mean no freshness.
-pub fn fresh_for(headers: &HeaderMap) -> Option<Duration> {
+/// How long the response stays fresh (RFC 9111 §4.2): its lifetime,
+/// `Cache-Control: max-age` (else `s-maxage`, else `Expires - Date`, with
+/// our clock standing in for a missing `Date`), minus its `Age`. A
+/// directive given twice counts once, by its first occurrence (§4.2.1).
+/// `no-cache` / `no-store` mean no freshness.
+pub fn fresh_for(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let mut max_age = None;
+    let mut s_maxage = None;
     for value in headers.get_all(http::header::CACHE_CONTROL) {
         let Ok(value) = value.to_str() else { continue };
         for directive in value.split(',') {
@@ -163,23 +166,28 @@ pub fn fresh_for(headers: &HeaderMap) -> Option<Duration> {
             if directive == "no-cache" || directive == "no-store" {
                 return None;
             }
-            if let Some(v) = directive
-                .strip_prefix("max-age=")
-                .or_else(|| directive.strip_prefix("s-maxage="))
-            {
-                max_age = v.trim_matches('"').parse::<u64>().ok().or(max_age);
+            if let Some(v) = directive.strip_prefix("max-age=") {
+                max_age = max_age.or_else(|| delta_seconds(v.trim_matches('"')));
+            } else if let Some(v) = directive.strip_prefix("s-maxage=") {
+                s_maxage = s_maxage.or_else(|| delta_seconds(v.trim_matches('"')));
             }
         }
     }
-    let age = header_str(headers, "age")
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    if let Some(max_age) = max_age {
-        return Some(Duration::from_secs(max_age.saturating_sub(age)));
-    }
-    let expires = header_str(headers, "expires").and_then(|v| httpdate::parse_http_date(v).ok())?;
-    let date = response_date(headers)?;
-    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    let age = Duration::from_secs(
+        header_str(headers, "age")
+            .and_then(delta_seconds)
+            .unwrap_or(0),
+    );
+    let lifetime = match max_age.or(s_maxage) {
+        Some(secs) => Duration::from_secs(secs),
+        None => {
+            let expires =
+                header_str(headers, "expires").and_then(|v| httpdate::parse_http_date(v).ok())?;
+            let date = response_date(headers).unwrap_or(now);
+            expires.duration_since(date).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(lifetime.saturating_sub(age))
 }
 
 /// Every hint of a response; `not_before` is the largest explicit request,
@@ -192,7 +200,7 @@ pub fn hints(status: u16, headers: &HeaderMap, now: SystemTime, cap: Duration) -
         .flatten();
     let poll_interval = poll_interval(headers);
     let rate_limit_reset = rate_limit_reset(headers, now);
-    let fresh_for = fresh_for(headers);
+    let fresh_for = fresh_for(headers, now);
     let (not_before, reason) = [
         (retry_after, "Retry-After"),
         (poll_interval, "X-Poll-Interval"),
@@ -348,22 +356,79 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("cache-control", "public, max-age=300".parse().unwrap());
         headers.insert("age", "100".parse().unwrap());
-        assert_eq!(fresh_for(&headers), Some(Duration::from_secs(200)));
+        assert_eq!(fresh_for(&headers, at(T)), Some(Duration::from_secs(200)));
         headers.insert("cache-control", "no-cache, max-age=300".parse().unwrap());
-        assert_eq!(fresh_for(&headers), None);
+        assert_eq!(fresh_for(&headers, at(T)), None);
         let mut headers = HeaderMap::new();
         headers.insert("date", httpdate::fmt_http_date(at(T)).parse().unwrap());
         headers.insert(
             "expires",
             httpdate::fmt_http_date(at(T + 600)).parse().unwrap(),
         );
-        assert_eq!(fresh_for(&headers), Some(Duration::from_secs(600)));
+        assert_eq!(fresh_for(&headers, at(T)), Some(Duration::from_secs(600)));
         headers.insert("x-poll-interval", "60".parse().unwrap());
         headers.append("x-poll-interval", "garbage".parse().unwrap());
         headers.append("x-poll-interval", "0".parse().unwrap());
         let h = hints(200, &headers, at(T), Duration::from_secs(3600));
         assert_eq!(h.not_before, Some(Duration::from_secs(60)));
         assert_eq!(h.reason, Some("X-Poll-Interval"));
+    }
+
+    #[test]
+    fn freshness_edges() {
+        let fresh = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                headers.append(name, value.parse().unwrap());
+            }
+            fresh_for(&headers, at(T))
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(fresh(&[("cache-control", "max-age=\"300\"")]), secs(300));
+        // The first max-age counts; s-maxage (for shared caches) only
+        // without one.
+        assert_eq!(
+            fresh(&[
+                ("cache-control", "max-age=60"),
+                ("cache-control", "max-age=600")
+            ]),
+            secs(60)
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "s-maxage=600, max-age=60")]),
+            secs(60)
+        );
+        assert_eq!(fresh(&[("cache-control", "s-maxage=600")]), secs(600));
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=99999999999999999999")]),
+            secs(u64::MAX),
+            "too many digits saturate"
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60"), ("age", "600")]),
+            secs(0),
+            "older than its lifetime: stale"
+        );
+        // Expires is a lifetime too: Age is subtracted from it, and without
+        // a Date our clock stands in.
+        let date = httpdate::fmt_http_date(at(T));
+        let expires = httpdate::fmt_http_date(at(T + 600));
+        assert_eq!(
+            fresh(&[("date", &date), ("expires", &expires), ("age", "100")]),
+            secs(500)
+        );
+        assert_eq!(fresh(&[("expires", &expires)]), secs(600));
+        assert_eq!(fresh(&[("date", &date), ("expires", "0")]), None);
+        // max-age wins over Expires.
+        assert_eq!(
+            fresh(&[
+                ("date", &date),
+                ("expires", &expires),
+                ("cache-control", "max-age=5")
+            ]),
+            secs(5)
+        );
     }
 
     #[test]
