@@ -1542,3 +1542,39 @@ async fn freshness_takes_the_first_max_age_less_age_and_expires_less_age() {
     let out = poll(&watch(&format!("{}/expires", server.uri()), "")).await;
     assert_eq!(out.hints.fresh_for, Some(Duration::from_secs(500)));
 }
+
+#[tokio::test]
+async fn retry_after_past_dates_garbage_negative_fractional_and_huge_through_poll() {
+    let server = MockServer::start().await;
+    let cases: [(&str, Option<Duration>); 7] = [
+        ("Sun, 06 Nov 1994 08:49:37 GMT", Some(Duration::ZERO)),
+        ("Sunday, 06-Nov-94 08:49:37 GMT", Some(Duration::ZERO)),
+        ("Sun Nov  6 08:49:37 1994", Some(Duration::ZERO)),
+        ("soon", None),
+        ("-30", None),
+        ("1.5", None),
+        ("99999999999999999999", Some(Duration::from_secs(u64::MAX))),
+    ];
+    for (n, (value, _)) in cases.iter().enumerate() {
+        Mock::given(path(format!("/{n}")))
+            .respond_with(ResponseTemplate::new(503).insert_header("retry-after", *value))
+            .mount(&server)
+            .await;
+    }
+    for (n, (value, expected)) in cases.iter().enumerate() {
+        let w = watch(&format!("{}/{n}", server.uri()), "max_retry_after = \"2h\"");
+        let out = poll(&w).await;
+        assert!(matches!(out.kind, OutcomeKind::RateLimited), "{value}");
+        assert_eq!(out.hints.retry_after, *expected, "{value}");
+        assert_eq!(
+            out.hints.not_before,
+            expected.map(|d| d.min(Duration::from_secs(7200))),
+            "{value}"
+        );
+    }
+    assert_eq!(
+        received(&server).await.len(),
+        cases.len(),
+        "one request each"
+    );
+}

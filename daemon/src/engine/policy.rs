@@ -406,6 +406,58 @@ mod tests {
     }
 
     #[test]
+    fn every_verdict_waits_at_least_the_request_and_at_most_its_cap() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut p = policy();
+        p.max_retry_after = Duration::from_secs(3600);
+        let verdicts = [
+            Verdict::Changed,
+            Verdict::Unchanged,
+            Verdict::Pending,
+            Verdict::Failed,
+            Verdict::RateLimited,
+        ];
+        for verdict in verdicts {
+            for (requested, fresh_for, lo, hi) in [
+                // Beyond every cap (a saturated header): capped, no overflow.
+                (Some(Duration::MAX), None, 3600, 3960),
+                (None, Some(Duration::MAX), 600, 660),
+                (Some(Duration::MAX), Some(Duration::MAX), 3600, 3960),
+                // Within the caps: never sooner than asked.
+                (Some(Duration::from_secs(900)), None, 900, 990),
+                (
+                    Some(Duration::from_secs(900)),
+                    Some(Duration::from_secs(300)),
+                    900,
+                    990,
+                ),
+                // Zero asks for nothing: the policy's own delay.
+                (Some(Duration::ZERO), Some(Duration::ZERO), 30, 660),
+            ] {
+                for _ in 0..50 {
+                    let d = decide(
+                        &p,
+                        &Schedule::Interval,
+                        Cadence::initial(&p),
+                        verdict,
+                        ServerDelay {
+                            requested,
+                            fresh_for,
+                        },
+                        SystemTime::UNIX_EPOCH,
+                        &mut rng,
+                    );
+                    assert!(
+                        d.delay >= Duration::from_secs(lo) && d.delay <= Duration::from_secs(hi),
+                        "{verdict:?} {requested:?} {fresh_for:?}: {:?}",
+                        d.delay
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn never_below_min_interval() {
         let mut rng = StdRng::seed_from_u64(5);
         for _ in 0..500 {
