@@ -5,10 +5,23 @@ use std::time::Duration;
 
 /// Parses a humantime duration such as `"5m"`, `"1h 30m"` or `"250ms"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|err| {
+    let duration = humantime::parse_duration(text.trim()).map_err(|err| {
         format!("invalid duration {text:?} ({err}); expected e.g. \"30s\", \"5m\", \"1h 30m\"")
-    })
+    })?;
+    // Every duration ends up added to a clock reading, which overflows (and
+    // panics) for the largest ones; nothing polld waits for is that long.
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
 }
+
+/// The longest duration a watch list may set.
+/// 100 years of 365.25 days (humantime's year, so that it prints as one).
+const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
 
 /// Parses a size: a number of bytes, or a number with `B`, `KiB`, `MiB` or `GiB`.
 ///
@@ -125,6 +138,15 @@ mod tests {
         assert!(parse_size("8MB").is_err());
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_a_century_are_refused() {
+        assert_eq!(parse_duration("100years"), Ok(MAX_DURATION));
+        let err = parse_duration("101years").unwrap_err();
+        assert_eq!(err, "duration \"101years\" is longer than 100years");
+        // Would overflow a clock reading (and panic) if accepted.
+        assert!(parse_duration("500000000000years").is_err());
     }
 
     #[test]

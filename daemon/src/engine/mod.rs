@@ -405,6 +405,13 @@ impl<P: Poller> Engine<P> {
                     let id = expired.into_inner();
                     if let Some(entry) = self.entries.get_mut(&id) {
                         entry.key = None;
+                        // A wait longer than the timer holds was armed in
+                        // steps: the next step, not a poll.
+                        let left = entry.due.saturating_duration_since(Instant::now());
+                        if left > Duration::from_millis(1) {
+                            entry.key = Some(arm(&mut self.queue, id, left));
+                            continue;
+                        }
                         if !entry.queued && entry.in_flight.is_none() {
                             entry.queued = true;
                             self.limits.ready.push_back(id);
@@ -552,7 +559,7 @@ impl<P: Poller> Engine<P> {
                     {
                         let delay =
                             policy::jittered(interval, policy.jitter, &mut self.rng).min(interval);
-                        self.queue.reset(key, delay);
+                        self.queue.reset(key, delay.min(MAX_TIMER));
                         entry.due = Instant::now() + delay;
                         // Stored too: a restart before that poll keeps it.
                         entry.state.next_due_ms = Some(record::unix_ms(now + delay));
@@ -564,7 +571,7 @@ impl<P: Poller> Engine<P> {
                         entry.state.status = WatchStatus::Ok;
                         let delay =
                             policy::first_delay(policy, &watch.schedule, now, &mut self.rng);
-                        entry.key = Some(self.queue.insert(id.to_owned(), delay));
+                        entry.key = Some(arm(&mut self.queue, id.to_owned(), delay));
                         entry.due = Instant::now() + delay;
                         entry.state.next_due_ms = Some(record::unix_ms(now + delay));
                     }
@@ -668,7 +675,7 @@ impl<P: Poller> Engine<P> {
         };
         entry.state.next_due_ms = Some(record::unix_ms(now + delay));
         if !done {
-            entry.key = Some(self.queue.insert(id.clone(), delay));
+            entry.key = Some(arm(&mut self.queue, id.clone(), delay));
         }
         if write || !events.is_empty() {
             self.submit(Outcome {
@@ -778,7 +785,7 @@ impl<P: Poller> Engine<P> {
             // is recorded, and the watch is polled again soon.
             if !self.poll_cancel.is_cancelled() && entry.key.is_none() {
                 let delay = entry.watch.policy.min_interval;
-                entry.key = Some(self.queue.insert(completion.id.clone(), delay));
+                entry.key = Some(arm(&mut self.queue, completion.id.clone(), delay));
                 entry.due = Instant::now() + delay;
             }
             return;
@@ -813,7 +820,7 @@ impl<P: Poller> Engine<P> {
             });
         }
         if !recorded.stopped && entry.key.is_none() {
-            entry.key = Some(self.queue.insert(completion.id.clone(), recorded.delay));
+            entry.key = Some(arm(&mut self.queue, completion.id.clone(), recorded.delay));
             entry.due = Instant::now() + recorded.delay;
         }
         let outcome = Outcome {
@@ -876,6 +883,21 @@ impl<P: Poller> Engine<P> {
             }
         }
     }
+}
+
+/// The longest wait armed on the timer at once: tokio-util's timer wheel
+/// holds about 2.2 years (2^36 ms) and panics beyond, and a cron schedule
+/// can fire decades ahead, as can an interval. Longer waits are armed in
+/// steps of this (the watch's `due` is the real time). Short under test, so
+/// that the steps are exercised on the paused clock.
+#[cfg(not(test))]
+const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
+#[cfg(test)]
+const MAX_TIMER: Duration = Duration::from_secs(3600);
+
+/// Arms a watch's timer for `delay` from now, or for the first step of it.
+fn arm(queue: &mut DelayQueue<String>, id: String, delay: Duration) -> Key {
+    queue.insert(id, delay.min(MAX_TIMER))
 }
 
 /// Whether a watch's pending wait is its policy's (after a successful

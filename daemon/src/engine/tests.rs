@@ -1005,6 +1005,43 @@ async fn an_interval_edit_keeps_a_servers_retry_after_across_a_restart() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn waits_longer_than_the_timer_holds_are_armed_in_steps() {
+    // Under test the timer holds an hour (`MAX_TIMER`): a 3 h interval is
+    // three steps, and still one poll every 3 h.
+    let list = config(
+        "[defaults]\ninterval = \"3h\"\nmax_interval = \"3h\"\nbackoff = 1.0\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\n",
+    );
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&list, &store, poller.clone()).await;
+    tokio::time::sleep(secs(10 * 3_600)).await;
+    running.stop().await;
+    let times = poller.times("w0");
+    assert_eq!(times.len(), 3, "{times:?}");
+    for gap in gaps(&times) {
+        assert_near(gap, secs(3 * 3_600), "a 3 h interval");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cron_schedule_decades_ahead_is_kept_not_a_panic() {
+    // tokio's timer wheel panics beyond ~2.2 years; polld started, then
+    // panicked, on such a watch.
+    let list = config(
+        "[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\nschedule = \"0 0 0 1 1 * 2099\"\n[[watch]]\nid = \"w1\"\nurl = \"http://127.0.0.1:9/b\"\ninterval = \"30years\"\nmax_interval = \"30years\"\n",
+    );
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&list, &store, poller.clone()).await;
+    tokio::time::sleep(secs(3 * 3_600)).await;
+    running.stop().await;
+    assert!(poller.times("w0").is_empty());
+    let due = store.watch("w0").unwrap().and_then(|s| s.next_due_ms);
+    // 2099-01-01T00:00:00Z
+    assert_eq!(due, Some(4_070_908_800_000));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_pending_job_is_resumed_by_the_next_poll_after_its_wait_even_after_a_restart() {
     let list = config(
         "[defaults]\ninterval = \"10s\"\nmin_interval = \"1s\"\nmax_retry_after = \"1h\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/report\"\nmethod = \"POST\"\n",
