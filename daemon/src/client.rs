@@ -154,10 +154,17 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
         return Ok(());
     }
     let mut failures = 0;
-    // Runs until interrupted (the user's Ctrl-C ends the process), or until
-    // MAX_FAILURES requests in a row failed.
+    let reader_gone = reader_gone();
+    tokio::pin!(reader_gone);
+    // Runs until interrupted (the user's Ctrl-C ends the process), until the
+    // reader of a pipe has gone, or until MAX_FAILURES requests in a row
+    // failed.
     loop {
-        match client.changes_page(after.as_deref(), FOLLOW_WAIT_S).await {
+        let page = tokio::select! {
+            () = &mut reader_gone => return Ok(()),
+            page = client.changes_page(after.as_deref(), FOLLOW_WAIT_S) => page,
+        };
+        match page {
             Ok(page) => {
                 failures = 0;
                 if !print_changes(&mut out, &page)? {
@@ -183,10 +190,37 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
                     _ => Duration::from_secs(1 << failures.min(5)),
                 };
                 eprintln!("polld: {err:#}; retrying in {} s", delay.as_secs());
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = &mut reader_gone => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
             }
         }
     }
+}
+
+/// Resolves once stdout is a pipe whose reader has gone (`polld changes -f
+/// | head -1`): a follower waiting for the next change would otherwise only
+/// learn it from a failed write, which may never come. Never resolves for a
+/// terminal, a file or a socket. Epoll reports an error on a pipe's write
+/// end once its last reader closed; the watched descriptor is a duplicate
+/// that is never written to, so stdout keeps its blocking mode.
+async fn reader_gone() {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    use tokio::io::Interest;
+    if let Ok(fd) = io::stdout().as_fd().try_clone_to_owned()
+        && let pipe = std::fs::File::from(fd)
+        && pipe.metadata().is_ok_and(|m| m.file_type().is_fifo())
+        && let Ok(pipe) = tokio::net::unix::pipe::Sender::from_file_unchecked(pipe)
+        && pipe
+            .ready(Interest::ERROR)
+            .await
+            .is_ok_and(|r| r.is_error())
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 fn page_len(page: &Value) -> usize {

@@ -1,0 +1,95 @@
+//! End-to-end tests of the API clients `polld status`, `polld diff` and
+//! `polld changes` as an operator runs them: a real `polld` binary against a
+//! real `polld run` (or none), output to a pipe.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use polld_tests::{Polld, eventually, polld_bin};
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers::path};
+
+/// A child process killed when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A polld with one watch on a server that always answers the same body, so
+/// that the change log holds two changes and then stays quiet.
+async fn quiet_polld() -> (Polld, MockServer) {
+    let server = MockServer::start().await;
+    Mock::given(path("/same"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("same\n"))
+        .mount(&server)
+        .await;
+    let polld = Polld::start(&format!(
+        "[[watch]]\nid = \"w\"\nurl = \"{}/same\"\ninterval = \"1h\"\n",
+        server.uri()
+    ));
+    let client = reqwest::Client::new();
+    // The first poll may be spread over the hour: ask for it now.
+    eventually(Duration::from_secs(10), "a poll", || async {
+        let res = client
+            .post(format!("{}/v1/watches/w/poll", polld.api))
+            .send()
+            .await
+            .ok()?;
+        (res.status() == 202).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the first version", || async {
+        let res = client
+            .get(format!("{}/v1/watches/w", polld.api))
+            .send()
+            .await
+            .ok()?;
+        let watch: serde_json::Value = serde_json::from_slice(&res.bytes().await.ok()?).ok()?;
+        (watch["versions"].as_u64() == Some(1)).then_some(())
+    })
+    .await;
+    (polld, server)
+}
+
+/// `polld changes --follow | head -1`: once the reader has gone, the
+/// follower ends at once, quietly, instead of waiting for the next change
+/// (which may never come) to find out.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_follow_ends_when_its_reader_goes() {
+    let (polld, _server) = quiet_polld().await;
+    let mut child = Reaped(
+        Command::new(polld_bin())
+            .args(["changes", "--follow", "--api", &polld.api])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn polld changes"),
+    );
+    let mut first = String::new();
+    BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read a line");
+    assert!(first.contains("watch_added"), "{first:?}");
+    // The reader is dropped here: `head -1` has exited.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "polld changes --follow still runs 10 s after its reader went"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
