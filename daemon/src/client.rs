@@ -305,8 +305,29 @@ struct ApiFailure {
     retry_after: Option<u64>,
 }
 
+/// A request that got no answer. Names the API as the user gave it (for a
+/// socket its path, not the internal `http://localhost/`) and only the
+/// innermost cause: reqwest's outer layers repeat the URL. The URL carries
+/// no secret (the token is a header).
+fn unreachable(api: &Url, err: &reqwest::Error) -> anyhow::Error {
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    if err.is_connect() {
+        anyhow::anyhow!(
+            "cannot reach the polld API at {api}: {cause}; is polld running, and is this its \
+             address (--api, default: the config's `listen`)?"
+        )
+    } else {
+        anyhow::anyhow!("cannot reach the polld API at {api}: {cause}")
+    }
+}
+
 struct Client {
     http: reqwest::Client,
+    /// The API as the user gave it (`unix:PATH` for a socket), for errors.
+    api: Url,
     base: Url,
     token: Option<String>,
 }
@@ -334,6 +355,7 @@ impl Client {
         let http = builder.build().context("building the HTTP client")?;
         Ok(Client {
             http,
+            api: api.clone(),
             base,
             token: token.map(str::to_owned),
         })
@@ -362,12 +384,10 @@ impl Client {
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
-        // The URL carries no secret (the token is a header), so it may be
-        // named in the error.
         let res = req
             .send()
             .await
-            .with_context(|| format!("cannot reach the polld API at {url}"))?;
+            .map_err(|err| unreachable(&self.api, &err))?;
         let status = res.status();
         if status.is_success() {
             return Ok(res);

@@ -3,10 +3,10 @@
 //! real `polld run` (or none), output to a pipe.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use polld_tests::{Polld, eventually, polld_bin};
+use polld_tests::{Polld, eventually, free_port, polld_bin};
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::path};
 
 /// A child process killed when the test ends, however it ends.
@@ -17,6 +17,36 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs `polld ARGS` to its end (at most 20 s).
+fn polld(args: &[&str]) -> Output {
+    let mut child = Reaped(
+        Command::new(polld_bin())
+            .args(args)
+            .env_remove("POLLD_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn polld"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.0.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "polld {args:?} ran for 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Reaped(child) = &mut child;
+    let mut out = Output {
+        status: child.wait().expect("wait"),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    std::io::Read::read_to_end(&mut child.stdout.take().expect("stdout"), &mut out.stdout)
+        .expect("read stdout");
+    std::io::Read::read_to_end(&mut child.stderr.take().expect("stderr"), &mut out.stderr)
+        .expect("read stderr");
+    out
 }
 
 /// A polld with one watch on a server that always answers the same body, so
@@ -92,4 +122,33 @@ async fn changes_follow_ends_when_its_reader_goes() {
         .expect("read stderr");
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// No daemon: the error names the API as the operator gave it (the socket
+/// path, not an internal http://localhost/), says what to check, exits 1.
+#[test]
+fn an_unreachable_api_is_named_with_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = format!("http://127.0.0.1:{}", free_port());
+    let sock = format!("unix:{}", dir.path().join("api.sock").display());
+    for (api, command) in [
+        (&tcp, &["status"][..]),
+        (&sock, &["status"]),
+        (&sock, &["diff", "w"]),
+        (&sock, &["changes"]),
+    ] {
+        let mut args = command.to_vec();
+        args.extend(["--api", api]);
+        let out = polld(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            stderr.starts_with(&format!("polld: cannot reach the polld API at {api}")),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("is polld running"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("localhost"), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
 }
