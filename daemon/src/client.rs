@@ -342,6 +342,10 @@ impl Client {
         let (builder, base) = match api.scheme() {
             "http" | "https" => (builder, api.clone()),
             "unix" => {
+                // `unix://run/x.sock` would quietly connect to /x.sock.
+                if api.host_str().is_some_and(|host| !host.is_empty()) {
+                    bail!("API URL {api}: unix: takes a path, not a host (unix:/PATH)");
+                }
                 if api.path().is_empty() {
                     bail!("API URL {api}: unix: needs a socket path");
                 }
@@ -468,6 +472,10 @@ mod tests {
             "http://localhost/v1/changes"
         );
         assert!(Client::new(&Url::parse("ftp://x/").unwrap(), None, REQUEST_TIMEOUT).is_err());
+        let unix = |text: &str| Client::new(&Url::parse(text).unwrap(), None, REQUEST_TIMEOUT);
+        assert!(unix("unix:///tmp/x.sock").is_ok());
+        let err = unix("unix://tmp/x.sock").err().unwrap();
+        assert!(format!("{err:#}").contains("not a host"), "{err:#}");
     }
 
     #[test]
