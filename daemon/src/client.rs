@@ -406,6 +406,14 @@ impl Client {
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+        // Typically `--api` alone, with no watch list to read the token from.
+        let message = if status == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
+            format!(
+                "{message}; no token was sent: pass --token-file PATH (the daemon's api_token_file)"
+            )
+        } else {
+            message
+        };
         Err(ApiFailure {
             status: status.as_u16(),
             message,
@@ -550,6 +558,8 @@ mod tests {
         changes(&url, Some("t"), false).await.unwrap();
         let err = status(&url, Some("wrong")).await.unwrap_err();
         assert!(format!("{err:#}").contains("401"), "{err:#}");
+        let err = status(&url, None).await.unwrap_err();
+        assert!(format!("{err:#}").contains("--token-file"), "{err:#}");
         let err = diff(&url, Some("t"), "nope", None, None).await.unwrap_err();
         assert!(format!("{err:#}").contains("no watch"), "{err:#}");
         stop.send(()).unwrap();
