@@ -1016,8 +1016,10 @@ async fn waits_longer_than_the_timer_holds_are_armed_in_steps() {
     let running = start(&list, &store, poller.clone()).await;
     tokio::time::sleep(secs(10 * 3_600)).await;
     running.stop().await;
+    // The first poll falls anywhere in the first 3 h (spread), then one
+    // every 3 h: 3 or 4 in 10 h.
     let times = poller.times("w0");
-    assert_eq!(times.len(), 3, "{times:?}");
+    assert!((3..=4).contains(&times.len()), "{times:?}");
     for gap in gaps(&times) {
         assert_near(gap, secs(3 * 3_600), "a 3 h interval");
     }
