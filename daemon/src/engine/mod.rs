@@ -674,7 +674,9 @@ impl<P: Poller> Engine<P> {
             queued: false,
             generation: 0,
         };
-        entry.state.next_due_ms = Some(record::unix_ms(now + delay));
+        // A stopped watch has no poll ahead, also once its state is written
+        // again (`is_stopped` reads a fail_if stop from that).
+        entry.state.next_due_ms = (!done).then(|| record::unix_ms(now + delay));
         if !done {
             entry.key = Some(arm(&mut self.queue, id.clone(), delay));
         }

@@ -915,6 +915,32 @@ async fn a_watch_stopped_by_fail_if_stays_stopped_after_a_restart() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_watch_stopped_by_fail_if_stays_stopped_after_an_interval_edit() {
+    let list = |interval: &str| {
+        config(&format!(
+            "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"1s\"\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\nfail_if = [\"status=200\"]\n"
+        ))
+    };
+    let (_dir, store) = open_store();
+    let first = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::FailIf);
+    let running = start(&list("10s"), &store, first.clone()).await;
+    run_until(secs(20), || first.times("w0").len() == 1).await;
+    running.stop().await;
+    // The interval edited while stopped: the new one is written back at
+    // start, and the watch must still read as stopped afterwards.
+    for interval in ["20s", "20s"] {
+        let next = Scripted::new(first.clock, |_, _| Reply::NotModified);
+        let running = start(&list(interval), &store, next.clone()).await;
+        tokio::time::sleep(secs(120)).await;
+        running.stop().await;
+        assert!(next.times("w0").is_empty(), "polled after a restart");
+        let state = store.watch("w0").unwrap().expect("stored");
+        assert_eq!(state.base_interval_ms, Some(20_000));
+        assert_eq!(state.next_due_ms, None, "{state:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_shorter_interval_from_a_reload_is_stored_with_its_due_time() {
     let list = one_watch;
     let (_dir, store) = open_store();
