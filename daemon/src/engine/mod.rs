@@ -540,17 +540,7 @@ impl<P: Poller> Engine<P> {
                         entry.host = watch::host_of(&entry.state.url);
                     }
                     let policy = &watch.policy;
-                    // A new base interval replaces what backoff had grown
-                    // from the old one; otherwise the current one is kept
-                    // within the new bounds.
-                    let current = if entry.watch.policy.interval == policy.interval {
-                        Duration::from_millis(entry.state.interval_ms)
-                    } else {
-                        policy.interval
-                    };
-                    let interval = current.clamp(policy.min_interval, policy.max_interval);
-                    entry.state.interval_ms = interval.as_millis() as u64;
-                    entry.state.base_interval_ms = Some(policy.interval.as_millis() as u64);
+                    let (interval, _) = watch::adopt_interval(&mut entry.state, policy);
                     entry.watch = watch.clone();
                     // A shorter interval takes effect now rather than after the old wait.
                     let remaining = entry.due.saturating_duration_since(Instant::now());
@@ -612,23 +602,14 @@ impl<P: Poller> Engine<P> {
                     events.push(ChangeKind::WatchAdded);
                 }
                 let policy = &watch.policy;
-                // The list was edited while polld was down: a new base
-                // interval replaces what backoff grew from the old one, as
-                // on a reload, and the next poll comes within it.
-                let base_ms = policy.interval.as_millis() as u64;
-                let base_changed = state.base_interval_ms.is_some_and(|b| b != base_ms);
-                // Written back below even without an event: a watch that is
-                // not polled (stopped) or a record from before schema 4
-                // must learn it, or the next edit goes unnoticed.
-                let base_unrecorded = state.base_interval_ms != Some(base_ms);
-                state.base_interval_ms = Some(base_ms);
-                let current = if base_changed {
-                    policy.interval
-                } else {
-                    Duration::from_millis(state.interval_ms)
-                };
-                let interval = current.clamp(policy.min_interval, policy.max_interval);
-                state.interval_ms = interval.as_millis() as u64;
+                // The list may have been edited while polld was down: as on
+                // a reload, and the next poll comes within the new interval.
+                // The interval is written back below even without an event:
+                // a watch that is not polled (stopped) or a record from
+                // before schema 4 must learn it, or the next edit goes
+                // unnoticed.
+                let unrecorded = state.base_interval_ms.is_none();
+                let (_, base_changed) = watch::adopt_interval(&mut state, policy);
                 let delay = match state.next_due_ms {
                     Some(due) => policy::resume_delay(
                         policy,
@@ -653,7 +634,7 @@ impl<P: Poller> Engine<P> {
                 } else {
                     delay
                 };
-                (state, delay, events, base_unrecorded)
+                (state, delay, events, unrecorded || base_changed)
             }
             None => {
                 let state = watch::new_state(&watch, fp);

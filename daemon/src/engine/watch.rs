@@ -2,8 +2,9 @@
 //! fingerprint, the host it is limited under, and its initial state.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use polld_config::Watch;
+use polld_config::{Policy, Watch};
 use polld_store::{WatchState, WatchStatus};
 
 /// A stable hash of everything that shapes the request (URL, method,
@@ -68,6 +69,25 @@ pub(crate) fn new_state(watch: &Watch, fingerprint: u64) -> WatchState {
         status: WatchStatus::Ok,
         ..WatchState::default()
     }
+}
+
+/// Takes the policy's configured interval into the state: a new one (an
+/// edit, by reload or while polld was stopped) replaces the interval
+/// backoff grew from the old one; either way the current interval is kept
+/// within the policy's bounds. Returns the interval and whether the
+/// configured one changed (a state that never recorded one did not).
+pub(crate) fn adopt_interval(state: &mut WatchState, policy: &Policy) -> (Duration, bool) {
+    let base_ms = policy.interval.as_millis() as u64;
+    let changed = state.base_interval_ms.is_some_and(|b| b != base_ms);
+    state.base_interval_ms = Some(base_ms);
+    let current = if changed {
+        policy.interval
+    } else {
+        Duration::from_millis(state.interval_ms)
+    };
+    let interval = current.clamp(policy.min_interval, policy.max_interval);
+    state.interval_ms = interval.as_millis() as u64;
+    (interval, changed)
 }
 
 /// Whether the stored state is of a watch whose `until` held (`done`) or
