@@ -1,6 +1,7 @@
 //! Scheduling hints a response carries: `Retry-After` (delay-seconds and the
-//! three HTTP-date forms), `X-Poll-Interval`, `RateLimit` /
-//! `X-RateLimit-*`, and freshness (`Cache-Control`, `Expires`, `Age`).
+//! three HTTP-date forms), `X-Poll-Interval`, `RateLimit` (the current and
+//! the draft-07 forms) / `X-RateLimit-*`, and freshness (`Cache-Control`,
+//! `Expires`, `Age`).
 //! Pure functions of header values and clocks; the caller caps them.
 
 use std::time::{Duration, SystemTime};
@@ -90,63 +91,134 @@ pub fn poll_interval(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// `1*DIGIT ["." 1*DIGIT]` seconds, as rate-limit resets are sometimes
+/// sent (Discord: `X-RateLimit-Reset-After: 64.57`), rounded up to the
+/// millisecond so that a wait is never cut short; too many digits saturate.
+fn decimal_seconds(value: &str) -> Option<Duration> {
+    let (whole, fraction) = match value.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (value, None),
+    };
+    let secs = delta_seconds(whole)?;
+    let Some(fraction) = fraction else {
+        return Some(Duration::from_secs(secs));
+    };
+    if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // The first three digits are milliseconds; any non-zero digit after
+    // them rounds up.
+    let digits = fraction.as_bytes();
+    let millis = (0..3).fold(0u64, |ms, i| {
+        ms * 10 + digits.get(i).map_or(0, |d| u64::from(d - b'0'))
+    });
+    let round_up = digits.iter().skip(3).any(|&d| d != b'0');
+    Some(
+        Duration::from_secs(secs)
+            .saturating_add(Duration::from_millis(millis + u64::from(round_up))),
+    )
+}
+
+/// Values of a reset beyond ~30 years are epoch timestamps, not delays.
+const EPOCH_THRESHOLD: Duration = Duration::from_secs(1_000_000_000);
+
+/// A reset value: delta seconds, or epoch seconds (when large) measured
+/// against `date`; one beyond what `SystemTime` holds is as far off as a
+/// wait gets, one already past is no wait.
+fn reset_delay(value: Duration, date: SystemTime) -> Duration {
+    if value < EPOCH_THRESHOLD {
+        return value;
+    }
+    SystemTime::UNIX_EPOCH
+        .checked_add(value)
+        .map_or(Duration::MAX, |reset| {
+            reset.duration_since(date).unwrap_or(Duration::ZERO)
+        })
+}
+
 /// The time until an exhausted rate-limit window resets, from the IETF
-/// `RateLimit` structured field (`"default";r=0;t=10`), the draft's
-/// `RateLimit-Remaining` / `RateLimit-Reset`, or `X-RateLimit-Remaining` /
-/// `X-RateLimit-Reset` (delta seconds, or epoch seconds when large). Only
-/// an exhausted window (remaining 0) asks us to wait.
+/// `RateLimit` field in its current and its draft-07 forms
+/// (`"default";r=0;t=10`, `limit=100, remaining=0, reset=10`), the
+/// draft's `RateLimit-Remaining` / `RateLimit-Reset`, or
+/// `X-RateLimit-Remaining` with `X-RateLimit-Reset-After` (relative) or
+/// `X-RateLimit-Reset` (delta seconds, or epoch seconds when large).
+/// Resets may be fractional. Only an exhausted window (remaining 0) asks
+/// us to wait.
 pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    // One or more `"policy";r=REMAINING;t=RESET` items, on one or more
-    // field lines (a list field: the lines are one list).
     let mut longest: Option<Duration> = None;
+    // Draft-07's dictionary: its members may span field lines (the lines
+    // are one dictionary), so they are gathered before they are read.
+    let mut dict_remaining = None;
+    let mut dict_reset = None;
     for field in headers.get_all("ratelimit").iter() {
         let Ok(field) = field.to_str() else { continue };
         for item in field.split(',') {
+            let item = item.trim();
+            let (head, params) = item.split_once(';').unwrap_or((item, ""));
+            // A dictionary member is `key=value`; a list item starts with
+            // its policy's name (a string, which may itself hold a `=`).
+            if let Some((key, value)) = head.split_once('=')
+                && !head.starts_with('"')
+            {
+                match key.trim() {
+                    "remaining" => dict_remaining = delta_seconds(value.trim()),
+                    "reset" => dict_reset = decimal_seconds(value.trim()),
+                    _ => {}
+                }
+                continue;
+            }
+            // The current form: one or more `"policy";r=REMAINING;t=RESET`
+            // items, on one or more field lines (one list).
             let mut remaining = None;
             let mut reset = None;
-            for param in item.split(';').skip(1) {
+            for param in params.split(';') {
                 match param.trim().split_once('=') {
                     Some(("r", v)) => remaining = delta_seconds(v.trim()),
-                    Some(("t", v)) => reset = delta_seconds(v.trim()),
+                    Some(("t", v)) => reset = decimal_seconds(v.trim()),
                     _ => {}
                 }
             }
-            if remaining == Some(0)
-                && let Some(t) = reset
-            {
-                longest = longest.max(Some(Duration::from_secs(t)));
+            if remaining == Some(0) {
+                longest = longest.max(reset);
             }
         }
+    }
+    if dict_remaining == Some(0) {
+        longest = longest.max(dict_reset);
     }
     if longest.is_some() {
         return longest;
     }
     let date = response_date(headers).unwrap_or(now);
-    for (remaining, reset) in [
-        ("ratelimit-remaining", "ratelimit-reset"),
-        ("x-ratelimit-remaining", "x-ratelimit-reset"),
+    // (remaining, [(reset, relative)]): the first reset present and valid
+    // wins; a relative `Reset-After` needs no clock agreement.
+    for (remaining, resets) in [
+        ("ratelimit-remaining", &[("ratelimit-reset", false)][..]),
+        (
+            "x-ratelimit-remaining",
+            &[
+                ("x-ratelimit-reset-after", true),
+                ("x-ratelimit-reset", false),
+            ][..],
+        ),
     ] {
         let exhausted = header_str(headers, remaining)
-            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(delta_seconds)
             .is_some_and(|r| r == 0);
         if !exhausted {
             continue;
         }
-        let Some(value) = header_str(headers, reset).and_then(delta_seconds) else {
-            continue;
-        };
-        // Values beyond ~30 years of seconds are epoch timestamps; one
-        // beyond what SystemTime holds is as far off as a wait gets.
-        const EPOCH_THRESHOLD: u64 = 1_000_000_000;
-        return Some(if value >= EPOCH_THRESHOLD {
-            SystemTime::UNIX_EPOCH
-                .checked_add(Duration::from_secs(value))
-                .map_or(Duration::MAX, |reset| {
-                    reset.duration_since(date).unwrap_or(Duration::ZERO)
-                })
-        } else {
-            Duration::from_secs(value)
+        let reset = resets.iter().find_map(|&(name, relative)| {
+            let value = header_str(headers, name).and_then(decimal_seconds)?;
+            Some(if relative {
+                value
+            } else {
+                reset_delay(value, date)
+            })
         });
+        if reset.is_some() {
+            return reset;
+        }
     }
     None
 }
@@ -348,6 +420,91 @@ mod tests {
             rate_limit_reset(&headers, at(T)),
             Some(Duration::from_secs(7)),
             "delta seconds"
+        );
+    }
+
+    #[test]
+    fn rate_limit_draft_07_dictionary_and_fractional_resets() {
+        let reset = |pairs: &[(&str, &str)], now: SystemTime| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                headers.append(name, value.parse().unwrap());
+            }
+            rate_limit_reset(&headers, now)
+        };
+        let ms = |ms| Some(Duration::from_millis(ms));
+        let secs = |s| Some(Duration::from_secs(s));
+        // Draft-07: one dictionary, possibly over several field lines.
+        let dict = |v: &str| reset(&[("ratelimit", v)], at(T));
+        assert_eq!(dict("limit=100, remaining=0, reset=30"), secs(30));
+        assert_eq!(dict("limit=100, remaining=3, reset=30"), None);
+        assert_eq!(dict("limit=100, reset=30"), None, "no remaining");
+        assert_eq!(
+            reset(
+                &[
+                    ("ratelimit", "limit=100, remaining=0"),
+                    ("ratelimit", "reset=45")
+                ],
+                at(T)
+            ),
+            secs(45),
+            "members split over field lines"
+        );
+        assert_eq!(dict("\"a=b\";r=0;t=12"), secs(12), "a policy name with '='");
+        assert_eq!(dict("\"default\";r=0;t=2.5"), ms(2_500));
+
+        // Discord: fractional epoch seconds, and a relative Reset-After
+        // that wins over the epoch.
+        let now = 1_470_173_000;
+        let date = httpdate::fmt_http_date(at(now));
+        let x = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![("x-ratelimit-remaining", "0"), ("date", date.as_str())];
+            pairs.extend_from_slice(extra);
+            reset(&pairs, at(0))
+        };
+        assert_eq!(x(&[("x-ratelimit-reset", "1470173023.5")]), ms(23_500));
+        assert_eq!(
+            x(&[
+                ("x-ratelimit-reset", "1470173023.5"),
+                ("x-ratelimit-reset-after", "64.57")
+            ]),
+            ms(64_570)
+        );
+        assert_eq!(
+            x(&[
+                ("x-ratelimit-reset", "1470173023"),
+                ("x-ratelimit-reset-after", "garbage")
+            ]),
+            secs(23),
+            "an invalid Reset-After falls back to Reset"
+        );
+        assert_eq!(
+            x(&[("x-ratelimit-reset-after", "1470173023")]),
+            secs(1_470_173_023),
+            "Reset-After is always relative"
+        );
+        // Rounded up to the millisecond, never cut short.
+        assert_eq!(x(&[("x-ratelimit-reset-after", "0.0001")]), ms(1));
+        assert_eq!(x(&[("x-ratelimit-reset-after", "2.999000")]), ms(2_999));
+        assert_eq!(
+            x(&[("x-ratelimit-reset-after", "99999999999999999999.5")]),
+            Some(Duration::from_secs(u64::MAX) + Duration::from_millis(500)),
+            "too many digits saturate"
+        );
+        for bad in ["1.", ".5", "1.5.5", "-1.5", "1e3", "1,5", "+1.5", ""] {
+            assert_eq!(x(&[("x-ratelimit-reset-after", bad)]), None, "{bad:?}");
+        }
+        // Not exhausted: no wait, whatever the reset says.
+        assert_eq!(
+            reset(
+                &[
+                    ("x-ratelimit-remaining", "4"),
+                    ("x-ratelimit-reset-after", "64.57")
+                ],
+                at(0)
+            ),
+            None
         );
     }
 
