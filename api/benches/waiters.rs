@@ -38,7 +38,7 @@ use tower::ServiceExt;
 // The allocator of the shipped binary (daemon/src/main.rs): the per-waiter
 // cost is mostly allocation, so glibc malloc would measure another program.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const PATH: &str = "/v1/changes?after=1&wait=100s";
 /// The start of every correct answer: the change committed during the run.

@@ -1,0 +1,196 @@
+//! The ceiling of polld's HTTP stack: how many conditional GETs per second
+//! the agent's own client, and the agent itself, make against a server when
+//! nothing else runs (no scheduler, no store). `bench/engine` runs it next
+//! to wrk and polld, so that polld's rate can be read against both.
+//!
+//! `cargo bench -p polld --bench http_stack -- BASE N [SECONDS] [CONCURRENCY]`
+//!
+//! BASE serves N files at `BASE/{i % 100}/{i}.json` (bench/engine's layout).
+//! One warm-up pass GETs every file once for its ETag; then each mode runs
+//! for SECONDS (default 10) with CONCURRENCY requests in flight (default 128,
+//! bench/engine's `concurrency`), cycling over the N URLs with
+//! `If-None-Match`:
+//! - `client`: the agent's `reqwest::Client`, the response read to its end:
+//!   hyper and reqwest alone.
+//! - `agent`: `Agent::poll`, what the engine calls per poll (request
+//!   building, 304 handling, hints).
+//!
+//! CPU is this process's user + system time (`getrusage`), on a
+//! runtime with as many workers as polld's (one per core).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::time::{TimeVal, TimeValLike};
+use polld_config::{Config, Watch};
+use polld_daemon::agent::{Agent, AgentOptions, OutcomeKind, PollRequest};
+
+// The allocator of the shipped binary (daemon/src/main.rs).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Counts of one run.
+#[derive(Default)]
+struct Counts {
+    requests: AtomicU64,
+    not_modified: AtomicU64,
+    other: AtomicU64,
+}
+
+struct Target {
+    watch: Watch,
+    etag: Option<String>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let usage = "usage: http_stack BASE N [SECONDS] [CONCURRENCY]";
+    let base = args.first().expect(usage).trim_end_matches('/').to_owned();
+    let n: usize = args.get(1).expect(usage).parse().expect(usage);
+    let seconds: u64 = args.get(2).map_or(10, |s| s.parse().expect(usage));
+    let concurrency: usize = args.get(3).map_or(128, |s| s.parse().expect(usage));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(base, n, Duration::from_secs(seconds), concurrency));
+}
+
+async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
+    let agent = Agent::new(AgentOptions {
+        user_agent: "polld-bench/1".into(),
+        allow_private_redirects: false,
+        idle_per_host: concurrency,
+    })
+    .expect("agent");
+    let targets = Arc::new(warm_up(&agent, &base, n, concurrency).await);
+
+    for mode in ["client", "agent"] {
+        let counts = Arc::new(Counts::default());
+        let next = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + window;
+        let cpu_before = cpu_seconds();
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(concurrency);
+        for _ in 0..concurrency {
+            let (agent, targets, counts, next) =
+                (agent.clone(), targets.clone(), counts.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let target = &targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()];
+                    let not_modified = match mode {
+                        "client" => client_get(&agent, target).await,
+                        _ => agent_poll(&agent, target).await,
+                    };
+                    counts.requests.fetch_add(1, Ordering::Relaxed);
+                    if not_modified {
+                        counts.not_modified.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        counts.other.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("request task");
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_before;
+        let requests = counts.requests.load(Ordering::Relaxed) as f64;
+        let not_modified = counts.not_modified.load(Ordering::Relaxed) as f64;
+        println!(
+            "{mode}: {:.0} req/s, {:.3} CPU-s / 1000, 304 ratio {:.3}, {} other answers",
+            requests / elapsed,
+            cpu / requests * 1000.0,
+            not_modified / requests,
+            counts.other.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// GETs every file once and keeps its ETag, `concurrency` at a time.
+async fn warm_up(agent: &Agent, base: &str, n: usize, concurrency: usize) -> Vec<Target> {
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "[[watch]]\nid = \"w{i}\"\nurl = \"{base}/{}/{i}.json\"\n",
+                i % 100
+            )
+        })
+        .collect();
+    let config = Config::from_str_with_env(Path::new("bench.toml"), &text, |_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let watches: Vec<Watch> = config.watches.iter().map(|w| (**w).clone()).collect();
+    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(n);
+    for watch in watches {
+        let (agent, gate) = (agent.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("gate");
+            let response = agent
+                .client()
+                .get(watch.url.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {}: {e}", watch.url));
+            assert!(response.status().is_success(), "GET {}", watch.url);
+            let etag = response
+                .headers()
+                .get(http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            response.bytes().await.expect("body");
+            Target { watch, etag }
+        }));
+    }
+    let mut targets = Vec::with_capacity(n);
+    for task in tasks {
+        targets.push(task.await.expect("warm-up task"));
+    }
+    targets
+}
+
+/// One conditional GET through the bare client; whether it was a 304.
+async fn client_get(agent: &Agent, target: &Target) -> bool {
+    let mut request = agent.client().get(target.watch.url.clone());
+    if let Some(etag) = &target.etag {
+        request = request.header(http::header::IF_NONE_MATCH, etag);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let _ = response.bytes().await;
+            status == http::StatusCode::NOT_MODIFIED
+        }
+        Err(_) => false,
+    }
+}
+
+/// One poll through the agent; whether it was a 304.
+async fn agent_poll(agent: &Agent, target: &Target) -> bool {
+    let outcome = agent
+        .poll(PollRequest {
+            watch: &target.watch,
+            url: &target.watch.url,
+            etag: target.etag.as_deref(),
+            last_modified: None,
+            cursor: None,
+            last_hash: None,
+            job: None,
+        })
+        .await;
+    matches!(outcome.kind, OutcomeKind::NotModified)
+}
+
+/// User + system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let seconds = |t: TimeVal| t.num_microseconds() as f64 / 1e6;
+    seconds(usage.user_time()) + seconds(usage.system_time())
+}
