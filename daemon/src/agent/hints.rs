@@ -121,106 +121,175 @@ fn decimal_seconds(value: &str) -> Option<Duration> {
 
 /// Values of a reset beyond ~30 years are epoch timestamps, not delays.
 const EPOCH_THRESHOLD: Duration = Duration::from_secs(1_000_000_000);
+/// ... and beyond ~30,000 years, epoch milliseconds.
+const EPOCH_MS_THRESHOLD: Duration = Duration::from_secs(1_000_000_000_000);
 
-/// A reset value: delta seconds, or epoch seconds (when large) measured
-/// against `date`; one beyond what `SystemTime` holds is as far off as a
-/// wait gets, one already past is no wait.
+/// A reset value: delta seconds, or an epoch timestamp (when large: in
+/// seconds, or in milliseconds when larger still) measured against `date`;
+/// one beyond what `SystemTime` holds is as far off as a wait gets, one
+/// already past is no wait. Applied to every form, also those whose spec
+/// says delay-seconds: servers do send epochs there, and read as a delay an
+/// epoch would park the watch until the `max_retry_after` cap.
 fn reset_delay(value: Duration, date: SystemTime) -> Duration {
     if value < EPOCH_THRESHOLD {
         return value;
     }
+    let since_epoch = if value < EPOCH_MS_THRESHOLD {
+        value
+    } else {
+        // Whole milliseconds: the value was parsed as seconds.
+        Duration::from_millis(value.as_secs())
+    };
     SystemTime::UNIX_EPOCH
-        .checked_add(value)
+        .checked_add(since_epoch)
         .map_or(Duration::MAX, |reset| {
             reset.duration_since(date).unwrap_or(Duration::ZERO)
         })
 }
 
-/// The time until an exhausted rate-limit window resets, from the IETF
-/// `RateLimit` field in its current and its draft-07 forms
-/// (`"default";r=0;t=10`, `limit=100, remaining=0, reset=10`), the
-/// draft's `RateLimit-Remaining` / `RateLimit-Reset`, or
-/// `X-RateLimit-Remaining` with `X-RateLimit-Reset-After` (relative) or
-/// `X-RateLimit-Reset` (delta seconds, or epoch seconds when large).
-/// Resets may be fractional. Only an exhausted window (remaining 0) asks
-/// us to wait.
+/// Whether a `remaining` count is zero: `0`, or a decimal zero such as
+/// Reddit's `0.0`.
+fn is_exhausted(remaining: &str) -> bool {
+    decimal_seconds(remaining).is_some_and(|r| r.is_zero())
+}
+
+/// `text` split at `delimiter` where it is not inside a quoted string
+/// (RFC 9651 §3.3.3, with `\` escapes): a policy's name or a comment
+/// parameter may hold `,`, `;` or `=`.
+fn split_unquoted(text: &str, delimiter: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == delimiter && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// The time until an exhausted rate-limit window resets, the longest of
+/// every form the response carries: the IETF `RateLimit` field in its
+/// current and its draft-07 forms (`"default";r=0;t=10`,
+/// `limit=100, remaining=0, reset=10`), the draft's `RateLimit-Remaining` /
+/// `RateLimit-Reset`, `X-RateLimit-Remaining` with `X-RateLimit-Reset-After`
+/// (relative, preferred) or `X-RateLimit-Reset`, and X's
+/// `X-Rate-Limit-Remaining` / `X-Rate-Limit-Reset`. Resets may be
+/// fractional, delays or epoch timestamps ([`reset_delay`]). Only an
+/// exhausted window (remaining 0) asks us to wait. The IETF fields of a
+/// response served from a cache (`Age` above 0) describe the window as it
+/// was then, and are ignored as their drafts ask.
 pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let date = response_date(headers).unwrap_or(now);
+    let from_cache = header_str(headers, "age")
+        .and_then(delta_seconds)
+        .is_some_and(|age| age > 0);
     let mut longest: Option<Duration> = None;
-    // Draft-07's dictionary: its members may span field lines (the lines
-    // are one dictionary), so they are gathered before they are read.
-    let mut dict_remaining = None;
-    let mut dict_reset = None;
+    if !from_cache {
+        longest = longest.max(structured_reset(headers, date));
+        longest = longest.max(pair_reset(
+            headers,
+            "ratelimit-remaining",
+            &[("ratelimit-reset", false)],
+            date,
+        ));
+    }
+    longest = longest.max(pair_reset(
+        headers,
+        "x-ratelimit-remaining",
+        &[
+            ("x-ratelimit-reset-after", true),
+            ("x-ratelimit-reset", false),
+        ],
+        date,
+    ));
+    longest.max(pair_reset(
+        headers,
+        "x-rate-limit-remaining",
+        &[("x-rate-limit-reset", false)],
+        date,
+    ))
+}
+
+/// The `RateLimit` field: a list of `"policy";r=REMAINING;t=RESET` items
+/// (the current draft), or draft-07's `limit=N, remaining=N, reset=N`
+/// dictionary. The field lines are one list or one dictionary, so a
+/// dictionary's members may span lines (and a later member replaces an
+/// earlier one, RFC 9651 §4.2); each line is also read on its own, so that
+/// a later line (another hop's window) cannot hide an exhausted one.
+fn structured_reset(headers: &HeaderMap, date: SystemTime) -> Option<Duration> {
+    let mut longest: Option<Duration> = None;
+    let (mut joined_remaining, mut joined_reset) = (None, None);
     for field in headers.get_all("ratelimit").iter() {
         let Ok(field) = field.to_str() else { continue };
-        for item in field.split(',') {
+        let (mut line_remaining, mut line_reset) = (None, None);
+        for item in split_unquoted(field, ',') {
             let item = item.trim();
-            let (head, params) = item.split_once(';').unwrap_or((item, ""));
-            // A dictionary member is `key=value`; a list item starts with
-            // its policy's name (a string, which may itself hold a `=`).
+            let mut parts = split_unquoted(item, ';').into_iter();
+            let head = parts.next().unwrap_or_default();
+            // A dictionary member is `key=value` (parameters ignored); a
+            // list item starts with its policy's name, a token or a string.
             if let Some((key, value)) = head.split_once('=')
                 && !head.starts_with('"')
             {
+                let value = value.trim();
                 match key.trim() {
-                    "remaining" => dict_remaining = delta_seconds(value.trim()),
-                    "reset" => dict_reset = decimal_seconds(value.trim()),
+                    "remaining" => line_remaining = Some(is_exhausted(value)),
+                    "reset" => line_reset = decimal_seconds(value),
                     _ => {}
                 }
                 continue;
             }
-            // The current form: one or more `"policy";r=REMAINING;t=RESET`
-            // items, on one or more field lines (one list).
-            let mut remaining = None;
-            let mut reset = None;
-            for param in params.split(';') {
-                match param.trim().split_once('=') {
-                    Some(("r", v)) => remaining = delta_seconds(v.trim()),
-                    Some(("t", v)) => reset = decimal_seconds(v.trim()),
+            let (mut exhausted, mut reset) = (false, None);
+            for param in parts {
+                match param.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                    Some(("r", v)) => exhausted = is_exhausted(v),
+                    Some(("t", v)) => reset = decimal_seconds(v),
                     _ => {}
                 }
             }
-            if remaining == Some(0) {
-                longest = longest.max(reset);
+            if exhausted {
+                longest = longest.max(reset.map(|t| reset_delay(t, date)));
             }
         }
-    }
-    if dict_remaining == Some(0) {
-        longest = longest.max(dict_reset);
-    }
-    if longest.is_some() {
-        return longest;
-    }
-    let date = response_date(headers).unwrap_or(now);
-    // (remaining, [(reset, relative)]): the first reset present and valid
-    // wins; a relative `Reset-After` needs no clock agreement.
-    for (remaining, resets) in [
-        ("ratelimit-remaining", &[("ratelimit-reset", false)][..]),
-        (
-            "x-ratelimit-remaining",
-            &[
-                ("x-ratelimit-reset-after", true),
-                ("x-ratelimit-reset", false),
-            ][..],
-        ),
-    ] {
-        let exhausted = header_str(headers, remaining)
-            .and_then(delta_seconds)
-            .is_some_and(|r| r == 0);
-        if !exhausted {
-            continue;
+        if line_remaining == Some(true) {
+            longest = longest.max(line_reset.map(|t| reset_delay(t, date)));
         }
-        let reset = resets.iter().find_map(|&(name, relative)| {
-            let value = header_str(headers, name).and_then(decimal_seconds)?;
-            Some(if relative {
-                value
-            } else {
-                reset_delay(value, date)
-            })
-        });
-        if reset.is_some() {
-            return reset;
-        }
+        joined_remaining = line_remaining.or(joined_remaining);
+        joined_reset = line_reset.or(joined_reset);
     }
-    None
+    if joined_remaining == Some(true) {
+        longest = longest.max(joined_reset.map(|t| reset_delay(t, date)));
+    }
+    longest
+}
+
+/// A `*-Remaining` header with its reset headers (`(name, relative)`, the
+/// first present and valid wins): the wait when the window is exhausted.
+fn pair_reset(
+    headers: &HeaderMap,
+    remaining: &str,
+    resets: &[(&str, bool)],
+    date: SystemTime,
+) -> Option<Duration> {
+    if !header_str(headers, remaining).is_some_and(is_exhausted) {
+        return None;
+    }
+    resets.iter().find_map(|&(name, relative)| {
+        let value = header_str(headers, name).and_then(decimal_seconds)?;
+        Some(if relative {
+            value
+        } else {
+            reset_delay(value, date)
+        })
+    })
 }
 
 /// How long the response stays fresh (RFC 9111 §4.2): its lifetime,
@@ -263,7 +332,9 @@ pub fn fresh_for(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 }
 
 /// Every hint of a response; `not_before` is the largest explicit request,
-/// capped by `cap`. `Retry-After` is read on every 3xx, 4xx and 5xx: besides
+/// capped by `cap`. The largest, not `Retry-After` first as the rate-limit
+/// drafts order them: a wait the server asked for is never cut short, and
+/// the drafts ask servers not to send a Retry-After earlier than the reset. `Retry-After` is read on every 3xx, 4xx and 5xx: besides
 /// 429, 503 and 3xx (RFC 9110 §10.2.3), servers send it on other refusals,
 /// such as GitHub's 403 for a secondary rate limit.
 pub fn hints(status: u16, headers: &HeaderMap, now: SystemTime, cap: Duration) -> Hints {
@@ -302,6 +373,7 @@ mod tests {
 
     // Sun, 06 Nov 1994 08:49:37 GMT
     const T: u64 = 784_111_777;
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
     #[test]
     fn retry_after_every_form() {
@@ -390,9 +462,8 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert_eq!(
-            rate_limit_reset(&headers, at(T)),
-            Some(Duration::from_secs(u64::MAX)),
+        assert!(
+            rate_limit_reset(&headers, at(T)).is_some_and(|d| d > CENTURY),
             "the longest exhausted policy; too many digits saturate"
         );
 
@@ -406,10 +477,10 @@ mod tests {
             Some(Duration::from_secs(42)),
             "epoch seconds against Date"
         );
-        // An epoch beyond SystemTime's range: the longest wait (then
+        // An epoch beyond any date: a wait as long as they get (then
         // capped), not an overflow panic.
         headers.insert("x-ratelimit-reset", u64::MAX.to_string().parse().unwrap());
-        assert_eq!(rate_limit_reset(&headers, at(0)), Some(Duration::MAX));
+        assert!(rate_limit_reset(&headers, at(0)).is_some_and(|d| d > CENTURY));
         let h = hints(200, &headers, at(0), Duration::from_secs(3600));
         assert_eq!(h.not_before, Some(Duration::from_secs(3600)));
         // A reset already past: no wait.
@@ -490,7 +561,7 @@ mod tests {
         assert_eq!(
             x(&[("x-ratelimit-reset-after", "99999999999999999999.5")]),
             Some(Duration::from_secs(u64::MAX) + Duration::from_millis(500)),
-            "too many digits saturate"
+            "too many digits saturate (Reset-After is never an epoch)"
         );
         for bad in ["1.", ".5", "1.5.5", "-1.5", "1e3", "1,5", "+1.5", ""] {
             assert_eq!(x(&[("x-ratelimit-reset-after", bad)]), None, "{bad:?}");
@@ -505,6 +576,131 @@ mod tests {
                 at(0)
             ),
             None
+        );
+    }
+
+    /// The cases of a review of the draft-07 and fractional forms.
+    #[test]
+    fn rate_limit_edges() {
+        let reset = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                headers.append(name, value.parse().unwrap());
+            }
+            rate_limit_reset(&headers, at(1_700_000_000))
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        // An epoch where the spec says delay-seconds: measured, not a
+        // 54-year wait; epoch milliseconds too.
+        assert_eq!(
+            reset(&[("ratelimit", "limit=10, remaining=0, reset=1700000030")]),
+            secs(30)
+        );
+        assert_eq!(reset(&[("ratelimit", "\"d\";r=0;t=1700000045")]), secs(45));
+        assert_eq!(
+            reset(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1700000060000")
+            ]),
+            secs(60)
+        );
+        // A later line (another hop's window) does not hide an exhausted
+        // one, in either order.
+        let exhausted = ("ratelimit", "limit=10, remaining=0, reset=50");
+        let plenty = ("ratelimit", "limit=1000, remaining=500, reset=3000");
+        assert_eq!(reset(&[exhausted, plenty]), secs(50));
+        assert_eq!(reset(&[plenty, exhausted]), secs(50));
+        // Parameters on members are ignored; a repeated key takes the
+        // last value.
+        assert_eq!(
+            reset(&[("ratelimit", "remaining=0;x=1, reset=20;y=\"z\"")]),
+            secs(20)
+        );
+        assert_eq!(
+            reset(&[("ratelimit", "remaining=0, remaining=4, reset=20")]),
+            None
+        );
+        // Reddit's decimal counts.
+        assert_eq!(
+            reset(&[
+                ("x-ratelimit-remaining", "0.0"),
+                ("x-ratelimit-reset", "300")
+            ]),
+            secs(300)
+        );
+        assert_eq!(
+            reset(&[
+                ("x-ratelimit-remaining", "0.5"),
+                ("x-ratelimit-reset", "300")
+            ]),
+            None
+        );
+        // X (Twitter).
+        assert_eq!(
+            reset(&[
+                ("x-rate-limit-remaining", "0"),
+                ("x-rate-limit-reset", "1700000090")
+            ]),
+            secs(90)
+        );
+        // Every form counts: the longest wait wins, whatever the order.
+        assert_eq!(
+            reset(&[
+                ("ratelimit", "\"d\";r=0;t=1"),
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "5"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset-after", "60")
+            ]),
+            secs(60)
+        );
+        // Quoted strings may hold the delimiters.
+        assert_eq!(
+            reset(&[(
+                "ratelimit",
+                "\"d\";r=5;t=1;c=\"a, remaining=0, reset=99, b\""
+            )]),
+            None,
+            "a comment parameter is not a member"
+        );
+        assert_eq!(reset(&[("ratelimit", "\"x,y=z\";r=0;t=30")]), secs(30));
+        assert_eq!(
+            reset(&[("ratelimit", "\"a\\\"b,c\";r=0;t=40")]),
+            secs(40),
+            "an escaped quote does not end the string"
+        );
+        // From a cache (Age > 0): the IETF fields describe a window of the
+        // past and are ignored; the X- headers are not theirs to ignore.
+        assert_eq!(
+            reset(&[
+                ("age", "300"),
+                ("ratelimit", "limit=10, remaining=0, reset=30")
+            ]),
+            None
+        );
+        assert_eq!(
+            reset(&[
+                ("age", "0"),
+                ("ratelimit", "limit=10, remaining=0, reset=30")
+            ]),
+            secs(30)
+        );
+        // Rounding carries into the seconds; a fractional epoch already
+        // past is no wait.
+        assert_eq!(
+            reset(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset-after", "2.9999")
+            ]),
+            secs(3)
+        );
+        assert_eq!(
+            reset(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1699999990.5")
+            ]),
+            Some(Duration::ZERO)
         );
     }
 
