@@ -274,7 +274,8 @@ pub(crate) async fn diff(
             Some(from) => from,
             None => {
                 return Ok(Err(ApiError::NotFound(format!(
-                    "watch {key:?} has no version before {to} to compare with; pass from="
+                    "watch {key:?} has no version before {to} to compare with; \
+                     name one with from= (polld diff --from N)"
                 ))));
             }
         };

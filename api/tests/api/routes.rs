@@ -277,6 +277,7 @@ async fn diffs() {
         .await
         .error(StatusCode::NOT_FOUND);
     assert!(msg.contains("no version before"), "{msg}");
+    assert!(msg.contains("from= (polld diff --from N)"), "{msg}");
 
     fx.commit("alpha", Some((b"a\nB\nc\n", "text/plain")), vec![]);
     fx.commit("alpha", Some((b"a\nB\nc\nd\n", "text/plain")), vec![]);
