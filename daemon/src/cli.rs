@@ -54,7 +54,9 @@ pub enum Command {
     Changes {
         #[command(flatten)]
         client: ClientArgs,
-        /// Keep waiting for new changes (long poll) until interrupted.
+        /// Keep waiting for new changes (long poll) until interrupted; a
+        /// daemon that is down (not started yet, restarting) is retried,
+        /// up to 10 failed requests in a row.
         #[arg(long, short = 'f')]
         follow: bool,
     },

@@ -130,17 +130,34 @@ pub async fn diff(
 
 /// `polld changes [--follow]`: the retained change log, one change a line
 /// (`SEQ AT WATCH KIND VERSION`); with `--follow`, then every new change as
-/// it is committed, until interrupted.
+/// it is committed, until interrupted. A follower also waits out a daemon
+/// that is not up yet (or restarting) instead of failing at once.
 pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Result<()> {
     let client = Client::new(api, token, FOLLOW_TIMEOUT)?;
     let mut out = Out::new();
     let mut after: Option<String> = None;
+    let mut failures = 0;
+    let reader_gone = reader_gone();
+    tokio::pin!(reader_gone);
     // Backlog: pages without waiting until one comes back empty.
-    for page_no in 0..=MAX_PAGES {
-        if page_no == MAX_PAGES {
+    let mut pages = 0;
+    loop {
+        if pages == MAX_PAGES {
             bail!("more than {MAX_PAGES} pages of changes; stopped");
         }
-        let page = client.changes_page(after.as_deref(), 0).await?;
+        let page = match client.changes_page(after.as_deref(), 0).await {
+            Ok(page) => page,
+            Err(err) if follow => {
+                let delay = retry_delay(err, &mut failures)?;
+                tokio::select! {
+                    () = &mut reader_gone => return Ok(()),
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+            Err(err) => return Err(err),
+        };
+        failures = 0;
+        pages += 1;
         let (n, next) = (page_len(&page), next_of(&page)?);
         if !print_changes(&mut out, &page)? {
             return Ok(());
@@ -153,9 +170,6 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
     if !follow {
         return Ok(());
     }
-    let mut failures = 0;
-    let reader_gone = reader_gone();
-    tokio::pin!(reader_gone);
     // Runs until interrupted (the user's Ctrl-C ends the process), until the
     // reader of a pipe has gone, or until MAX_FAILURES requests in a row
     // failed.
@@ -173,23 +187,7 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
                 after = Some(next_of(&page)?);
             }
             Err(err) => {
-                if let Some(ApiFailure { status: 410, .. }) = err.downcast_ref::<ApiFailure>() {
-                    return Err(
-                        err.context("the feed moved past our position; run again to resync")
-                    );
-                }
-                failures += 1;
-                if failures >= MAX_FAILURES {
-                    return Err(err.context(format!("{failures} failed requests in a row")));
-                }
-                let delay = match err.downcast_ref::<ApiFailure>() {
-                    Some(ApiFailure {
-                        retry_after: Some(s),
-                        ..
-                    }) => Duration::from_secs((*s).min(60)),
-                    _ => Duration::from_secs(1 << failures.min(5)),
-                };
-                eprintln!("polld: {err:#}; retrying in {} s", delay.as_secs());
+                let delay = retry_delay(err, &mut failures)?;
                 tokio::select! {
                     () = &mut reader_gone => return Ok(()),
                     () = tokio::time::sleep(delay) => {}
@@ -197,6 +195,29 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
             }
         }
     }
+}
+
+/// A follower's failed request: how long to wait before the next one
+/// (the server's Retry-After, else 2, 4 ... 32 s), said on stderr; or the
+/// error to end with, after MAX_FAILURES in a row or when the feed moved
+/// past our position (410), which no retry mends.
+fn retry_delay(err: anyhow::Error, failures: &mut u32) -> anyhow::Result<Duration> {
+    if let Some(ApiFailure { status: 410, .. }) = err.downcast_ref::<ApiFailure>() {
+        return Err(err.context("the feed moved past our position; run again to resync"));
+    }
+    *failures += 1;
+    if *failures >= MAX_FAILURES {
+        return Err(err.context(format!("{failures} failed requests in a row")));
+    }
+    let delay = match err.downcast_ref::<ApiFailure>() {
+        Some(ApiFailure {
+            retry_after: Some(s),
+            ..
+        }) => Duration::from_secs((*s).min(60)),
+        _ => Duration::from_secs(1 << (*failures).min(5)),
+    };
+    eprintln!("polld: {err:#}; retrying in {} s", delay.as_secs());
+    Ok(delay)
 }
 
 /// Resolves once stdout is a pipe whose reader has gone (`polld changes -f

@@ -152,3 +152,60 @@ fn an_unreachable_api_is_named_with_what_to_check() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
 }
+
+/// `polld changes --follow` started before the daemon (a unit ordered
+/// before it, a script racing its start): it says it will retry and then
+/// prints the changes once the daemon is up, instead of failing at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
+    let server = MockServer::start().await;
+    Mock::given(path("/same"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("same\n"))
+        .mount(&server)
+        .await;
+    let mut polld = Polld::prepare_with(
+        "",
+        &format!(
+            "[[watch]]\nid = \"w\"\nurl = \"{}/same\"\ninterval = \"1h\"\n",
+            server.uri()
+        ),
+    );
+    let mut child = Reaped(
+        Command::new(polld_bin())
+            .args(["changes", "--follow", "--api", &polld.api])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn polld changes"),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    stderr.read_line(&mut said).expect("read stderr");
+    assert!(
+        said.starts_with(&format!(
+            "polld: cannot reach the polld API at {}",
+            polld.api
+        )) && said.contains("retrying in"),
+        "{said:?}"
+    );
+    assert!(
+        child.0.try_wait().expect("try_wait").is_none(),
+        "it gave up"
+    );
+
+    polld.spawn();
+    // The first line comes from another thread, so that a follower that
+    // never prints fails the test instead of hanging it.
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no change printed 30 s after the daemon started"));
+    assert!(first.contains("watch_added"), "{first:?}");
+}
