@@ -49,18 +49,39 @@ fn polld(args: &[&str]) -> Output {
     out
 }
 
-/// A polld with one watch on a server that always answers the same body, so
-/// that the change log holds two changes and then stays quiet.
-async fn quiet_polld() -> (Polld, MockServer) {
+/// `polld changes --follow --api API`, its output piped.
+fn follower(api: &str) -> Reaped {
+    Reaped(
+        Command::new(polld_bin())
+            .args(["changes", "--follow", "--api", api])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn polld changes"),
+    )
+}
+
+/// A server that always answers the same body, and the watch list of one
+/// hourly watch `w` on it.
+async fn same_body_server() -> (MockServer, String) {
     let server = MockServer::start().await;
     Mock::given(path("/same"))
         .respond_with(ResponseTemplate::new(200).set_body_string("same\n"))
         .mount(&server)
         .await;
-    let polld = Polld::start(&format!(
+    let watches = format!(
         "[[watch]]\nid = \"w\"\nurl = \"{}/same\"\ninterval = \"1h\"\n",
         server.uri()
-    ));
+    );
+    (server, watches)
+}
+
+/// A polld with one watch on a server that always answers the same body, so
+/// that the change log holds two changes and then stays quiet.
+async fn quiet_polld() -> (Polld, MockServer) {
+    let (server, watches) = same_body_server().await;
+    let polld = Polld::start(&watches);
     let client = reqwest::Client::new();
     // The first poll may be spread over the hour: ask for it now.
     eventually(Duration::from_secs(10), "a poll", || async {
@@ -91,15 +112,7 @@ async fn quiet_polld() -> (Polld, MockServer) {
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_follow_ends_when_its_reader_goes() {
     let (polld, _server) = quiet_polld().await;
-    let mut child = Reaped(
-        Command::new(polld_bin())
-            .args(["changes", "--follow", "--api", &polld.api])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn polld changes"),
-    );
+    let mut child = follower(&polld.api);
     let mut first = String::new();
     BufReader::new(child.0.stdout.take().expect("stdout"))
         .read_line(&mut first)
@@ -158,27 +171,9 @@ fn an_unreachable_api_is_named_with_what_to_check() {
 /// prints the changes once the daemon is up, instead of failing at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
-    let server = MockServer::start().await;
-    Mock::given(path("/same"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("same\n"))
-        .mount(&server)
-        .await;
-    let mut polld = Polld::prepare_with(
-        "",
-        &format!(
-            "[[watch]]\nid = \"w\"\nurl = \"{}/same\"\ninterval = \"1h\"\n",
-            server.uri()
-        ),
-    );
-    let mut child = Reaped(
-        Command::new(polld_bin())
-            .args(["changes", "--follow", "--api", &polld.api])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn polld changes"),
-    );
+    let (_server, watches) = same_body_server().await;
+    let mut polld = Polld::prepare_with("", &watches);
+    let mut child = follower(&polld.api);
     let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
     let mut said = String::new();
     stderr.read_line(&mut said).expect("read stderr");

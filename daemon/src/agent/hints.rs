@@ -375,6 +375,16 @@ mod tests {
     const T: u64 = 784_111_777;
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
+    /// Headers in the order given; a name may come several times.
+    fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            headers.append(name, value.parse().unwrap());
+        }
+        headers
+    }
+
     #[test]
     fn retry_after_every_form() {
         let now = at(T);
@@ -496,14 +506,7 @@ mod tests {
 
     #[test]
     fn rate_limit_draft_07_dictionary_and_fractional_resets() {
-        let reset = |pairs: &[(&str, &str)], now: SystemTime| {
-            let mut headers = HeaderMap::new();
-            for (name, value) in pairs {
-                let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
-                headers.append(name, value.parse().unwrap());
-            }
-            rate_limit_reset(&headers, now)
-        };
+        let reset = |pairs: &[(&str, &str)], now| rate_limit_reset(&header_map(pairs), now);
         let ms = |ms| Some(Duration::from_millis(ms));
         let secs = |s| Some(Duration::from_secs(s));
         // Draft-07: one dictionary, possibly over several field lines.
@@ -582,14 +585,8 @@ mod tests {
     /// The cases of a review of the draft-07 and fractional forms.
     #[test]
     fn rate_limit_edges() {
-        let reset = |pairs: &[(&str, &str)]| {
-            let mut headers = HeaderMap::new();
-            for (name, value) in pairs {
-                let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
-                headers.append(name, value.parse().unwrap());
-            }
-            rate_limit_reset(&headers, at(1_700_000_000))
-        };
+        let reset =
+            |pairs: &[(&str, &str)]| rate_limit_reset(&header_map(pairs), at(1_700_000_000));
         let secs = |s| Some(Duration::from_secs(s));
         // An epoch where the spec says delay-seconds: measured, not a
         // 54-year wait; epoch milliseconds too.
@@ -729,14 +726,7 @@ mod tests {
 
     #[test]
     fn freshness_edges() {
-        let fresh = |pairs: &[(&str, &str)]| {
-            let mut headers = HeaderMap::new();
-            for (name, value) in pairs {
-                let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
-                headers.append(name, value.parse().unwrap());
-            }
-            fresh_for(&headers, at(T))
-        };
+        let fresh = |pairs: &[(&str, &str)]| fresh_for(&header_map(pairs), at(T));
         let secs = |s| Some(Duration::from_secs(s));
         assert_eq!(fresh(&[("cache-control", "max-age=\"300\"")]), secs(300));
         // The first max-age counts; s-maxage (for shared caches) only
