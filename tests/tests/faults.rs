@@ -698,12 +698,17 @@ async fn idle_connections_and_too_many_waiters() {
         page["next"].as_str().unwrap_or("0").to_owned()
     };
     let waiters = 560;
+    // One client for all: concurrent HTTP/1 requests each get a connection
+    // of their own. A client per waiter used to be built inside its task,
+    // and on a loaded machine building 560 of them (TLS roots each) kept
+    // some requests unsent past the server's 10 s header-read timeout.
+    let waiter_client = reqwest::Client::new();
     let tasks: Vec<_> = (0..waiters)
         .map(|_| {
             let url = format!("{}/v1/changes?after={next}&wait=5s", polld.api);
-            // One client per waiter: each holds its own connection.
+            let waiter_client = waiter_client.clone();
             tokio::spawn(async move {
-                reqwest::Client::new()
+                waiter_client
                     .get(url)
                     .timeout(Duration::from_secs(15))
                     .send()
