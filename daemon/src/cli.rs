@@ -56,7 +56,8 @@ pub enum Command {
         client: ClientArgs,
         /// Keep waiting for new changes (long poll) until interrupted; a
         /// daemon that is down (not started yet, restarting) is retried,
-        /// up to 10 failed requests in a row.
+        /// up to 10 failed requests in a row (about 3 minutes); an answer
+        /// that waiting cannot change (401, 404, 410) ends it at once.
         #[arg(long, short = 'f')]
         follow: bool,
     },

@@ -21,6 +21,8 @@ const FOLLOW_TIMEOUT: Duration = Duration::from_secs(FOLLOW_WAIT_S + 15);
 const MAX_PAGES: usize = 1000;
 /// `--follow` gives up after this many failed requests in a row.
 const MAX_FAILURES: u32 = 10;
+/// Changes asked for per page (the API's maximum).
+const CHANGES_PAGE: usize = 1000;
 
 /// The API URL for a config's `listen`: `http://IP:PORT/` (an unspecified
 /// address becomes loopback) or `unix:PATH`.
@@ -139,10 +141,12 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
     let mut failures = 0;
     let reader_gone = reader_gone();
     tokio::pin!(reader_gone);
-    // Backlog: pages without waiting until one comes back empty.
+    // Backlog: pages without waiting until one comes back short. A full
+    // log (keep_changes at most 1,000,000: MAX_PAGES pages) may need one
+    // more read to find its end.
     let mut pages = 0;
     loop {
-        if pages == MAX_PAGES {
+        if pages > MAX_PAGES {
             bail!("more than {MAX_PAGES} pages of changes; stopped");
         }
         let page = match client.changes_page(after.as_deref(), 0).await {
@@ -163,7 +167,7 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
             return Ok(());
         }
         after = Some(next);
-        if n == 0 {
+        if n < CHANGES_PAGE {
             break;
         }
     }
@@ -199,11 +203,20 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
 
 /// A follower's failed request: how long to wait before the next one
 /// (the server's Retry-After, else 2, 4 ... 32 s), said on stderr; or the
-/// error to end with, after MAX_FAILURES in a row or when the feed moved
-/// past our position (410), which no retry mends.
+/// error to end with. Only what can clear by waiting is retried: no answer
+/// (daemon down or restarting), a body cut short, 5xx, 408 and 429. Any
+/// other answer (401 for a wrong token, 404 for a wrong `--api` path, 410
+/// for a position the feed has moved past) ends it at once, as does the
+/// MAX_FAILURES-th failure in a row (about 3 minutes of waiting).
 fn retry_delay(err: anyhow::Error, failures: &mut u32) -> anyhow::Result<Duration> {
-    if let Some(ApiFailure { status: 410, .. }) = err.downcast_ref::<ApiFailure>() {
-        return Err(err.context("the feed moved past our position; run again to resync"));
+    match err.downcast_ref::<ApiFailure>() {
+        Some(ApiFailure { status: 410, .. }) => {
+            return Err(err.context("the feed moved past our position; run again to resync"));
+        }
+        Some(ApiFailure { status, .. }) if !matches!(status, 408 | 429 | 500..=599) => {
+            return Err(err);
+        }
+        _ => {}
     }
     *failures += 1;
     if *failures >= MAX_FAILURES {
@@ -454,7 +467,10 @@ impl Client {
     }
 
     async fn changes_page(&self, after: Option<&str>, wait_s: u64) -> anyhow::Result<Value> {
-        let mut query = vec![("limit", "1000".to_owned()), ("wait", wait_s.to_string())];
+        let mut query = vec![
+            ("limit", CHANGES_PAGE.to_string()),
+            ("wait", wait_s.to_string()),
+        ];
         if let Some(after) = after {
             query.push(("after", after.to_owned()));
         }

@@ -3,6 +3,7 @@
 //! real `polld run` (or none), output to a pipe.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,11 +50,16 @@ fn polld(args: &[&str]) -> Output {
     out
 }
 
-/// `polld changes --follow --api API`, its output piped.
-fn follower(api: &str) -> Reaped {
+/// `polld changes --follow --api API --config CONFIG EXTRA...`, its output
+/// piped; the test's own watch list, so that neither `POLLD_CONFIG` nor an
+/// installed /etc/polld/watchlist.toml is read.
+fn follower(api: &str, config: &Path, extra: &[&str]) -> Reaped {
     Reaped(
         Command::new(polld_bin())
-            .args(["changes", "--follow", "--api", api])
+            .args(["changes", "--follow", "--api", api, "--config"])
+            .arg(config)
+            .args(extra)
+            .env_remove("POLLD_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -112,7 +118,7 @@ async fn quiet_polld() -> (Polld, MockServer) {
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_follow_ends_when_its_reader_goes() {
     let (polld, _server) = quiet_polld().await;
-    let mut child = follower(&polld.api);
+    let mut child = follower(&polld.api, &polld.config_path(), &[]);
     let mut first = String::new();
     BufReader::new(child.0.stdout.take().expect("stdout"))
         .read_line(&mut first)
@@ -173,7 +179,7 @@ fn an_unreachable_api_is_named_with_what_to_check() {
 async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
     let (_server, watches) = same_body_server().await;
     let mut polld = Polld::prepare_with("", &watches);
-    let mut child = follower(&polld.api);
+    let mut child = follower(&polld.api, &polld.config_path(), &[]);
     let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
     let mut said = String::new();
     stderr.read_line(&mut said).expect("read stderr");
@@ -199,8 +205,40 @@ async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
         let _ = BufReader::new(stdout).read_line(&mut first);
         let _ = tx.send(first);
     });
+    // Retries come 2, 6, 14, 30 and 62 s after the first failure: room for
+    // a slow start on a loaded machine.
     let first = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("no change printed 30 s after the daemon started"));
+        .recv_timeout(Duration::from_secs(70))
+        .unwrap_or_else(|_| panic!("no change printed 70 s after the daemon started"));
     assert!(first.contains("watch_added"), "{first:?}");
+}
+
+/// An answer that waiting cannot change (401 for a wrong token) ends a
+/// follower at once with the API's message, instead of retrying it for
+/// minutes.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_follow_does_not_retry_a_wrong_token() {
+    let daemon = Polld::start_with("api_token_file = \"{dir}/token\"", "");
+    eventually(Duration::from_secs(10), "the token file", || async {
+        daemon.dir.path().join("token").exists().then_some(())
+    })
+    .await;
+    let wrong = daemon.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token\n").unwrap();
+    // The helper fails the test if it runs for 20 s: the old follower
+    // retried a 401 for about 3 minutes.
+    let out = polld(&[
+        "changes",
+        "--follow",
+        "--api",
+        &daemon.api,
+        "--config",
+        &daemon.config_path().display().to_string(),
+        "--token-file",
+        &wrong.display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(!stderr.contains("retrying"), "{stderr}");
 }
