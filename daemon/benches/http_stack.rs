@@ -35,9 +35,19 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Counts of one run.
 #[derive(Default)]
 struct Counts {
-    requests: AtomicU64,
+    /// Answers, whatever their status.
+    answers: AtomicU64,
     not_modified: AtomicU64,
-    other: AtomicU64,
+    /// Requests that got no answer: not in the rate.
+    errors: AtomicU64,
+}
+
+/// What one request came to.
+enum Answer {
+    NotModified,
+    Other,
+    /// No answer (refused, reset, timed out).
+    Lost,
 }
 
 struct Target {
@@ -84,15 +94,21 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let target = &targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()];
-                    let not_modified = match mode {
+                    let answer = match mode {
                         "client" => client_get(&agent, target).await,
                         _ => agent_poll(&agent, target).await,
                     };
-                    counts.requests.fetch_add(1, Ordering::Relaxed);
-                    if not_modified {
-                        counts.not_modified.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        counts.other.fetch_add(1, Ordering::Relaxed);
+                    match answer {
+                        Answer::NotModified => {
+                            counts.answers.fetch_add(1, Ordering::Relaxed);
+                            counts.not_modified.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Answer::Other => {
+                            counts.answers.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Answer::Lost => {
+                            counts.errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }));
@@ -102,14 +118,14 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds() - cpu_before;
-        let requests = counts.requests.load(Ordering::Relaxed) as f64;
+        let answers = counts.answers.load(Ordering::Relaxed) as f64;
         let not_modified = counts.not_modified.load(Ordering::Relaxed) as f64;
         println!(
-            "{mode}: {:.0} req/s, {:.3} CPU-s / 1000, 304 ratio {:.3}, {} other answers",
-            requests / elapsed,
-            cpu / requests * 1000.0,
-            not_modified / requests,
-            counts.other.load(Ordering::Relaxed),
+            "{mode}: {:.0} req/s, {:.3} CPU-s / 1000, 304 ratio {:.3}, {} requests without an answer",
+            answers / elapsed,
+            cpu / answers * 1000.0,
+            not_modified / answers,
+            counts.errors.load(Ordering::Relaxed),
         );
     }
 }
@@ -156,24 +172,25 @@ async fn warm_up(agent: &Agent, base: &str, n: usize, concurrency: usize) -> Vec
     targets
 }
 
-/// One conditional GET through the bare client; whether it was a 304.
-async fn client_get(agent: &Agent, target: &Target) -> bool {
+/// One conditional GET through the bare client.
+async fn client_get(agent: &Agent, target: &Target) -> Answer {
     let mut request = agent.client().get(target.watch.url.clone());
     if let Some(etag) = &target.etag {
         request = request.header(http::header::IF_NONE_MATCH, etag);
     }
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status();
-            let _ = response.bytes().await;
-            status == http::StatusCode::NOT_MODIFIED
-        }
-        Err(_) => false,
+    let Ok(response) = request.send().await else {
+        return Answer::Lost;
+    };
+    let status = response.status();
+    match response.bytes().await {
+        Err(_) => Answer::Lost,
+        Ok(_) if status == http::StatusCode::NOT_MODIFIED => Answer::NotModified,
+        Ok(_) => Answer::Other,
     }
 }
 
-/// One poll through the agent; whether it was a 304.
-async fn agent_poll(agent: &Agent, target: &Target) -> bool {
+/// One poll through the agent.
+async fn agent_poll(agent: &Agent, target: &Target) -> Answer {
     let outcome = agent
         .poll(PollRequest {
             watch: &target.watch,
@@ -185,7 +202,11 @@ async fn agent_poll(agent: &Agent, target: &Target) -> bool {
             job: None,
         })
         .await;
-    matches!(outcome.kind, OutcomeKind::NotModified)
+    match outcome.kind {
+        OutcomeKind::NotModified => Answer::NotModified,
+        OutcomeKind::Failed { .. } if outcome.status.is_none() => Answer::Lost,
+        _ => Answer::Other,
+    }
 }
 
 /// User + system CPU seconds of this process.
