@@ -153,10 +153,10 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
             Ok(page) => page,
             Err(err) if follow => {
                 let delay = retry_delay(err, &mut failures)?;
-                tokio::select! {
-                    () = &mut reader_gone => return Ok(()),
-                    () = tokio::time::sleep(delay) => continue,
+                if pause(delay, reader_gone.as_mut()).await {
+                    return Ok(());
                 }
+                continue;
             }
             Err(err) => return Err(err),
         };
@@ -192,9 +192,8 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
             }
             Err(err) => {
                 let delay = retry_delay(err, &mut failures)?;
-                tokio::select! {
-                    () = &mut reader_gone => return Ok(()),
-                    () = tokio::time::sleep(delay) => {}
+                if pause(delay, reader_gone.as_mut()).await {
+                    return Ok(());
                 }
             }
         }
@@ -209,28 +208,35 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
 /// for a position the feed has moved past) ends it at once, as does the
 /// MAX_FAILURES-th failure in a row (about 3 minutes of waiting).
 fn retry_delay(err: anyhow::Error, failures: &mut u32) -> anyhow::Result<Duration> {
-    match err.downcast_ref::<ApiFailure>() {
+    let retry_after = match err.downcast_ref::<ApiFailure>() {
         Some(ApiFailure { status: 410, .. }) => {
             return Err(err.context("the feed moved past our position; run again to resync"));
         }
-        Some(ApiFailure { status, .. }) if !matches!(status, 408 | 429 | 500..=599) => {
-            return Err(err);
-        }
-        _ => {}
-    }
+        Some(ApiFailure {
+            status: 408 | 429 | 500..=599,
+            retry_after,
+            ..
+        }) => *retry_after,
+        Some(_) => return Err(err),
+        None => None,
+    };
     *failures += 1;
     if *failures >= MAX_FAILURES {
         return Err(err.context(format!("{failures} failed requests in a row")));
     }
-    let delay = match err.downcast_ref::<ApiFailure>() {
-        Some(ApiFailure {
-            retry_after: Some(s),
-            ..
-        }) => Duration::from_secs((*s).min(60)),
-        _ => Duration::from_secs(1 << (*failures).min(5)),
-    };
+    let delay = retry_after.map_or(Duration::from_secs(1 << (*failures).min(5)), |s| {
+        Duration::from_secs(s.min(60))
+    });
     eprintln!("polld: {err:#}; retrying in {} s", delay.as_secs());
     Ok(delay)
+}
+
+/// Sleeps `delay`; true when the reader of stdout went meanwhile.
+async fn pause(delay: Duration, reader_gone: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    tokio::select! {
+        () = reader_gone => true,
+        () = tokio::time::sleep(delay) => false,
+    }
 }
 
 /// Resolves once stdout is a pipe whose reader has gone (`polld changes -f

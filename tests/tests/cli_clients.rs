@@ -20,9 +20,9 @@ impl Drop for Reaped {
     }
 }
 
-/// Runs `polld ARGS` to its end (at most 20 s).
-fn polld(args: &[&str]) -> Output {
-    let mut child = Reaped(
+/// `polld ARGS` started, its output piped, `POLLD_CONFIG` ignored.
+fn spawn_polld(args: &[&str]) -> Reaped {
+    Reaped(
         Command::new(polld_bin())
             .args(args)
             .env_remove("POLLD_CONFIG")
@@ -31,7 +31,12 @@ fn polld(args: &[&str]) -> Output {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn polld"),
-    );
+    )
+}
+
+/// Runs `polld ARGS` to its end (at most 20 s).
+fn polld(args: &[&str]) -> Output {
+    let mut child = spawn_polld(args);
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.0.try_wait().expect("try_wait").is_none() {
         assert!(Instant::now() < deadline, "polld {args:?} ran for 20 s");
@@ -50,22 +55,11 @@ fn polld(args: &[&str]) -> Output {
     out
 }
 
-/// `polld changes --follow --api API --config CONFIG EXTRA...`, its output
-/// piped; the test's own watch list, so that neither `POLLD_CONFIG` nor an
-/// installed /etc/polld/watchlist.toml is read.
-fn follower(api: &str, config: &Path, extra: &[&str]) -> Reaped {
-    Reaped(
-        Command::new(polld_bin())
-            .args(["changes", "--follow", "--api", api, "--config"])
-            .arg(config)
-            .args(extra)
-            .env_remove("POLLD_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn polld changes"),
-    )
+/// `polld changes --follow --api API --config CONFIG`: the test's own watch
+/// list, so that no installed /etc/polld/watchlist.toml is read.
+fn follower(api: &str, config: &Path) -> Reaped {
+    let config = config.display().to_string();
+    spawn_polld(&["changes", "--follow", "--api", api, "--config", &config])
 }
 
 /// A server that always answers the same body, and the watch list of one
@@ -118,7 +112,7 @@ async fn quiet_polld() -> (Polld, MockServer) {
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_follow_ends_when_its_reader_goes() {
     let (polld, _server) = quiet_polld().await;
-    let mut child = follower(&polld.api, &polld.config_path(), &[]);
+    let mut child = follower(&polld.api, &polld.config_path());
     let mut first = String::new();
     BufReader::new(child.0.stdout.take().expect("stdout"))
         .read_line(&mut first)
@@ -179,7 +173,7 @@ fn an_unreachable_api_is_named_with_what_to_check() {
 async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
     let (_server, watches) = same_body_server().await;
     let mut polld = Polld::prepare_with("", &watches);
-    let mut child = follower(&polld.api, &polld.config_path(), &[]);
+    let mut child = follower(&polld.api, &polld.config_path());
     let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
     let mut said = String::new();
     stderr.read_line(&mut said).expect("read stderr");

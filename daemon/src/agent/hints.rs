@@ -334,8 +334,8 @@ pub fn fresh_for(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// Every hint of a response; `not_before` is the largest explicit request,
 /// capped by `cap`. The largest, not `Retry-After` first as the rate-limit
 /// drafts order them: a wait the server asked for is never cut short, and
-/// the drafts ask servers not to send a Retry-After earlier than the reset. `Retry-After` is read on every 3xx, 4xx and 5xx: besides
-/// 429, 503 and 3xx (RFC 9110 §10.2.3), servers send it on other refusals,
+/// the drafts ask servers not to send a Retry-After earlier than the reset.
+/// `Retry-After` is read on every 3xx, 4xx and 5xx: besides 429, 503 and 3xx (RFC 9110 §10.2.3), servers send it on other refusals,
 /// such as GitHub's 403 for a secondary rate limit.
 pub fn hints(status: u16, headers: &HeaderMap, now: SystemTime, cap: Duration) -> Hints {
     let retry_after = matches!(status, 300..=599)
