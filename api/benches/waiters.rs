@@ -1,10 +1,19 @@
 //! Memory of 10,000 concurrent long-poll waiters, and the time from a commit
 //! to their responses.
 //!
-//! `cargo bench -p polld-api --bench waiters [-- N] [--tcp | --keep-alive]`
+//! `cargo bench -p polld-api --bench waiters [-- N] [--close | --tcp | --keep-alive]`
 //!
 //! - default: N requests (10,000) driven through the router with `oneshot`
-//!   in this process: what the API itself costs per waiter.
+//!   in this process: what the API itself costs per waiter. Each request's
+//!   task stays parked after its answer until all are in, as a kept-alive
+//!   connection's task does while its client polls again, so no task
+//!   teardown is timed.
+//! - `--close`: the same, but each task ends at its answer (as a connection
+//!   closed after its answer does), so 10,000 task teardowns are timed too.
+//! - `--bare`: the default mode with a bare axum handler in place of the
+//!   API: it parks on one of 100 `Notify`s and answers with a fixed JSON
+//!   body once they are notified. The floor that tokio, axum and this
+//!   harness set on this machine, to read the API's figures against.
 //! - `--tcp`: the real server (`polld_api::serve`, hyper over loopback); the
 //!   N clients run in a child process (this binary with `--client`), so
 //!   the memory figure is the server's alone. Both share the 2 cores.
@@ -23,7 +32,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -129,8 +138,10 @@ fn main() {
         return;
     }
     let tcp = keep_alive || args.iter().any(|a| a == "--tcp");
+    let close = args.iter().any(|a| a == "--close");
+    let bare = !tcp && args.iter().any(|a| a == "--bare");
     let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000);
-    runtime().block_on(run(n, tcp, keep_alive));
+    runtime().block_on(run(n, tcp, keep_alive, close, bare));
 }
 
 /// Reads one response off a kept-alive connection: up to the end of its
@@ -221,7 +232,37 @@ async fn client(addr: std::net::SocketAddr, n: usize, keep_alive: bool) {
     drop(open);
 }
 
-async fn run(n: usize, tcp: bool, keep_alive: bool) {
+/// The `--bare` handler's state.
+#[derive(Default)]
+struct Bare {
+    buckets: Vec<tokio::sync::Notify>,
+    next: AtomicUsize,
+    parked: AtomicUsize,
+    body: std::sync::OnceLock<axum::body::Bytes>,
+}
+
+/// Parks until the buckets are notified (except the warm-up request), then
+/// answers with the body set before that.
+async fn bare_long_poll(
+    axum::extract::State(bare): axum::extract::State<Arc<Bare>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if query.as_deref() != Some("warm") {
+        let i = bare.next.fetch_add(1, Ordering::Relaxed) % bare.buckets.len();
+        let woken = bare.buckets[i].notified();
+        bare.parked.fetch_add(1, Ordering::Relaxed);
+        woken.await;
+    }
+    let body = bare.body.get().cloned().unwrap_or_default();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+async fn run(n: usize, tcp: bool, keep_alive: bool, close: bool, bare_mode: bool) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("bench.redb")).unwrap();
     store
@@ -232,15 +273,40 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
     options.max_waiters = n;
     options.max_wait = Duration::from_secs(120);
     let state = ApiState::new(store.clone(), idle.clone(), idle, options);
-    let router = polld_api::router(state.clone());
+    let bare = Arc::new(Bare {
+        buckets: (0..100).map(|_| tokio::sync::Notify::new()).collect(),
+        ..Bare::default()
+    });
+    let api = polld_api::router(state.clone());
+    // Driven through the same `Either` in both modes.
+    let router = if bare_mode {
+        tower::util::Either::Right(
+            axum::Router::new()
+                .route("/v1/changes", axum::routing::get(bare_long_poll))
+                .with_state(Arc::clone(&bare)),
+        )
+    } else {
+        tower::util::Either::Left(api.clone())
+    };
+    let parked = || {
+        if bare_mode {
+            bare.parked.load(Ordering::Relaxed)
+        } else {
+            state.waiters()
+        }
+    };
 
     // Warm up the paths once so lazily built statics are not counted.
     let warm = router
         .clone()
         .oneshot(
-            Request::get("/v1/changes?after=0")
-                .body(Body::empty())
-                .unwrap(),
+            Request::get(if bare_mode {
+                "/v1/changes?warm"
+            } else {
+                "/v1/changes?after=0"
+            })
+            .body(Body::empty())
+            .unwrap(),
         )
         .await
         .unwrap();
@@ -249,6 +315,9 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
     // Counts answers, so that the JoinHandles are only collected (on the
     // block_on thread, a third thread on two cores) once all are in.
     let answered = Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new()));
+    // Each in-process answer's completion time (wall-clock ns) shifted left
+    // by one, its low bit set when it carried the change; 0 until then.
+    let results: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let rss_before = rss_kib();
     let mut tasks = Vec::new();
     let mut server = None;
@@ -266,7 +335,7 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         server = Some((
             stop,
-            tokio::spawn(listener.serve(router.clone(), limits, async move {
+            tokio::spawn(listener.serve(api.clone(), limits, async move {
                 let _ = stopped.await;
                 closer.close();
             })),
@@ -287,30 +356,38 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
         assert_eq!(first.0, "sent");
         child = Some((c, first.1));
     } else {
-        for _ in 0..n {
+        for i in 0..n {
             let router = router.clone();
             let answered = Arc::clone(&answered);
+            let results = Arc::clone(&results);
             tasks.push(tokio::spawn(async move {
                 let res = router
                     .oneshot(Request::get(PATH).body(Body::empty()).unwrap())
                     .await
                     .unwrap();
                 let body = res.into_body().collect().await.unwrap().to_bytes();
-                let done = (now_ns(), body.starts_with(WANT));
+                let done = u64::try_from(now_ns()).unwrap();
+                results[i].store(
+                    done << 1 | u64::from(body.starts_with(WANT)),
+                    Ordering::Relaxed,
+                );
                 if answered.0.fetch_add(1, Ordering::Relaxed) + 1 == n {
                     answered.1.notify_one();
                 }
-                done
+                if !close {
+                    // Parked without a waker, until aborted below.
+                    std::future::pending::<()>().await;
+                }
             }));
         }
     }
     // Bounded wait until every request is parked.
     let parked_by = std::time::Instant::now() + Duration::from_secs(120);
-    while state.waiters() < n {
+    while parked() < n {
         assert!(
             std::time::Instant::now() < parked_by,
             "only {} of {n} parked",
-            state.waiters()
+            parked()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -330,10 +407,28 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
     let client_pid = child.as_ref().map(|(c, _)| c.id());
     let cpu_before = (cpu_ms(std::process::id()), client_pid.map_or(0, cpu_ms));
     let commit_start = std::time::Instant::now();
-    store
-        .apply_blocking(vec![outcome(vec![ChangeKind::ErrorStarted])])
-        .unwrap();
-    let committed = now_ns();
+    let committed = if bare_mode {
+        // As the feed does: the body is ready, then one task on a worker
+        // wakes every bucket.
+        let body = format!(
+            "{}\"watch\":\"bench\",\"kind\":\"error_started\"}}],\"next\":\"2\"}}",
+            std::str::from_utf8(WANT).unwrap()
+        );
+        let _ = bare.body.set(body.into());
+        let committed = now_ns();
+        let bare = Arc::clone(&bare);
+        tokio::spawn(async move {
+            for bucket in &bare.buckets {
+                bucket.notify_waiters();
+            }
+        });
+        committed
+    } else {
+        store
+            .apply_blocking(vec![outcome(vec![ChangeKind::ErrorStarted])])
+            .unwrap();
+        now_ns()
+    };
     let commit_took = commit_start.elapsed();
 
     let mut done: Vec<(u128, bool)> = Vec::with_capacity(n);
@@ -358,8 +453,15 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
         assert!(c.wait().unwrap().success());
     } else {
         answered.1.notified().await;
+        done.extend(results.iter().map(|r| {
+            let r = r.load(Ordering::Relaxed);
+            (u128::from(r >> 1), r & 1 == 1)
+        }));
+        for t in &tasks {
+            t.abort();
+        }
         for t in tasks {
-            done.push(t.await.unwrap());
+            let _ = t.await;
         }
     }
     let (cpu_server, cpu_client) = cpu_after.unwrap_or((cpu_ms(std::process::id()), 0));
@@ -381,8 +483,12 @@ async fn run(n: usize, tcp: bool, keep_alive: bool) {
             "TCP loopback + hyper server (clients in a child process, kept alive)"
         } else if tcp {
             "TCP loopback + hyper server (clients in a child process)"
+        } else if bare_mode {
+            "a bare axum handler, oneshot (tasks kept until all are answered)"
+        } else if close {
+            "router oneshot (each task ends at its answer)"
         } else {
-            "router oneshot"
+            "router oneshot (tasks kept until all are answered)"
         }
     );
     println!(

@@ -303,17 +303,22 @@ impl Feed {
             }
         }
         drop(tail);
-        if let Some(hold) = hold {
+        if let Some(hold) = hold
+            && !closing.is_cancelled()
+        {
             let bucket = self.deadlines.join(hold);
             // Bounded by the bucket's deadline: every pass either returns or
-            // waits for the next wake of the bucket.
+            // waits for the next wake of the bucket. Shutdown is learnt from
+            // the tail (`look`), not from `closing`, whose check takes a
+            // mutex that every woken waiter would contend on.
             loop {
+                // Created before looking: `notify_waiters` wakes a `Notified`
+                // from its creation on, so a tail published, or a deadline
+                // passed, after this point wakes this waiter. It joins the
+                // bucket's list (a lock) only when it waits: a woken waiter
+                // that answers never takes that lock.
                 let woken = bucket.wake.notified();
-                tokio::pin!(woken);
-                // Registered before looking: a tail published, or a deadline
-                // passed, after this point wakes this waiter.
-                woken.as_mut().enable();
-                if bucket.expired.load(Ordering::SeqCst) || closing.is_cancelled() {
+                if bucket.expired.load(Ordering::SeqCst) {
                     break;
                 }
                 match self.look(after, limit, want_json, &mut next) {

@@ -12,8 +12,8 @@
 //!   streams are answered from, so that a commit wakes thousands of waiters
 //!   without thousands of store reads.
 //! - `routes`: the handlers, one module per resource.
-//! - `guard`: the DNS-rebinding `Host` check, the bearer token, and the
-//!   middleware that makes every error body JSON.
+//! - `guard`: [`Api`], the router inside the DNS-rebinding `Host` check,
+//!   the bearer token, and the rewrite that makes every error body JSON.
 //! - `openapi`: the OpenAPI document, generated from the handlers' annotations.
 //! - [`server`]: binding TCP or a Unix socket and serving with a header-read
 //!   timeout, a connection limit and a bounded drain.
@@ -46,6 +46,7 @@ pub mod server;
 pub mod state;
 
 pub use error::ApiError;
+pub use guard::{Api, GuardFuture};
 pub use json::ratio_304;
 pub use openapi::openapi;
 pub use routes::router;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use crate::Api;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -202,7 +202,7 @@ async fn bind_unix(path: &Path) -> Result<Listener, ServeError> {
 /// [`Listener::serve`].
 pub async fn serve(
     listen: &Listen,
-    router: Router,
+    router: Api,
     limits: ServeLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -217,12 +217,7 @@ impl Listener {
     /// what remains, and removes a Unix socket file. Call
     /// [`crate::ApiState::close`] at shutdown too, so that held long polls
     /// answer at once instead of at the end of their wait.
-    pub async fn serve(
-        self,
-        router: Router,
-        limits: ServeLimits,
-        shutdown: impl Future<Output = ()>,
-    ) {
+    pub async fn serve(self, router: Api, limits: ServeLimits, shutdown: impl Future<Output = ()>) {
         let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let draining = CancellationToken::new();
         let mut conns = JoinSet::new();
@@ -295,7 +290,7 @@ enum Conn {
 
 async fn serve_connection(
     conn: Conn,
-    service: TowerToHyperService<Router>,
+    service: TowerToHyperService<Api>,
     limits: ServeLimits,
     draining: CancellationToken,
 ) {
@@ -307,7 +302,7 @@ async fn serve_connection(
 
 async fn serve_io<I>(
     io: I,
-    service: TowerToHyperService<Router>,
+    service: TowerToHyperService<Api>,
     limits: ServeLimits,
     draining: CancellationToken,
 ) where

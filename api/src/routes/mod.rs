@@ -8,11 +8,10 @@ pub(crate) mod watches;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 
 use crate::error::ApiError;
-use crate::guard;
+use crate::guard::{self, Api};
 use crate::openapi::routes_and_doc;
 use crate::state::ApiState;
 
@@ -22,16 +21,16 @@ pub(crate) struct OpenApiJson(pub(crate) Arc<String>);
 
 /// The whole API with its guards. Serve it with [`crate::serve`], or drive
 /// it in tests with `tower::ServiceExt::oneshot`.
-pub fn router(state: ApiState) -> Router {
+pub fn router(state: ApiState) -> Api {
     let (routes, doc) = routes_and_doc();
     let doc = doc
         .to_pretty_json()
         .unwrap_or_else(|err| format!("{{\"error\": \"cannot render the document: {err}\"}}"));
-    routes
+    let routes = routes
         .fallback(guard::not_found)
         .method_not_allowed_fallback(guard::method_not_allowed)
-        .layer(guard::GuardLayer(state.clone()))
-        .with_state(state.with_openapi(OpenApiJson(Arc::new(doc))))
+        .with_state(state.clone().with_openapi(OpenApiJson(Arc::new(doc))));
+    Api::new(state, routes)
 }
 
 /// Maps a malformed query string to a 400 with axum's explanation.

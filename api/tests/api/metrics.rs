@@ -82,7 +82,7 @@ fn daemon_like_openmetrics() -> String {
     out
 }
 
-fn router_with(text: String) -> (tempfile::TempDir, axum::Router) {
+fn router_with(text: String) -> (tempfile::TempDir, polld_api::Api) {
     let dir = tempfile::tempdir().unwrap();
     let store = polld_store::Store::open(&dir.path().join("db")).unwrap();
     let engine = crate::common::fixture().engine;

@@ -4,11 +4,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use polld_api::{ApiOptions, ApiState, BoxFuture, Engine, MetricsSource};
+use polld_api::{Api, ApiOptions, ApiState, BoxFuture, Engine, MetricsSource};
 use polld_config::Listen;
 use polld_store::{
     ChangeKind, NewVersion, Outcome, Store, StoreOptions, WatchState, WatchStatus, hash_body,
@@ -85,7 +84,7 @@ pub(crate) fn fixture_with(options: ApiOptions, max_changes: u64) -> Fx {
 }
 
 impl Fx {
-    pub(crate) fn router(&self) -> Router {
+    pub(crate) fn router(&self) -> Api {
         polld_api::router(self.state.clone())
     }
 
@@ -185,7 +184,7 @@ impl Res {
     }
 }
 
-pub(crate) async fn send(router: &Router, req: Request<Body>) -> Res {
+pub(crate) async fn send(router: &Api, req: Request<Body>) -> Res {
     let res = router.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
@@ -197,6 +196,6 @@ pub(crate) async fn send(router: &Router, req: Request<Body>) -> Res {
     }
 }
 
-pub(crate) async fn get(router: &Router, uri: &str) -> Res {
+pub(crate) async fn get(router: &Api, uri: &str) -> Res {
     send(router, Request::get(uri).body(Body::empty()).unwrap()).await
 }
