@@ -189,26 +189,42 @@ impl ApiState {
 /// One of the `max_waiters` slots, held by a long poll or SSE stream while
 /// it waits; given back on drop. A counter rather than a semaphore: nothing
 /// ever waits for a slot, and a semaphore's release takes a lock that
-/// thousands of waiters answered at once would queue on.
-pub(crate) struct WaiterSlot(Arc<Inner>);
+/// thousands of waiters answered at once would queue on. It borrows the
+/// counter rather than holding a clone of the state: each clone is one
+/// more update of the state's reference count, a cache line that 10,000
+/// waiters answered at once on two cores would pass back and forth.
+pub(crate) struct WaiterSlot<'a>(&'a AtomicUsize);
 
-impl WaiterSlot {
+impl<'a> WaiterSlot<'a> {
     /// A slot, or `None` when all are taken.
-    pub(crate) fn take(state: &ApiState) -> Option<WaiterSlot> {
+    pub(crate) fn take(state: &'a ApiState) -> Option<WaiterSlot<'a>> {
         let max = state.inner.options.max_waiters;
-        state
-            .inner
-            .waiters
+        let waiters = &state.inner.waiters;
+        waiters
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| WaiterSlot(Arc::clone(&state.inner)))
+            .map(|_| WaiterSlot(waiters))
+    }
+
+    /// Hands the slot to an owner of the state that gives it back with
+    /// [`ApiState::release_waiter`] (an SSE stream, which outlives the
+    /// handler's borrow).
+    pub(crate) fn detach(self) {
+        std::mem::forget(self);
     }
 }
 
-impl Drop for WaiterSlot {
+impl Drop for WaiterSlot<'_> {
     fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ApiState {
+    /// Gives back a slot that was [`WaiterSlot::detach`]ed.
+    pub(crate) fn release_waiter(&self) {
+        self.inner.waiters.fetch_sub(1, Ordering::AcqRel);
     }
 }

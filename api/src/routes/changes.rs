@@ -86,7 +86,7 @@ fn hold_from_now((least, most): (Duration, Duration)) -> Hold {
     }
 }
 
-fn waiter_slot(state: &ApiState) -> Result<WaiterSlot, ApiError> {
+fn waiter_slot(state: &ApiState) -> Result<WaiterSlot<'_>, ApiError> {
     WaiterSlot::take(state).ok_or(ApiError::TooManyWaiters {
         retry_after_s: RETRY_AFTER_S,
     })
@@ -186,7 +186,9 @@ pub(crate) async fn sse(
         .feed
         .next_page(after, DEFAULT_LIMIT, None, &state.inner.closing, false)
         .await?;
-    let events = events(state, first, slot);
+    // From here the stream owns the slot (see `StreamState`'s drop).
+    slot.detach();
+    let events = events(state, first);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -198,13 +200,21 @@ struct StreamState {
     cursor: u64,
     first: Option<Vec<crate::json::ChangeJson>>,
     done: bool,
-    _slot: WaiterSlot,
 }
 
+/// The stream holds a waiter slot (detached from the handler's borrow)
+/// until it ends or its client goes away.
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.state.release_waiter();
+    }
+}
+
+/// The stream after `first`; it gives back the waiter slot its caller
+/// detached when it ends.
 fn events(
     state: ApiState,
     first: crate::feed::Page,
-    slot: WaiterSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let st = StreamState {
         feed: state.inner.feed.clone(),
@@ -212,7 +222,6 @@ fn events(
         first: Some(first.changes),
         state,
         done: false,
-        _slot: slot,
     };
     // Each step yields one batch (possibly empty at the end of a wait); the
     // stream ends on shutdown, on an error, or when the client goes away.
