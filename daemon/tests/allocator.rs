@@ -16,7 +16,9 @@ fn polld_is_built_with_the_workspace_jemalloc_options() {
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("(string specified via --with-malloc-conf): \"dirty_decay_ms:1000\""),
+        stderr.contains(
+            "(string specified via --with-malloc-conf): \"dirty_decay_ms:1000,background_thread:true\""
+        ),
         "polld was built without .cargo/config.toml's JEMALLOC_SYS_WITH_MALLOC_CONF; \
          jemalloc said:\n{stderr}"
     );
