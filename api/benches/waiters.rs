@@ -139,7 +139,15 @@ fn main() {
     }
     let tcp = keep_alive || args.iter().any(|a| a == "--tcp");
     let close = args.iter().any(|a| a == "--close");
-    let bare = !tcp && args.iter().any(|a| a == "--bare");
+    let bare = args.iter().any(|a| a == "--bare");
+    if bare && tcp {
+        eprintln!("waiters: --bare runs in process only, not with --tcp or --keep-alive");
+        std::process::exit(2);
+    }
+    // As `polld run` does (daemon/src/allocator.rs).
+    if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("waiters: jemalloc has no background threads here ({err}); purging stays inline");
+    }
     let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000);
     runtime().block_on(run(n, tcp, keep_alive, close, bare));
 }
@@ -362,11 +370,12 @@ async fn run(n: usize, tcp: bool, keep_alive: bool, close: bool, bare_mode: bool
                     .await
                     .unwrap();
                 let body = res.into_body().collect().await.unwrap().to_bytes();
+                let ok = body.starts_with(WANT);
+                // Dropped inside the timed part, as hyper drops a body once
+                // written, also on a kept-alive connection.
+                drop(body);
                 let done = u64::try_from(now_ns()).unwrap();
-                results[i].store(
-                    done << 1 | u64::from(body.starts_with(WANT)),
-                    Ordering::Relaxed,
-                );
+                results[i].store(done << 1 | u64::from(ok), Ordering::Relaxed);
                 if !close {
                     // Parked without a waker, until aborted below.
                     std::future::pending::<()>().await;
@@ -425,7 +434,7 @@ async fn run(n: usize, tcp: bool, keep_alive: bool, close: bool, bare_mode: bool
     let commit_took = commit_start.elapsed();
 
     let mut done: Vec<(u128, bool)> = Vec::with_capacity(n);
-    let mut cpu_after = None;
+    let cpu_after;
     if let Some((mut c, lines)) = child {
         let client_pid = c.id();
         let (answers, cpu) = tokio::task::spawn_blocking(move || {
@@ -442,7 +451,7 @@ async fn run(n: usize, tcp: bool, keep_alive: bool, close: bool, bare_mode: bool
         .await
         .unwrap();
         done = answers;
-        cpu_after = Some(cpu);
+        cpu_after = cpu;
         assert!(c.wait().unwrap().success());
     } else {
         // Every answer is in when every slot is set. Checked from the
@@ -457,21 +466,39 @@ async fn run(n: usize, tcp: bool, keep_alive: bool, close: bool, bare_mode: bool
                 seen += 1;
                 continue;
             }
-            assert!(std::time::Instant::now() < all_by, "only {seen} of {n} answered");
+            if tasks[seen].is_finished() && results[seen].load(Ordering::Relaxed) == 0 {
+                // Ended without an answer (read again after it ended: a
+                // `--close` task ends right after its answer): its panic
+                // says why.
+                if let Err(err) = (&mut tasks[seen]).await {
+                    std::panic::resume_unwind(err.into_panic());
+                }
+                panic!("waiter {seen} ended without an answer");
+            }
+            assert!(
+                std::time::Instant::now() < all_by,
+                "only {seen} of {n} answered"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        cpu_after = (cpu_ms(std::process::id()), 0);
         done.extend(results.iter().map(|r| {
             let r = r.load(Ordering::Relaxed);
             (u128::from(r >> 1), r & 1 == 1)
         }));
+        // The parked tasks end now, after the CPU reading.
         for t in &tasks {
             t.abort();
         }
         for t in tasks {
-            let _ = t.await;
+            if let Err(err) = t.await
+                && err.is_panic()
+            {
+                std::panic::resume_unwind(err.into_panic());
+            }
         }
     }
-    let (cpu_server, cpu_client) = cpu_after.unwrap_or((cpu_ms(std::process::id()), 0));
+    let (cpu_server, cpu_client) = cpu_after;
     let (cpu_server, cpu_client) = (
         cpu_server - cpu_before.0,
         cpu_client.saturating_sub(cpu_before.1),
@@ -490,6 +517,8 @@ async fn run(n: usize, tcp: bool, keep_alive: bool, close: bool, bare_mode: bool
             "TCP loopback + hyper server (clients in a child process, kept alive)"
         } else if tcp {
             "TCP loopback + hyper server (clients in a child process)"
+        } else if bare_mode && close {
+            "a bare axum handler, oneshot (each task ends at its answer)"
         } else if bare_mode {
             "a bare axum handler, oneshot (tasks kept until all are answered)"
         } else if close {

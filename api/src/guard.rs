@@ -13,8 +13,9 @@ use std::task::{Context, Poll, ready};
 use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
+use axum::body::HttpBody as _;
 use axum::extract::Request;
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use tower::Service;
 
@@ -59,25 +60,32 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = GuardFuture;
+    type Future = ApiFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Service::<Request>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let req = req.map(Body::new);
+        let mut req = req.map(Body::new);
         let log = Log {
             method: req.method().clone(),
             path: log_path(req.uri().path()),
         };
+        // HEAD is answered as GET, and its body dropped here, after any
+        // rewrite to JSON: the router would drop it before the rewrite
+        // could read the error's text, and the length would not be GET's.
+        let head = req.method() == Method::HEAD;
+        if head {
+            *req.method_mut() = Method::GET;
+        }
         let stage = match check(&self.state, &req) {
             Err(err) => Stage::Answered(Some(err.into_response())),
             // Called in place, not through a clone: the router's future
             // owns what it needs (the router clones the route it calls).
             Ok(()) => Stage::Called(self.inner.call(req)),
         };
-        GuardFuture { stage, log }
+        ApiFuture { stage, log, head }
     }
 }
 
@@ -105,19 +113,23 @@ fn log_path(path: &str) -> Cow<'static, str> {
     FIXED_PATHS
         .iter()
         .find(|fixed| **fixed == path)
-        .map_or_else(|| Cow::Owned(path.to_owned()), |fixed| Cow::Borrowed(*fixed))
+        .map_or_else(
+            || Cow::Owned(path.to_owned()),
+            |fixed| Cow::Borrowed(*fixed),
+        )
 }
 
-/// The future of [`Api`].
-#[doc(hidden)]
-pub struct GuardFuture {
+/// The answer of [`Api`] to one request.
+pub struct ApiFuture {
     stage: Stage,
     log: Log,
+    /// A HEAD request, answered as GET without the body.
+    head: bool,
 }
 
-impl std::fmt::Debug for GuardFuture {
+impl std::fmt::Debug for ApiFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardFuture")
+        f.debug_struct("ApiFuture")
             .field("method", &self.log.method)
             .field("path", &self.log.path)
             .finish_non_exhaustive()
@@ -133,12 +145,12 @@ enum Stage {
     Rewriting(Pin<Box<dyn Future<Output = Response> + Send>>),
 }
 
-impl Future for GuardFuture {
+impl Future for ApiFuture {
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let res = loop {
+        let mut res = loop {
             match &mut this.stage {
                 Stage::Answered(res) => break res.take().unwrap_or_default(),
                 Stage::Called(fut) => {
@@ -151,6 +163,9 @@ impl Future for GuardFuture {
                 Stage::Rewriting(fut) => break ready!(fut.as_mut().poll(cx)),
             }
         };
+        if this.head {
+            drop_body(&mut res);
+        }
         let status = res.status();
         let Log { method, path } = &this.log;
         if status.is_server_error() {
@@ -160,6 +175,18 @@ impl Future for GuardFuture {
         }
         Poll::Ready(Ok(res))
     }
+}
+
+/// A HEAD answer: GET's head with the length its body would have had, and
+/// no body.
+fn drop_body(res: &mut Response) {
+    if !res.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(size) = res.body().size_hint().exact()
+    {
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    *res.body_mut() = Body::empty();
 }
 
 fn check(state: &ApiState, req: &Request) -> Result<(), ApiError> {

@@ -46,7 +46,7 @@ pub mod server;
 pub mod state;
 
 pub use error::ApiError;
-pub use guard::{Api, GuardFuture};
+pub use guard::{Api, ApiFuture};
 pub use json::ratio_304;
 pub use openapi::openapi;
 pub use routes::router;

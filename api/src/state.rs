@@ -208,11 +208,12 @@ impl<'a> WaiterSlot<'a> {
             .map(|_| WaiterSlot(waiters))
     }
 
-    /// Hands the slot to an owner of the state that gives it back with
-    /// [`ApiState::release_waiter`] (an SSE stream, which outlives the
-    /// handler's borrow).
-    pub(crate) fn detach(self) {
+    /// The same slot, held through a clone of the state rather than a
+    /// borrow: for an SSE stream, which outlives the handler.
+    pub(crate) fn into_owned(self, state: &ApiState) -> OwnedWaiterSlot {
+        debug_assert!(std::ptr::eq(self.0, &state.inner.waiters));
         std::mem::forget(self);
+        OwnedWaiterSlot(state.clone())
     }
 }
 
@@ -222,9 +223,11 @@ impl Drop for WaiterSlot<'_> {
     }
 }
 
-impl ApiState {
-    /// Gives back a slot that was [`WaiterSlot::detach`]ed.
-    pub(crate) fn release_waiter(&self) {
-        self.inner.waiters.fetch_sub(1, Ordering::AcqRel);
+/// A [`WaiterSlot`] that owns a clone of the state; given back on drop.
+pub(crate) struct OwnedWaiterSlot(ApiState);
+
+impl Drop for OwnedWaiterSlot {
+    fn drop(&mut self) {
+        self.0.inner.waiters.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -260,6 +260,7 @@ fn check_config(path: &Path) -> ExitCode {
 
 fn run(args: &RunArgs) -> ExitCode {
     crate::logging::init(args.log_format);
+    crate::allocator::purge_in_background();
 
     let config = match Config::load(&args.config.config) {
         Ok(config) => config,

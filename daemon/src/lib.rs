@@ -4,6 +4,7 @@
 //! command line to [`cli::main`].
 
 pub mod agent;
+mod allocator;
 pub mod await_cmd;
 pub mod cli;
 pub mod client;

@@ -23,7 +23,7 @@ use super::{parse_limit, query};
 use crate::error::ApiError;
 use crate::feed::{Feed, Hold};
 use crate::json::{ChangesPage, ErrorJson, GoneJson};
-use crate::state::{ApiState, WaiterSlot};
+use crate::state::{ApiState, OwnedWaiterSlot, WaiterSlot};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -186,9 +186,8 @@ pub(crate) async fn sse(
         .feed
         .next_page(after, DEFAULT_LIMIT, None, &state.inner.closing, false)
         .await?;
-    // From here the stream owns the slot (see `StreamState`'s drop).
-    slot.detach();
-    let events = events(state, first);
+    let slot = slot.into_owned(&state);
+    let events = events(state, first, slot);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -200,21 +199,14 @@ struct StreamState {
     cursor: u64,
     first: Option<Vec<crate::json::ChangeJson>>,
     done: bool,
+    /// Held until the stream ends or its client goes away.
+    _slot: OwnedWaiterSlot,
 }
 
-/// The stream holds a waiter slot (detached from the handler's borrow)
-/// until it ends or its client goes away.
-impl Drop for StreamState {
-    fn drop(&mut self) {
-        self.state.release_waiter();
-    }
-}
-
-/// The stream after `first`; it gives back the waiter slot its caller
-/// detached when it ends.
 fn events(
     state: ApiState,
     first: crate::feed::Page,
+    slot: OwnedWaiterSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let st = StreamState {
         feed: state.inner.feed.clone(),
@@ -222,6 +214,7 @@ fn events(
         first: Some(first.changes),
         state,
         done: false,
+        _slot: slot,
     };
     // Each step yields one batch (possibly empty at the end of a wait); the
     // stream ends on shutdown, on an error, or when the client goes away.

@@ -631,3 +631,38 @@ async fn a_closed_store_is_503_json() {
         .await
         .error(StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// HEAD answers as GET without the body, also for an error whose text
+/// comes from an extractor's rejection (rewritten to JSON before the body
+/// is dropped, so its length is GET's).
+#[tokio::test]
+async fn head_is_get_without_the_body() {
+    let fx = fixture();
+    let r = fx.router();
+    for uri in [
+        "/healthz",
+        "/v1/watches/%FF",
+        "/v1/changes?after=abc",
+        "/v1/nowhere",
+    ] {
+        let full = get(&r, uri).await;
+        let head = send(&r, Request::head(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(head.status, full.status, "{uri}");
+        assert!(head.body.is_empty(), "{uri}: a body on HEAD");
+        let length = full.body.len().to_string();
+        assert_eq!(
+            head.header("content-length"),
+            Some(length.as_str()),
+            "{uri}: GET's length"
+        );
+        assert_eq!(
+            head.header("content-type"),
+            full.header("content-type"),
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        get(&r, "/v1/watches/%FF").await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
