@@ -1,7 +1,7 @@
 //! Memory of 10,000 concurrent long-poll waiters, and the time from a commit
 //! to their responses.
 //!
-//! `cargo bench -p polld-api --bench waiters [-- N] [--close | --tcp | --keep-alive]`
+//! `cargo bench -p polld-api --bench waiters [-- N] [--close | --bare | --tcp | --keep-alive]`
 //!
 //! - default: N requests (10,000) driven through the router with `oneshot`
 //!   in this process: what the API itself costs per waiter. Each request's
