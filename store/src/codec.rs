@@ -12,8 +12,12 @@ use crate::Hash;
 use crate::error::DecodeError;
 use crate::model::{Change, ChangeKind, Version, WatchState, WatchStatus};
 
-/// Format byte of the records written by this build.
+/// Format byte of every record (and of watch states without a server hold).
 const RECORD_V1: u8 = 1;
+/// Format byte of a watch state with a server hold (schema 5): its trailing
+/// fields are all present, each an option, instead of V1's "absent at the
+/// end".
+const RECORD_V2: u8 = 2;
 
 /// Body blob tags: bodies that zstd does not shrink are kept as they are, so
 /// that tiny or already-compressed bodies cost no CPU to read back.
@@ -178,6 +182,14 @@ impl<'a> Dec<'a> {
         }
     }
 
+    /// The format byte of a watch state: V1 or V2.
+    fn state_format(&mut self) -> Result<u8, DecodeError> {
+        match self.u8()? {
+            f @ (RECORD_V1 | RECORD_V2) => Ok(f),
+            _ => Err(self.err("unknown record format")),
+        }
+    }
+
     fn end(&self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())
@@ -240,7 +252,9 @@ pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
             + s.cursor.as_ref().map_or(0, String::len)
             + s.last_error.as_ref().map_or(0, String::len),
     );
-    e.u8(RECORD_V1);
+    // Most records have no hold and keep the V1 layout byte for byte.
+    let v2 = s.hold_until_ms.is_some();
+    e.u8(if v2 { RECORD_V2 } else { RECORD_V1 });
     e.str(&s.url);
     // A hash is uniformly spread, so a varint would only make it longer.
     e.fixed64(s.fingerprint);
@@ -277,6 +291,12 @@ pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
             e.hash(h);
         }
     }
+    if v2 {
+        e.opt_str(s.pending_job.as_deref());
+        e.opt_varint(s.base_interval_ms);
+        e.opt_varint(s.hold_until_ms);
+        return e.finish();
+    }
     // Schema 3 and 4: appended, so that older records (without them) still
     // decode; an older polld refuses a newer file before reading one. Left
     // out when absent, which keeps a schema 3 record's encoding.
@@ -297,7 +317,7 @@ pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
 
 pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError> {
     let mut d = Dec::new(b, "watch state");
-    d.format()?;
+    let format = d.state_format()?;
     let url = d.string()?;
     let fingerprint = d.fixed64()?;
     let etag = d.opt_string()?;
@@ -330,20 +350,11 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
         1 => Some(d.hash()?),
         _ => return Err(d.err("bad option tag")),
     };
-    // Absent when neither is set: see `encode_state`.
-    let pending_job = if d.buf.is_empty() {
-        None
+    let (pending_job, base_interval_ms, hold_until_ms) = if format == RECORD_V2 {
+        (d.opt_string()?, d.opt_varint()?, d.opt_varint()?)
     } else {
-        match d.u8()? {
-            0 => None,
-            1 => Some(d.string()?),
-            _ => return Err(d.err("bad pending-job tag")),
-        }
-    };
-    let base_interval_ms = if d.buf.is_empty() {
-        None
-    } else {
-        Some(d.varint()?)
+        let (pending_job, base_interval_ms) = decode_v1_trailer(&mut d)?;
+        (pending_job, base_interval_ms, None)
     };
     d.end()?;
     Ok(WatchState {
@@ -375,7 +386,28 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
         latest_hash,
         pending_job,
         base_interval_ms,
+        hold_until_ms,
     })
+}
+
+/// A V1 state's optional tail: the pending job and the configured interval,
+/// each absent when the record ends before it (see `encode_state`).
+fn decode_v1_trailer(d: &mut Dec<'_>) -> Result<(Option<String>, Option<u64>), DecodeError> {
+    let pending_job = if d.buf.is_empty() {
+        None
+    } else {
+        match d.u8()? {
+            0 => None,
+            1 => Some(d.string()?),
+            _ => return Err(d.err("bad pending-job tag")),
+        }
+    };
+    let base_interval_ms = if d.buf.is_empty() {
+        None
+    } else {
+        Some(d.varint()?)
+    };
+    Ok((pending_job, base_interval_ms))
 }
 
 /// The version record. Watch id and number are the key.
@@ -497,7 +529,41 @@ mod tests {
             latest_hash: Some([9; 32]),
             pending_job: None,
             base_interval_ms: Some(60_000),
+            hold_until_ms: None,
         }
+    }
+
+    #[test]
+    fn a_server_hold_round_trips_in_format_2_and_other_states_stay_format_1() {
+        let plain = encode_state(&full_state());
+        assert_eq!(plain[0], RECORD_V1, "no hold: the V1 layout");
+        for (job, base) in [
+            (None, None),
+            (Some("https://example.org/jobs/17"), None),
+            (None, Some(60_000)),
+            (Some("https://example.org/jobs/17"), Some(60_000)),
+        ] {
+            let s = WatchState {
+                pending_job: job.map(str::to_owned),
+                base_interval_ms: base,
+                hold_until_ms: Some(1_700_000_123_456),
+                ..full_state()
+            };
+            let b = encode_state(&s);
+            assert_eq!(b[0], RECORD_V2);
+            assert_eq!(decode_state("w", &b).unwrap(), s);
+            // Every field of format 2 is present: any cut is an error.
+            for cut in 0..b.len() {
+                assert!(decode_state("w", &b[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut long = b.clone();
+            long.push(0);
+            assert!(decode_state("w", &long).is_err(), "garbage after it");
+        }
+        // A format this build does not know is refused, not misread.
+        let mut unknown = encode_state(&full_state());
+        unknown[0] = 3;
+        assert!(decode_state("w", &unknown).is_err());
     }
 
     #[test]

@@ -105,6 +105,12 @@ pub struct WatchState {
     /// reload does) instead of resuming what backoff grew from the old.
     /// `None` in records written before polld kept it.
     pub base_interval_ms: Option<u64>,
+    /// The server asked not to be polled again before this time, unix ms
+    /// (`Retry-After`, `X-Poll-Interval`, a rate-limit reset or the
+    /// freshness of its last answer): an edited interval may bring the next
+    /// poll forward, never before this. `None` when the last answer asked
+    /// for nothing (and in records from before schema 5).
+    pub hold_until_ms: Option<u64>,
 }
 
 /// One stored version of a watch's body.

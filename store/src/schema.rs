@@ -11,6 +11,10 @@
 //! - **2**: adds `body_refs` (hash → number of versions naming it), so that
 //!   pruning a version can delete its body without a scan. The migration
 //!   counts the references once and drops bodies that nothing names.
+//! - **3**: watch states may end with a pending job's URL.
+//! - **4**: ... and with the configured interval.
+//! - **5**: watch states with a server hold (`hold_until_ms`) use record
+//!   format 2. Older records decode as they are.
 
 use std::collections::HashMap;
 
@@ -21,7 +25,7 @@ use crate::codec::decode_version;
 use crate::error::StoreError;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// `schema_version`, `last_seq` (newest seq ever appended, 0 before the
 /// first) and `oldest_seq` (oldest retained; `last_seq + 1` when the log is
@@ -47,7 +51,8 @@ pub(crate) const KEY_OLDEST_SEQ: &str = "oldest_seq";
 
 /// One upgrade step: `MIGRATIONS[i]` turns schema `i + 1` into `i + 2`.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] = [v1_to_v2, v2_to_v3, v3_to_v4];
+const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] =
+    [v1_to_v2, v2_to_v3, v3_to_v4, v4_to_v5];
 
 /// Reads the schema version of an existing file without writing to it, so
 /// that a file from a newer polld is refused before redb's open-time check
@@ -184,6 +189,13 @@ fn v2_to_v3(_txn: &WriteTransaction) -> Result<(), StoreError> {
 /// watch-state records, as schema 3 did.
 #[allow(clippy::unnecessary_wraps)] // the shape of every migration
 fn v3_to_v4(_txn: &WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Schema 5 adds a record format for watch states with a server hold;
+/// nothing older changes.
+#[allow(clippy::unnecessary_wraps)] // the shape of every migration
+fn v4_to_v5(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 

@@ -548,8 +548,10 @@ impl<P: Poller> Engine<P> {
                         && waits_by_policy(&entry.state)
                         && let Some(key) = &entry.key
                     {
-                        let delay =
-                            policy::jittered(interval, policy.jitter, &mut self.rng).min(interval);
+                        // Never before what the server last asked for.
+                        let delay = policy::jittered(interval, policy.jitter, &mut self.rng)
+                            .min(interval)
+                            .max(server_hold(&entry.state, now));
                         self.queue.reset(key, delay.min(MAX_TIMER));
                         entry.due = Instant::now() + delay;
                         // Stored too: a restart before that poll keeps it.
@@ -621,16 +623,15 @@ impl<P: Poller> Engine<P> {
                     None => policy::first_delay(policy, &watch.schedule, now, &mut self.rng),
                 };
                 // Only a wait the policy chose is shortened: one a server
-                // asked for (Retry-After) or error backoff is kept. Spread
-                // like a new list's first polls: many watches edited at
-                // once must not come back as a herd.
+                // asked for (Retry-After, X-Poll-Interval, freshness) or
+                // error backoff is kept. Spread like a new list's first
+                // polls: many watches edited at once must not come back as
+                // a herd.
                 let delay = if base_changed && waits_by_policy(&state) {
-                    delay.min(policy::first_delay(
-                        policy,
-                        &watch.schedule,
-                        now,
-                        &mut self.rng,
-                    ))
+                    delay.min(
+                        policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
+                            .max(server_hold(&state, now)),
+                    )
                 } else {
                     delay
                 };
@@ -889,6 +890,16 @@ fn arm(queue: &mut DelayQueue<String>, id: String, delay: Duration) -> Key {
 /// cut short when its interval is edited.
 fn waits_by_policy(state: &WatchState) -> bool {
     state.status == WatchStatus::Ok && state.consecutive_errors == 0 && state.pending_job.is_none()
+}
+
+/// What is left of the wait the server last asked for (zero when it asked
+/// for none): the floor under a wait cut short by an edited interval.
+fn server_hold(state: &WatchState, now: SystemTime) -> Duration {
+    state.hold_until_ms.map_or(Duration::ZERO, |until| {
+        (SystemTime::UNIX_EPOCH + Duration::from_millis(until))
+            .duration_since(now)
+            .unwrap_or_default()
+    })
 }
 
 /// The host a due watch is limited under, or None when it is not to be

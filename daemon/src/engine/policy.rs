@@ -68,6 +68,9 @@ pub struct Decision {
     pub cadence: Cadence,
     /// Which rule set the delay (for logs and `polld await --verbose`).
     pub reason: &'static str,
+    /// The server's own floor (capped, without jitter), also when the
+    /// policy's delay was longer: nothing may bring the next poll before it.
+    pub server_floor: Option<Duration>,
 }
 
 /// Decides the delay before the next poll after `verdict`.
@@ -136,11 +139,13 @@ pub fn decide(
             delay: floor + floor.mul_f64(policy.jitter * rng.random::<f64>()),
             cadence: next,
             reason: floor_reason,
+            server_floor: Some(floor),
         },
         _ => Decision {
             delay: own,
             cadence: next,
             reason,
+            server_floor: floor,
         },
     }
 }

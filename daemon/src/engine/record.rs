@@ -220,6 +220,10 @@ pub(crate) fn apply(
     state.backoff_level = decision.cadence.backoff_level;
     state.consecutive_errors = decision.cadence.consecutive_errors;
     state.next_due_ms = (!stopped).then(|| unix_ms(now + decision.delay));
+    state.hold_until_ms = decision
+        .server_floor
+        .filter(|_| !stopped)
+        .map(|floor| unix_ms(now + floor));
     tracing::debug!(watch = %id, result, delay = ?decision.delay, reason = decision.reason, "next poll");
 
     Recorded {

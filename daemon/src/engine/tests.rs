@@ -21,6 +21,10 @@ enum Reply {
     Failed,
     /// 429 with `Retry-After`.
     RateLimited(Duration),
+    /// 304 with `X-Poll-Interval`.
+    NotModifiedPollInterval(Duration),
+    /// 304 with `Cache-Control: max-age`.
+    NotModifiedFresh(Duration),
     /// 200 after a 301 to this URL.
     Moved(&'static str),
     /// 200, and the watch's `until` conditions hold.
@@ -134,7 +138,9 @@ impl Poller for Scripted {
         }
         let reply = (self.script)(id, before);
         let (kind, status) = match reply {
-            Reply::NotModified => (OutcomeKind::NotModified, 304),
+            Reply::NotModified | Reply::NotModifiedPollInterval(_) | Reply::NotModifiedFresh(_) => {
+                (OutcomeKind::NotModified, 304)
+            }
             Reply::Changed | Reply::Moved(_) | Reply::Done | Reply::FailIf => {
                 let body = Bytes::from(format!("{id} version {before}"));
                 let hash = *blake3::hash(&body).as_bytes();
@@ -174,6 +180,12 @@ impl Poller for Scripted {
                 outcome.hints.not_before = Some(wait);
                 outcome.hints.reason = Some("Retry-After");
             }
+            Reply::NotModifiedPollInterval(wait) => {
+                outcome.hints.poll_interval = Some(wait);
+                outcome.hints.not_before = Some(wait);
+                outcome.hints.reason = Some("X-Poll-Interval");
+            }
+            Reply::NotModifiedFresh(fresh) => outcome.hints.fresh_for = Some(fresh),
             Reply::Moved(to) => outcome.moved_permanently = Some(to.parse().unwrap()),
             Reply::Done => {
                 outcome.finished = Some(crate::agent::Finished::Done {
@@ -1028,6 +1040,109 @@ async fn an_interval_edit_keeps_a_servers_retry_after_across_a_restart() {
     // The new interval is recorded all the same.
     let stored = store.watch("w0").unwrap().expect("stored");
     assert_eq!(stored.base_interval_ms, Some(10_000));
+}
+
+/// The first poll answers with `first`, every later one a plain 304.
+fn first_then_304(first: Reply) -> impl Fn(&str, usize) -> Reply + Send + Sync + 'static {
+    move |_, before| {
+        if before == 0 {
+            first
+        } else {
+            Reply::NotModified
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_to_a_shorter_interval_keeps_a_servers_poll_interval() {
+    // `one_watch`: backoff 2.0, so after a 304 the policy alone would wait
+    // 2 h; X-Poll-Interval asks for 3 h.
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(
+        wall_clock(1_700_000_000),
+        first_then_304(Reply::NotModifiedPollInterval(secs(3 * 3_600))),
+    );
+    let running = start(&one_watch("1h"), &store, poller.clone()).await;
+    run_until(secs(3_600), || poller.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(60)).await;
+
+    running
+        .handle
+        .reload(one_watch("10s"))
+        .await
+        .expect("reloaded");
+    run_until(secs(4 * 3_600), || poller.times("w0").len() == 2).await;
+    let times = poller.times("w0");
+    assert_near(
+        times[1] - times[0],
+        secs(3 * 3_600),
+        "the 3 h X-Poll-Interval, not the new 10 s",
+    );
+    // From then on the new interval rules (the server asked for nothing).
+    run_until(secs(60), || poller.times("w0").len() == 3).await;
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_servers_shorter_wait_still_bounds_a_wait_cut_by_a_reload() {
+    // The policy waits 2 h, longer than the server's 5 min: cut to 10 s by
+    // the edit, the wait still ends no earlier than those 5 min.
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(
+        wall_clock(1_700_000_000),
+        first_then_304(Reply::NotModifiedPollInterval(secs(300))),
+    );
+    let running = start(&one_watch("1h"), &store, poller.clone()).await;
+    run_until(secs(3_600), || poller.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(1)).await;
+
+    running
+        .handle
+        .reload(one_watch("10s"))
+        .await
+        .expect("reloaded");
+    run_until(secs(600), || poller.times("w0").len() == 2).await;
+    let times = poller.times("w0");
+    assert_near(times[1] - times[0], secs(300), "the server's 5 min");
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interval_edit_keeps_a_responses_freshness_across_a_restart() {
+    let (_dir, store) = open_store();
+    let first = Scripted::new(
+        wall_clock(1_700_000_000),
+        first_then_304(Reply::NotModifiedFresh(secs(3 * 3_600))),
+    );
+    let running = start(&one_watch("1h"), &store, first.clone()).await;
+    run_until(secs(3_600), || first.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(1)).await;
+    running.stop().await;
+    let stored = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(
+        stored
+            .hold_until_ms
+            .zip(stored.last_checked_ms)
+            .map(|(h, c)| h - c),
+        Some(3 * 3_600 * 1000),
+        "the hold is stored"
+    );
+
+    // Restarted under a 10 s interval: polled when the answer goes stale
+    // (3 h after it), not within 10 s.
+    let second = Scripted::new(first.clock, |_, _| Reply::NotModified);
+    let running = start(&one_watch("10s"), &store, second.clone()).await;
+    tokio::time::sleep(secs(600)).await;
+    assert!(second.times("w0").is_empty(), "the 3 h max-age was cut");
+    run_until(secs(3 * 3_600), || second.times("w0").len() == 1).await;
+    let polled_at = second.polls("w0")[0].wall;
+    let checked = SystemTime::UNIX_EPOCH + Duration::from_millis(stored.last_checked_ms.unwrap());
+    let gap = polled_at.duration_since(checked).unwrap();
+    assert!(
+        gap >= secs(3 * 3_600) && gap <= secs(3 * 3_600 + 10),
+        "polled {gap:?} after the fresh answer"
+    );
+    running.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
