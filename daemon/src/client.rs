@@ -17,8 +17,6 @@ const FOLLOW_WAIT_S: u64 = 30;
 /// Client-side timeout of a long poll: above the hold, so that the server's
 /// empty answer, not our timeout, ends an idle poll.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(FOLLOW_WAIT_S + 15);
-/// Pages read at most: 1,000 watches or changes a page, so a million.
-const MAX_PAGES: usize = 1000;
 /// `--follow` gives up after this many failed requests in a row.
 const MAX_FAILURES: u32 = 10;
 /// Changes asked for per page (the API's maximum).
@@ -51,7 +49,7 @@ pub async fn status(api: &Url, token: Option<&str>) -> anyhow::Result<()> {
     let client = Client::new(api, token, REQUEST_TIMEOUT)?;
     let mut out = Out::new();
     let mut after: Option<String> = None;
-    for _ in 0..MAX_PAGES {
+    loop {
         let mut query = vec![("limit", "1000".to_owned())];
         if let Some(after) = &after {
             query.push(("after", after.clone()));
@@ -95,11 +93,20 @@ pub async fn status(api: &Url, token: Option<&str>) -> anyhow::Result<()> {
             }
         }
         match page["next"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
+            Some(next) => after = Some(moved(after.as_deref(), next)?),
             None => return Ok(()),
         }
     }
-    bail!("more than {MAX_PAGES} pages of watches; stopped")
+}
+
+/// The cursor of the next page, which must differ from the one just used:
+/// the log and the watch list can be of any length, so a page count is no
+/// guard against a server that keeps answering the same page.
+fn moved(after: Option<&str>, next: &str) -> anyhow::Result<String> {
+    if after == Some(next) {
+        bail!("the API answered another page with the same cursor ({next}); stopped");
+    }
+    Ok(next.to_owned())
 }
 
 /// `polld diff WATCH [--from N] [--to M]`: the unified diff, as the API
@@ -141,14 +148,9 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
     let mut failures = 0;
     let reader_gone = reader_gone();
     tokio::pin!(reader_gone);
-    // Backlog: pages without waiting until one comes back short. A full
-    // log (keep_changes at most 1,000,000: MAX_PAGES pages) may need one
-    // more read to find its end.
-    let mut pages = 0;
+    // Backlog: pages without waiting until one comes back short (a log of
+    // whole pages needs one more read to find its end).
     loop {
-        if pages > MAX_PAGES {
-            bail!("more than {MAX_PAGES} pages of changes; stopped");
-        }
         let page = match client.changes_page(after.as_deref(), 0).await {
             Ok(page) => page,
             Err(err) if follow => {
@@ -161,15 +163,15 @@ pub async fn changes(api: &Url, token: Option<&str>, follow: bool) -> anyhow::Re
             Err(err) => return Err(err),
         };
         failures = 0;
-        pages += 1;
         let (n, next) = (page_len(&page), next_of(&page)?);
         if !print_changes(&mut out, &page)? {
             return Ok(());
         }
-        after = Some(next);
         if n < CHANGES_PAGE {
+            after = Some(next);
             break;
         }
+        after = Some(moved(after.as_deref(), &next)?);
     }
     if !follow {
         return Ok(());
@@ -539,6 +541,36 @@ mod tests {
             "2026-01-02T03:04:05Z"
         );
         assert_eq!(time(&Value::Null), "-");
+    }
+
+    #[test]
+    fn a_cursor_must_move_between_full_pages() {
+        assert_eq!(moved(None, "5").unwrap(), "5");
+        assert_eq!(moved(Some("5"), "6").unwrap(), "6");
+        let err = moved(Some("5"), "5").unwrap_err();
+        assert!(format!("{err:#}").contains("same cursor"), "{err:#}");
+    }
+
+    /// A server that answers the same page for ever ends `polld status`
+    /// (which reads every page, however many) instead of looping.
+    #[tokio::test]
+    async fn status_stops_at_a_server_whose_cursor_does_not_move() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/watches"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "watches": [{"id": "w", "state": "ok"}],
+                "next": "w",
+            })))
+            .mount(&server)
+            .await;
+        let url = Url::parse(&server.uri()).unwrap();
+        let err = status(&url, None).await.unwrap_err();
+        assert!(format!("{err:#}").contains("same cursor"), "{err:#}");
+        let asked = server.received_requests().await.unwrap();
+        assert_eq!(asked.len(), 2, "the first page, then the same again");
     }
 
     /// The clients against the real API over loopback.
