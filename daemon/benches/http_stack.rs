@@ -14,6 +14,12 @@
 //!   hyper and reqwest alone.
 //! - `agent`: `Agent::poll`, what the engine calls per poll (request
 //!   building, 304 handling, hints).
+//! - `hyper`: hyper's HTTP/1 connection API with no client around it: each
+//!   of the CONCURRENCY tasks owns one kept-alive connection and sends its
+//!   requests on it (no pool, no URL parsing, no redirect or decompression
+//!   layers): the least a well-kept Rust HTTP stack costs here.
+//! - `pooled`: hyper-util's pooled `Client` (the one reqwest wraps), plain
+//!   HTTP, with its pool as large as the concurrency: what a pool adds.
 //!
 //! CPU is this process's user + system time (`getrusage`), on a
 //! runtime with as many workers as polld's (one per core).
@@ -81,7 +87,13 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
     .expect("agent");
     let targets = Arc::new(warm_up(&agent, &base, n, concurrency).await);
 
-    for mode in ["client", "agent"] {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let pooled: Pooled =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(concurrency)
+            .build(connector);
+    for mode in ["client", "agent", "hyper", "pooled"] {
         let counts = Arc::new(Counts::default());
         let next = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + window;
@@ -89,14 +101,22 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {
-            let (agent, targets, counts, next) =
-                (agent.clone(), targets.clone(), counts.clone(), next.clone());
+            let (agent, targets, counts, next, pooled) = (
+                agent.clone(),
+                targets.clone(),
+                counts.clone(),
+                next.clone(),
+                pooled.clone(),
+            );
             tasks.push(tokio::spawn(async move {
+                let mut connection = None;
                 while Instant::now() < deadline {
                     let target = &targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()];
                     let answer = match mode {
                         "client" => client_get(&agent, target).await,
-                        _ => agent_poll(&agent, target).await,
+                        "agent" => agent_poll(&agent, target).await,
+                        "hyper" => hyper_get(&mut connection, target).await,
+                        _ => pooled_get(&pooled, target).await,
                     };
                     match answer {
                         Answer::NotModified => {
@@ -183,6 +203,85 @@ async fn client_get(agent: &Agent, target: &Target) -> Answer {
     };
     let status = response.status();
     match response.bytes().await {
+        Err(_) => Answer::Lost,
+        Ok(_) if status == http::StatusCode::NOT_MODIFIED => Answer::NotModified,
+        Ok(_) => Answer::Other,
+    }
+}
+
+type Pooled = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// One conditional GET through hyper-util's pooled client.
+async fn pooled_get(client: &Pooled, target: &Target) -> Answer {
+    use http_body_util::BodyExt;
+    let mut request = http::Request::get(target.watch.url.as_str())
+        .header(http::header::USER_AGENT, "polld-bench/1");
+    if let Some(etag) = &target.etag {
+        request = request.header(http::header::IF_NONE_MATCH, etag);
+    }
+    let request = request
+        .body(http_body_util::Empty::new())
+        .expect("a valid request");
+    let Ok(response) = client.request(request).await else {
+        return Answer::Lost;
+    };
+    let status = response.status();
+    match response.into_body().collect().await {
+        Err(_) => Answer::Lost,
+        Ok(_) if status == http::StatusCode::NOT_MODIFIED => Answer::NotModified,
+        Ok(_) => Answer::Other,
+    }
+}
+
+/// One conditional GET on this task's own hyper connection (opened on first
+/// use, and again after a failure).
+async fn hyper_get(
+    connection: &mut Option<
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    >,
+    target: &Target,
+) -> Answer {
+    use http_body_util::BodyExt;
+    let url = &target.watch.url;
+    if connection.as_ref().is_none_or(|c| c.is_closed()) {
+        let addr = (
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(80),
+        );
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            return Answer::Lost;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let Ok((sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
+            return Answer::Lost;
+        };
+        tokio::spawn(conn);
+        *connection = Some(sender);
+    }
+    let sender = connection.as_mut().expect("opened above");
+    if sender.ready().await.is_err() {
+        *connection = None;
+        return Answer::Lost;
+    }
+    let mut request = http::Request::get(url.path())
+        .header(http::header::HOST, url.authority())
+        .header(http::header::USER_AGENT, "polld-bench/1");
+    if let Some(etag) = &target.etag {
+        request = request.header(http::header::IF_NONE_MATCH, etag);
+    }
+    let request = request
+        .body(http_body_util::Empty::new())
+        .expect("a valid request");
+    let Ok(response) = sender.send_request(request).await else {
+        *connection = None;
+        return Answer::Lost;
+    };
+    let status = response.status();
+    match response.into_body().collect().await {
         Err(_) => Answer::Lost,
         Ok(_) if status == http::StatusCode::NOT_MODIFIED => Answer::NotModified,
         Ok(_) => Answer::Other,
