@@ -10,16 +10,18 @@
 //! for SECONDS (default 10) with CONCURRENCY requests in flight (default 128,
 //! bench/engine's `concurrency`), cycling over the N URLs with
 //! `If-None-Match`:
-//! - `client`: the agent's `reqwest::Client`, the response read to its end:
-//!   hyper and reqwest alone.
+//! - `reqwest`: a `reqwest::Client` set up as the agent's was until
+//!   2026-12-01 (no redirects, no proxy, a pool of CONCURRENCY per host),
+//!   the response read to its end.
+//! - `client`: the agent's own client (`agent::transport`: hyper-util's
+//!   pooled `Client`, the one reqwest wraps, with its TLS connector), the
+//!   response read to its end.
 //! - `agent`: `Agent::poll`, what the engine calls per poll (request
 //!   building, 304 handling, hints).
 //! - `hyper`: hyper's HTTP/1 connection API with no client around it: each
 //!   of the CONCURRENCY tasks owns one kept-alive connection and sends its
-//!   requests on it (no pool, no URL parsing, no redirect or decompression
-//!   layers): the least a well-kept Rust HTTP stack costs here.
-//! - `pooled`: hyper-util's pooled `Client` (the one reqwest wraps), plain
-//!   HTTP, with its pool as large as the concurrency: what a pool adds.
+//!   requests on it (no pool, no URL parsing): the least a well-kept Rust
+//!   HTTP stack costs here.
 //!
 //! CPU is this process's user + system time (`getrusage`), on a
 //! runtime with as many workers as polld's (one per core).
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::time::{TimeVal, TimeValLike};
 use polld_config::{Config, Watch};
-use polld_daemon::agent::{Agent, AgentOptions, OutcomeKind, PollRequest};
+use polld_daemon::agent::{Agent, AgentOptions, OutcomeKind, PollRequest, transport};
 
 // The allocator of the shipped binary (daemon/src/main.rs).
 #[global_allocator]
@@ -85,15 +87,17 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
         idle_per_host: concurrency,
     })
     .expect("agent");
-    let targets = Arc::new(warm_up(&agent, &base, n, concurrency).await);
+    let targets = Arc::new(warm_up(&base, n, concurrency).await);
 
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    let pooled: Pooled =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(concurrency)
-            .build(connector);
-    for mode in ["client", "agent", "hyper", "pooled"] {
+    let reqwest = reqwest::Client::builder()
+        .user_agent("polld-bench/1")
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .expect("reqwest client");
+    for mode in ["reqwest", "client", "agent", "hyper"] {
         let counts = Arc::new(Counts::default());
         let next = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + window;
@@ -101,22 +105,22 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {
-            let (agent, targets, counts, next, pooled) = (
+            let (agent, targets, counts, next, reqwest) = (
                 agent.clone(),
                 targets.clone(),
                 counts.clone(),
                 next.clone(),
-                pooled.clone(),
+                reqwest.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let mut connection = None;
                 while Instant::now() < deadline {
                     let target = &targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()];
                     let answer = match mode {
+                        "reqwest" => reqwest_get(&reqwest, target).await,
                         "client" => client_get(&agent, target).await,
                         "agent" => agent_poll(&agent, target).await,
-                        "hyper" => hyper_get(&mut connection, target).await,
-                        _ => pooled_get(&pooled, target).await,
+                        _ => hyper_get(&mut connection, target).await,
                     };
                     match answer {
                         Answer::NotModified => {
@@ -151,7 +155,8 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
 }
 
 /// GETs every file once and keeps its ETag, `concurrency` at a time.
-async fn warm_up(agent: &Agent, base: &str, n: usize, concurrency: usize) -> Vec<Target> {
+async fn warm_up(base: &str, n: usize, concurrency: usize) -> Vec<Target> {
+    let client = reqwest::Client::new();
     let text: String = (0..n)
         .map(|i| {
             format!(
@@ -166,11 +171,10 @@ async fn warm_up(agent: &Agent, base: &str, n: usize, concurrency: usize) -> Vec
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = Vec::with_capacity(n);
     for watch in watches {
-        let (agent, gate) = (agent.clone(), gate.clone());
+        let (client, gate) = (client.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("gate");
-            let response = agent
-                .client()
+            let response = client
                 .get(watch.url.clone())
                 .send()
                 .await
@@ -192,9 +196,37 @@ async fn warm_up(agent: &Agent, base: &str, n: usize, concurrency: usize) -> Vec
     targets
 }
 
-/// One conditional GET through the bare client.
+/// One conditional GET through the agent's client.
 async fn client_get(agent: &Agent, target: &Target) -> Answer {
-    let mut request = agent.client().get(target.watch.url.clone());
+    use http_body_util::BodyExt;
+    let mut headers = http::HeaderMap::new();
+    if let Some(etag) = target.etag.as_deref().and_then(|e| e.parse().ok()) {
+        headers.insert(http::header::IF_NONE_MATCH, etag);
+    }
+    let user_agent = http::HeaderValue::from_static("polld-bench/1");
+    let request = transport::request(
+        &http::Method::GET,
+        &target.watch.url,
+        headers,
+        None,
+        &user_agent,
+        true,
+    )
+    .expect("a valid request");
+    let Ok(response) = agent.transport().send(request).await else {
+        return Answer::Lost;
+    };
+    let status = response.status();
+    match response.into_body().collect().await {
+        Err(_) => Answer::Lost,
+        Ok(_) if status == http::StatusCode::NOT_MODIFIED => Answer::NotModified,
+        Ok(_) => Answer::Other,
+    }
+}
+
+/// One conditional GET through reqwest.
+async fn reqwest_get(client: &reqwest::Client, target: &Target) -> Answer {
+    let mut request = client.get(target.watch.url.clone());
     if let Some(etag) = &target.etag {
         request = request.header(http::header::IF_NONE_MATCH, etag);
     }
@@ -203,33 +235,6 @@ async fn client_get(agent: &Agent, target: &Target) -> Answer {
     };
     let status = response.status();
     match response.bytes().await {
-        Err(_) => Answer::Lost,
-        Ok(_) if status == http::StatusCode::NOT_MODIFIED => Answer::NotModified,
-        Ok(_) => Answer::Other,
-    }
-}
-
-type Pooled = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<bytes::Bytes>,
->;
-
-/// One conditional GET through hyper-util's pooled client.
-async fn pooled_get(client: &Pooled, target: &Target) -> Answer {
-    use http_body_util::BodyExt;
-    let mut request = http::Request::get(target.watch.url.as_str())
-        .header(http::header::USER_AGENT, "polld-bench/1");
-    if let Some(etag) = &target.etag {
-        request = request.header(http::header::IF_NONE_MATCH, etag);
-    }
-    let request = request
-        .body(http_body_util::Empty::new())
-        .expect("a valid request");
-    let Ok(response) = client.request(request).await else {
-        return Answer::Lost;
-    };
-    let status = response.status();
-    match response.into_body().collect().await {
         Err(_) => Answer::Lost,
         Ok(_) if status == http::StatusCode::NOT_MODIFIED => Answer::NotModified,
         Ok(_) => Answer::Other,

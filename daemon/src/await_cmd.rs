@@ -237,13 +237,10 @@ fn print_result(plan: &Plan, body: &[u8]) {
 }
 
 async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("polld/", env!("CARGO_PKG_VERSION"), " (await)"))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
+    let client = agent::transport::Transport::new(Duration::from_secs(10), 1)
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let user_agent =
+        HeaderValue::from_static(concat!("polld/", env!("CARGO_PKG_VERSION"), " (await)"));
     let started = tokio::time::Instant::now();
     let deadline = started + args.timeout;
     let origin = plan.url.clone();
@@ -257,18 +254,24 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
         let mut hops = 0;
         // One attempt: the request and the redirects it leads to.
         let (status, headers, final_url, response) = loop {
-            let mut request = client.request(method.clone(), url.clone());
             let same_origin = redirect::same_origin(&origin, &url);
+            let mut request_headers = http::HeaderMap::new();
             for (name, value) in &plan.headers {
                 if same_origin || !agent::is_credential(name, value) {
-                    request = request.header(name, value);
+                    request_headers.append(name.clone(), value.clone());
                 }
             }
-            if let Some(body) = &body {
-                request = request.body(body.clone());
-            }
+            let request = agent::transport::request(
+                &method,
+                &url,
+                request_headers,
+                body.as_deref(),
+                &user_agent,
+                same_origin,
+            )
+            .map_err(|e| format!("{method} {url}: cannot be requested: {e}"))?;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let sent = tokio::time::timeout(remaining, request.send()).await;
+            let sent = tokio::time::timeout(remaining, client.send(request)).await;
             let response = match sent {
                 Err(_) => {
                     return Ok(Ending::TimedOut(format!(
@@ -281,7 +284,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                         None,
                         http::HeaderMap::new(),
                         url.clone(),
-                        Err(err.to_string()),
+                        Err(agent::transport::error_text(&err)),
                     );
                 }
                 Ok(Ok(response)) => response,

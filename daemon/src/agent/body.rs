@@ -1,9 +1,17 @@
 //! Reading a response body within bounds: streamed, cut at `max_body`
 //! measured after decompression, and a stall between chunks is an error.
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder, ZstdDecoder};
 use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt;
+use http::{Response, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::io::StreamReader;
 use url::Url;
 
 use crate::redact;
@@ -45,49 +53,149 @@ impl BodyError {
     }
 }
 
-/// Reads the body of `response` (taken from an `Option` the caller holds).
+/// The content codings decoded (what `transport::ACCEPT_ENCODING` offers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Gzip,
+    /// HTTP's `deflate`: zlib-wrapped.
+    Deflate,
+    Brotli,
+    Zstd,
+}
+
+impl Coding {
+    /// The coding of a `Content-Encoding` value; `None` for identity and for
+    /// codings polld does not decode (the body is then kept as sent).
+    fn of(value: &str) -> Option<Coding> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "gzip" | "x-gzip" => Some(Coding::Gzip),
+            "deflate" => Some(Coding::Deflate),
+            "br" => Some(Coding::Brotli),
+            "zstd" => Some(Coding::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the body of `response` (taken from an `Option` the caller holds),
+/// decoded by its `Content-Encoding`.
 pub async fn read(
-    response: Option<reqwest::Response>,
+    response: Option<Response<Incoming>>,
     max: u64,
     url: &Url,
 ) -> Result<Bytes, BodyError> {
-    let Some(mut response) = response else {
+    let Some(response) = response else {
         return Ok(Bytes::new());
     };
-    if response.content_length().is_some_and(|len| len > max)
-        && response.headers().get("content-encoding").is_none()
-    {
+    let coding = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Coding::of);
+    let declared = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if coding.is_none() && declared.is_some_and(|len| len > max) {
         return Err(BodyError::TooLarge {
             url: url.clone(),
             max,
         });
     }
-    let mut body = BytesMut::new();
+    let body = response.into_body();
+    match coding {
+        None => read_plain(body, max, url).await,
+        Some(coding) => read_decoded(body, coding, max, url).await,
+    }
+}
+
+/// A body as sent, frame by frame.
+async fn read_plain(mut body: Incoming, max: u64, url: &Url) -> Result<Bytes, BodyError> {
+    let mut out = BytesMut::new();
     loop {
-        let chunk = match tokio::time::timeout(READ_TIMEOUT, response.chunk()).await {
+        let frame = match tokio::time::timeout(READ_TIMEOUT, body.frame()).await {
             Err(_) => return Err(BodyError::Stalled { url: url.clone() }),
-            Ok(Err(err)) => {
-                let mut message = err.to_string();
-                let mut source = std::error::Error::source(&err);
-                while let Some(cause) = source {
-                    message.push_str(": ");
-                    message.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                return Err(BodyError::Read {
-                    url: url.clone(),
-                    message: redact::in_text(&message, url),
-                });
-            }
-            Ok(Ok(None)) => return Ok(body.freeze()),
-            Ok(Ok(Some(chunk))) => chunk,
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(err))) => return Err(read_error(url, &err)),
+            Ok(Some(Ok(frame))) => frame,
         };
-        if body.len() as u64 + chunk.len() as u64 > max {
+        // Trailers carry no body bytes.
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        if out.len() as u64 + chunk.len() as u64 > max {
             return Err(BodyError::TooLarge {
                 url: url.clone(),
                 max,
             });
         }
-        body.extend_from_slice(&chunk);
+        if out.is_empty() && body.is_end_stream() {
+            // The usual small body: one frame, kept without a copy.
+            return Ok(chunk);
+        }
+        out.extend_from_slice(&chunk);
+    }
+}
+
+/// A compressed body, decoded as it arrives and cut at `max` decoded bytes
+/// (a small body may decode to gigabytes).
+async fn read_decoded(
+    body: Incoming,
+    coding: Coding,
+    max: u64,
+    url: &Url,
+) -> Result<Bytes, BodyError> {
+    let stream = body.into_data_stream().map_err(|err| {
+        std::io::Error::other(Box::new(err) as Box<dyn std::error::Error + Send + Sync>)
+    });
+    let reader = StreamReader::new(stream);
+    let mut decoder: Pin<Box<dyn AsyncRead + Send>> = match coding {
+        Coding::Gzip => {
+            let mut d = GzipDecoder::new(reader);
+            // Concatenated gzip members are one body.
+            d.multiple_members(true);
+            Box::pin(d)
+        }
+        Coding::Deflate => Box::pin(ZlibDecoder::new(reader)),
+        Coding::Brotli => Box::pin(BrotliDecoder::new(reader)),
+        Coding::Zstd => {
+            let mut d = ZstdDecoder::new(reader);
+            d.multiple_members(true);
+            Box::pin(d)
+        }
+    };
+    let mut out = BytesMut::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::time::timeout(READ_TIMEOUT, decoder.read(&mut buf)).await {
+            Err(_) => return Err(BodyError::Stalled { url: url.clone() }),
+            Ok(Err(err)) => return Err(read_error(url, &err)),
+            Ok(Ok(0)) => return Ok(out.freeze()),
+            Ok(Ok(n)) => n,
+        };
+        if out.len() as u64 + n as u64 > max {
+            return Err(BodyError::TooLarge {
+                url: url.clone(),
+                max,
+            });
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A failed read in words: the error and its causes, the URL's secrets
+/// masked.
+fn read_error(url: &Url, err: &(dyn std::error::Error + 'static)) -> BodyError {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    BodyError::Read {
+        url: url.clone(),
+        message: redact::in_text(&message, url),
     }
 }

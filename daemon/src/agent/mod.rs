@@ -5,24 +5,28 @@
 //!   (conditional request, redirects, the 202/303 async-job pattern, pages).
 //! - [`hints`]: `Retry-After`, `X-Poll-Interval`, rate limits, freshness.
 //! - [`redirect`]: which redirect targets are followed.
-//! - [`body`]: reading a body within its size and time bounds.
+//! - [`body`]: reading (and decoding) a body within its size and time bounds.
+//! - [`transport`]: the HTTP client the requests go out on.
 //! - [`cursor`]: the next cursor from a body, a header or `Link: rel=next`.
 
 pub mod body;
 pub mod cursor;
 pub mod hints;
 pub mod redirect;
+pub mod transport;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
 use polld_config::{Condition, ResponseView, Watch};
 use url::Url;
 
 use crate::redact;
+use transport::{RequestBody, SendError, Transport};
 
 pub use hints::{Hints, parse_retry_after};
 
@@ -55,7 +59,10 @@ pub const KEPT_HEADERS: &[&str] = &[
 pub enum AgentError {
     /// The HTTP client could not be built (TLS roots, ...).
     #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] transport::BuildError),
+    /// The `User-Agent` is not a valid header value.
+    #[error("user_agent {0:?} is not a valid header value")]
+    UserAgent(String),
 }
 
 /// How the agent's client is built.
@@ -80,12 +87,11 @@ const MAX_CONNECT_CLIENTS: usize = 16;
 /// The shared HTTP client and the rules of polling. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Agent {
-    client: reqwest::Client,
-    user_agent: String,
-    /// reqwest has no per-request connect timeout, so a watch's
-    /// `connect_timeout` (ignored before: every connect waited up to 10 s or
-    /// the whole `timeout`) gets a client built with it, one per value.
-    by_connect_timeout: Arc<Mutex<HashMap<Duration, reqwest::Client>>>,
+    client: Transport,
+    user_agent: HeaderValue,
+    /// The connect timeout belongs to the connector, not the request, so a
+    /// watch's `connect_timeout` gets a client built with it, one per value.
+    by_connect_timeout: Arc<Mutex<HashMap<Duration, Transport>>>,
     allow_private_redirects: bool,
     idle_per_host: usize,
 }
@@ -231,42 +237,41 @@ impl Agent {
     /// pooled keep-alive connections.
     pub fn new(options: AgentOptions) -> Result<Agent, AgentError> {
         let idle_per_host = options.idle_per_host.max(1);
-        let client = build_client(&options.user_agent, DEFAULT_CONNECT_TIMEOUT, idle_per_host)?;
+        let client = Transport::new(DEFAULT_CONNECT_TIMEOUT, idle_per_host)?;
+        let user_agent = HeaderValue::from_str(&options.user_agent)
+            .map_err(|_| AgentError::UserAgent(options.user_agent.clone()))?;
         Ok(Agent {
             client,
-            user_agent: options.user_agent,
+            user_agent,
             idle_per_host,
             by_connect_timeout: Arc::default(),
             allow_private_redirects: options.allow_private_redirects,
         })
     }
 
-    /// The client whose connect timeout is `connect_timeout`.
-    fn client_for(&self, connect_timeout: Duration) -> reqwest::Client {
+    /// The client whose connect timeout is `connect_timeout`, when it is
+    /// not the shared one (`None`: use that).
+    fn client_for(&self, connect_timeout: Duration) -> Option<Transport> {
         if connect_timeout == DEFAULT_CONNECT_TIMEOUT || connect_timeout.is_zero() {
-            return self.client.clone();
+            return None;
         }
         let mut clients = self
             .by_connect_timeout
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(client) = clients.get(&connect_timeout) {
-            return client.clone();
+            return Some(client.clone());
         }
         if clients.len() >= MAX_CONNECT_CLIENTS {
-            return self.client.clone();
+            return None;
         }
-        match build_client(&self.user_agent, connect_timeout, self.idle_per_host) {
-            Ok(client) => {
-                clients.insert(connect_timeout, client.clone());
-                client
-            }
-            Err(_) => self.client.clone(),
-        }
+        let client = Transport::new(connect_timeout, self.idle_per_host).ok()?;
+        clients.insert(connect_timeout, client.clone());
+        Some(client)
     }
 
-    /// The shared client (for `polld await`).
-    pub fn client(&self) -> &reqwest::Client {
+    /// The shared client (for the `http_stack` bench).
+    pub fn transport(&self) -> &Transport {
         &self.client
     }
 
@@ -572,32 +577,26 @@ impl Agent {
                 ));
             }
             let same_origin = redirect::same_origin(&origin, &url);
-            let mut builder = self
-                .client_for(watch.policy.connect_timeout)
-                .request(method.clone(), url.clone());
-            // Credentials go only to the origin the operator configured: not
-            // along a redirect, and not to where a permanent move re-pointed
-            // the watch (the operator updates the list for that).
             let configured_origin = redirect::same_origin(&watch.url, &url);
-            for (name, value) in &watch.headers {
-                if !(same_origin && configured_origin) && is_credential(name, value) {
-                    continue;
-                }
-                builder = builder.header(name, value);
-            }
-            // Validators only to the watch's own origin, and only on a GET.
-            if conditional && same_origin && method == Method::GET {
-                if let Some(etag) = request.etag {
-                    builder = builder.header(header::IF_NONE_MATCH, etag);
-                }
-                if let Some(lm) = request.last_modified {
-                    builder = builder.header(header::IF_MODIFIED_SINCE, lm);
-                }
-            }
-            if let Some(body) = &body {
-                builder = builder.body(body.clone());
-            }
-            let response = match builder.send().await {
+            let http_request = self
+                .build_request(
+                    request,
+                    &method,
+                    &url,
+                    body.as_deref(),
+                    conditional && same_origin && method == Method::GET,
+                    same_origin && configured_origin,
+                )
+                .map_err(|why| {
+                    PollOutcome::failed(
+                        request,
+                        format!("{}: cannot be requested: {why}", redact::url(&url)),
+                        false,
+                    )
+                })?;
+            let own_client = self.client_for(watch.policy.connect_timeout);
+            let client = own_client.as_ref().unwrap_or(&self.client);
+            let response = match client.send(http_request).await {
                 Ok(response) => response,
                 Err(err) => {
                     return Err(PollOutcome::failed(request, describe(&url, &err), true));
@@ -715,6 +714,54 @@ impl Agent {
         }
     }
 
+    /// One request of a poll: the watch's headers (credentials only when
+    /// `with_credentials`), validators when `conditional`, and polld's own
+    /// defaults where the watch sets none.
+    fn build_request(
+        &self,
+        request: &PollRequest<'_>,
+        method: &Method,
+        url: &Url,
+        body: Option<&str>,
+        conditional: bool,
+        with_credentials: bool,
+    ) -> Result<Request<RequestBody>, http::Error> {
+        let watch = request.watch;
+        let mut headers = HeaderMap::with_capacity(watch.headers.len() + 6);
+        // Credentials go only to the origin the operator configured: not
+        // along a redirect, and not to where a permanent move re-pointed
+        // the watch (the operator updates the list for that).
+        for (name, value) in &watch.headers {
+            if !with_credentials && is_credential(name, value) {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        // Validators only to the watch's own origin, and only on a GET. A
+        // stored value that is no longer a valid header is not sent: the
+        // poll is then unconditional, not failed.
+        if conditional {
+            let validators = [
+                (header::IF_NONE_MATCH, request.etag),
+                (header::IF_MODIFIED_SINCE, request.last_modified),
+            ];
+            for (name, value) in validators {
+                if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+        let body = body.map(str::as_bytes);
+        transport::request(
+            method,
+            url,
+            headers,
+            body,
+            &self.user_agent,
+            with_credentials,
+        )
+    }
+
     async fn wait_retry_after(
         &self,
         request: &PollRequest<'_>,
@@ -754,33 +801,13 @@ impl Agent {
     }
 }
 
-/// The client every poll shares: no automatic redirects (the agent follows
-/// them itself), no proxy from the environment, pooled keep-alive
-/// connections, at most 200 response headers.
-fn build_client(
-    user_agent: &str,
-    connect_timeout: Duration,
-    idle_per_host: usize,
-) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .user_agent(user_agent)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(idle_per_host)
-        .http1_max_headers(200)
-        .tcp_nodelay(true)
-        .build()
-}
-
 /// A final answer: status and headers, and its body (read later).
 struct Exchange {
     status: StatusCode,
     headers: HeaderMap,
     final_url: Url,
     moved_permanently: Option<Url>,
-    response_body: Option<reqwest::Response>,
+    response_body: Option<Response<Incoming>>,
     body: Option<Bytes>,
 }
 
@@ -868,23 +895,8 @@ fn finished(watch: &Watch, exchange: &Exchange, body: &[u8]) -> Option<Finished>
 }
 
 /// A transport error in words, naming the URL.
-fn describe(url: &Url, err: &reqwest::Error) -> String {
-    let what = if err.is_connect() {
-        "cannot connect"
-    } else if err.is_timeout() {
-        "timed out"
-    } else if err.is_request() {
-        "request failed"
-    } else {
-        "failed"
-    };
-    let mut message = format!("{url}: {what}: {err}");
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    // reqwest's own text names the URL too.
+fn describe(url: &Url, err: &SendError) -> String {
+    let message = format!("{url}: {}", transport::error_text(err));
+    // A cause may name the URL (or its user info) too.
     redact::in_text(&message, url)
 }

@@ -1,0 +1,243 @@
+//! The agent's HTTP client (`agent::transport`, `agent::body`) against
+//! loopback servers: what goes on the wire besides the watch's own headers
+//! (User-Agent, Accept, Accept-Encoding, Basic auth from the URL), every
+//! content coding it offers decoded, and https going through TLS.
+
+use std::path::Path;
+
+use polld_config::{Config, Watch};
+use polld_daemon::agent::{Agent, AgentOptions, OutcomeKind, PollOutcome, PollRequest};
+use tokio::io::AsyncReadExt;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const UA: &str = "polld-transport-test/1";
+
+fn watch(url: &str, extra: &str) -> Watch {
+    let text = format!(
+        "[[watch]]\nid = \"w\"\nurl = \"{url}\"\ntimeout = \"3s\"\nconnect_timeout = \"2s\"\n{extra}\n"
+    );
+    Config::from_str_with_env(Path::new("t.toml"), &text, |_| None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .watches
+        .remove(0)
+        .as_ref()
+        .clone()
+}
+
+async fn poll(watch: &Watch) -> PollOutcome {
+    Agent::new(AgentOptions {
+        user_agent: UA.into(),
+        allow_private_redirects: false,
+        idle_per_host: 4,
+    })
+    .unwrap()
+    .poll(PollRequest {
+        watch,
+        url: &watch.url,
+        etag: None,
+        last_modified: None,
+        cursor: None,
+        last_hash: None,
+        job: None,
+    })
+    .await
+}
+
+fn changed_body(outcome: &PollOutcome) -> &[u8] {
+    match &outcome.kind {
+        OutcomeKind::Changed { body, .. } => body,
+        other => panic!("not a new body: {other:?}"),
+    }
+}
+
+/// `plain` compressed with `coding`, by the same library's encoders.
+async fn encode(coding: &str, plain: &[u8]) -> Vec<u8> {
+    use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZlibEncoder, ZstdEncoder};
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => GzipEncoder::new(plain).read_to_end(&mut out).await,
+        "deflate" => ZlibEncoder::new(plain).read_to_end(&mut out).await,
+        "br" => BrotliEncoder::new(plain).read_to_end(&mut out).await,
+        "zstd" => ZstdEncoder::new(plain).read_to_end(&mut out).await,
+        other => panic!("{other}"),
+    }
+    .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn every_offered_coding_is_asked_for_and_decoded() {
+    let plain = "the same line again and again\n".repeat(200);
+    let server = MockServer::start().await;
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let encoded = encode(coding, plain.as_bytes()).await;
+        assert!(encoded.len() < plain.len() / 4, "{coding} compresses");
+        Mock::given(path(format!("/{coding}")))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-encoding", coding)
+                    .set_body_bytes(encoded),
+            )
+            .mount(&server)
+            .await;
+    }
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let out = poll(&watch(&format!("{}/{coding}", server.uri()), "")).await;
+        assert_eq!(
+            changed_body(&out),
+            plain.as_bytes(),
+            "{coding}: decoded to the original"
+        );
+    }
+    for request in server.received_requests().await.unwrap() {
+        assert_eq!(
+            request.headers.get("accept-encoding").unwrap(),
+            "gzip, deflate, br, zstd"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_coding_polld_does_not_decode_is_kept_as_sent() {
+    let server = MockServer::start().await;
+    Mock::given(path("/x"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "x-custom")
+                .set_body_bytes(&b"\x01\x02opaque"[..]),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/x", server.uri()), "")).await;
+    assert_eq!(changed_body(&out), b"\x01\x02opaque");
+}
+
+#[tokio::test]
+async fn a_broken_compressed_body_is_a_read_error_naming_the_url() {
+    let server = MockServer::start().await;
+    Mock::given(path("/broken"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .set_body_bytes(&b"this is not gzip at all"[..]),
+        )
+        .mount(&server)
+        .await;
+    let url = format!("{}/broken", server.uri());
+    let out = poll(&watch(&url, "")).await;
+    match &out.kind {
+        OutcomeKind::Failed { error, retryable } => {
+            assert!(error.contains(&url) && error.contains("body"), "{error}");
+            assert!(retryable, "a bad body may be better next time");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn polld_s_defaults_go_where_the_watch_sets_none() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&server)
+        .await;
+    poll(&watch(&format!("{}/default", server.uri()), "")).await;
+    poll(&watch(
+        &format!("{}/own", server.uri()),
+        "headers = { \"User-Agent\" = \"custom/1\", \"Accept\" = \"application/json\", \"Accept-Encoding\" = \"identity\" }",
+    ))
+    .await;
+    poll(&watch(
+        &format!("{}/range", server.uri()),
+        "headers = { \"Range\" = \"bytes=0-99\" }",
+    ))
+    .await;
+    let requests = server.received_requests().await.unwrap();
+    let seen = |path: &str, name: &str| -> Vec<String> {
+        let request = requests.iter().find(|r| r.url.path() == path).unwrap();
+        request
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(seen("/default", "user-agent"), [UA]);
+    assert_eq!(seen("/default", "accept"), ["*/*"]);
+    assert_eq!(seen("/own", "user-agent"), ["custom/1"], "one, the watch's");
+    assert_eq!(seen("/own", "accept"), ["application/json"]);
+    assert_eq!(seen("/own", "accept-encoding"), ["identity"]);
+    assert!(
+        seen("/range", "accept-encoding").is_empty(),
+        "a range of an encoded body is not a range of the body"
+    );
+}
+
+#[tokio::test]
+async fn user_info_in_the_url_is_basic_auth_to_that_origin_only() {
+    let other = MockServer::start().await;
+    Mock::given(path("/elsewhere"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("moved"))
+        .mount(&other)
+        .await;
+    let server = MockServer::start().await;
+    // "bob:hunter 2" percent-encoded in the URL, decoded in the header.
+    Mock::given(path("/private"))
+        .and(header("authorization", "Basic Ym9iOmh1bnRlciAy"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("secret page"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/away"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/elsewhere", other.uri()).as_str()),
+        )
+        .mount(&server)
+        .await;
+    let with_user = |path: &str| {
+        let mut url = url::Url::parse(&server.uri()).unwrap().join(path).unwrap();
+        url.set_username("bob").unwrap();
+        url.set_password(Some("hunter 2")).unwrap();
+        url.to_string()
+    };
+    let out = poll(&watch(&with_user("/private"), "")).await;
+    assert_eq!(changed_body(&out), b"secret page");
+    let request = &server.received_requests().await.unwrap()[0];
+    assert!(
+        !request.url.as_str().contains("hunter"),
+        "the user info is not in the request target: {}",
+        request.url
+    );
+
+    let out = poll(&watch(&with_user("/away"), "")).await;
+    assert_eq!(changed_body(&out), b"moved");
+    let followed = &other.received_requests().await.unwrap()[0];
+    assert!(
+        followed.headers.get("authorization").is_none(),
+        "credentials went along a redirect to another origin"
+    );
+}
+
+#[tokio::test]
+async fn https_goes_through_tls() {
+    // A plain-HTTP server behind an https URL: the client must try a TLS
+    // handshake (and fail at it), not send plain text or refuse the scheme.
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("plain"))
+        .mount(&server)
+        .await;
+    let url = server.uri().replace("http://", "https://");
+    let out = poll(&watch(&format!("{url}/tls"), "")).await;
+    match &out.kind {
+        OutcomeKind::Failed { error, .. } => {
+            assert!(error.contains("cannot connect"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        server.received_requests().await.unwrap().is_empty(),
+        "a request was sent in plain text"
+    );
+}
