@@ -89,14 +89,7 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
     .expect("agent");
     let targets = Arc::new(warm_up(&base, n, concurrency).await);
 
-    let reqwest = reqwest::Client::builder()
-        .user_agent("polld-bench/1")
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .pool_max_idle_per_host(concurrency)
-        .tcp_nodelay(true)
-        .build()
-        .expect("reqwest client");
+    let reqwest = reqwest_client(concurrency);
     for mode in ["reqwest", "client", "agent", "hyper"] {
         let counts = Arc::new(Counts::default());
         let next = Arc::new(AtomicUsize::new(0));
@@ -156,7 +149,7 @@ async fn run(base: String, n: usize, window: Duration, concurrency: usize) {
 
 /// GETs every file once and keeps its ETag, `concurrency` at a time.
 async fn warm_up(base: &str, n: usize, concurrency: usize) -> Vec<Target> {
-    let client = reqwest::Client::new();
+    let client = reqwest_client(concurrency);
     let text: String = (0..n)
         .map(|i| {
             format!(
@@ -194,6 +187,21 @@ async fn warm_up(base: &str, n: usize, concurrency: usize) -> Vec<Target> {
         targets.push(task.await.expect("warm-up task"));
     }
     targets
+}
+
+/// reqwest as the agent set it up until 2026-12-01 (`build_client` then).
+fn reqwest_client(idle_per_host: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent("polld-bench/1")
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(idle_per_host)
+        .http1_max_headers(200)
+        .tcp_nodelay(true)
+        .build()
+        .expect("reqwest client")
 }
 
 /// One conditional GET through the agent's client.

@@ -290,7 +290,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                 Ok(Ok(response)) => response,
             };
             let status = response.status();
-            let headers = response.headers().clone();
+            let headers = agent::body::delivered_headers(response.headers());
             let redirect_to = matches!(status.as_u16(), 301 | 302 | 307 | 308)
                 .then(|| headers.get(header::LOCATION))
                 .flatten()

@@ -14,9 +14,13 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const UA: &str = "polld-transport-test/1";
 
 fn watch(url: &str, extra: &str) -> Watch {
-    let text = format!(
-        "[[watch]]\nid = \"w\"\nurl = \"{url}\"\ntimeout = \"3s\"\nconnect_timeout = \"2s\"\n{extra}\n"
-    );
+    // Short test defaults, unless `extra` sets the key itself.
+    let defaults: String = [("timeout", "\"3s\""), ("connect_timeout", "\"2s\"")]
+        .iter()
+        .filter(|(key, _)| !extra.lines().any(|l| l.starts_with(&format!("{key} "))))
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
+    let text = format!("[[watch]]\nid = \"w\"\nurl = \"{url}\"\n{defaults}{extra}\n");
     Config::from_str_with_env(Path::new("t.toml"), &text, |_| None)
         .unwrap_or_else(|e| panic!("{e}"))
         .watches
@@ -93,7 +97,7 @@ async fn every_offered_coding_is_asked_for_and_decoded() {
     for request in server.received_requests().await.unwrap() {
         assert_eq!(
             request.headers.get("accept-encoding").unwrap(),
-            "gzip, deflate, br, zstd"
+            "zstd,gzip,deflate,br"
         );
     }
 }
@@ -188,10 +192,13 @@ async fn user_info_in_the_url_is_basic_auth_to_that_origin_only() {
         .respond_with(ResponseTemplate::new(200).set_body_string("secret page"))
         .mount(&server)
         .await;
+    // The Location carries user info of its own: still no credentials
+    // across origins.
+    let elsewhere = other.uri().replace("http://", "http://eve:pw@");
     Mock::given(path("/away"))
         .respond_with(
             ResponseTemplate::new(302)
-                .insert_header("location", format!("{}/elsewhere", other.uri()).as_str()),
+                .insert_header("location", format!("{elsewhere}/elsewhere").as_str()),
         )
         .mount(&server)
         .await;
@@ -239,5 +246,93 @@ async fn https_goes_through_tls() {
     assert!(
         server.received_requests().await.unwrap().is_empty(),
         "a request was sent in plain text"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_body_is_empty_whatever_its_coding_says() {
+    let server = MockServer::start().await;
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        Mock::given(path(format!("/{coding}")))
+            .respond_with(ResponseTemplate::new(200).insert_header("content-encoding", coding))
+            .mount(&server)
+            .await;
+    }
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let out = poll(&watch(&format!("{}/{coding}", server.uri()), "")).await;
+        assert_eq!(changed_body(&out), b"", "{coding}");
+    }
+}
+
+#[tokio::test]
+async fn what_follows_a_gzip_member_is_ignored_and_the_connection_kept() {
+    let mut body = encode("gzip", b"hello").await;
+    body.extend_from_slice(b"\n\0\0");
+    let server = MockServer::start().await;
+    Mock::given(path("/padded"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .set_body_bytes(body),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/padded", server.uri()), "")).await;
+    assert_eq!(changed_body(&out), b"hello");
+}
+
+#[tokio::test]
+async fn conditions_see_the_decoded_body_s_headers() {
+    // `Content-Encoding` and `Content-Length` describe the bytes on the
+    // wire; once decoded, the body has neither.
+    let server = MockServer::start().await;
+    Mock::given(path("/z"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .set_body_bytes(encode("gzip", b"done").await),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(
+        &format!("{}/z", server.uri()),
+        "fail_if = [\"header:content-encoding\", \"header:content-length\"]",
+    ))
+    .await;
+    assert_eq!(changed_body(&out), b"done");
+    assert!(out.finished.is_none(), "{:?}", out.finished);
+}
+
+#[tokio::test]
+async fn the_connect_timeout_covers_the_tls_handshake() {
+    // Accepts TCP and never says a word: a TLS handshake that never ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        loop {
+            if let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = poll(&watch(
+        &format!("https://127.0.0.1:{port}/"),
+        "connect_timeout = \"1s\"\ntimeout = \"10s\"",
+    ))
+    .await;
+    let took = started.elapsed();
+    held.abort();
+    match &out.kind {
+        OutcomeKind::Failed { error, retryable } => {
+            assert!(error.contains("timed out"), "{error}");
+            assert!(retryable);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "gave up after {took:?}, not at the 1 s connect timeout"
     );
 }

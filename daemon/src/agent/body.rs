@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder, ZstdDecoder};
 use bytes::{Bytes, BytesMut};
-use futures_util::TryStreamExt;
-use http::{Response, header};
+use futures_util::{StreamExt, TryStreamExt};
+use http::{HeaderMap, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -139,32 +139,63 @@ async fn read_plain(mut body: Incoming, max: u64, url: &Url) -> Result<Bytes, Bo
 }
 
 /// A compressed body, decoded as it arrives and cut at `max` decoded bytes
-/// (a small body may decode to gigabytes).
+/// (a small body may decode to gigabytes). As reqwest (tower-http) did: an
+/// empty body is empty whatever its coding says; gzip is one member and
+/// what follows it (padding, a newline) is ignored; zstd may be several
+/// frames.
 async fn read_decoded(
     body: Incoming,
     coding: Coding,
     max: u64,
     url: &Url,
 ) -> Result<Bytes, BodyError> {
-    let stream = body.into_data_stream().map_err(|err| {
-        std::io::Error::other(Box::new(err) as Box<dyn std::error::Error + Send + Sync>)
-    });
-    let reader = StreamReader::new(stream);
-    let mut decoder: Pin<Box<dyn AsyncRead + Send>> = match coding {
-        Coding::Gzip => {
-            let mut d = GzipDecoder::new(reader);
-            // Concatenated gzip members are one body.
-            d.multiple_members(true);
-            Box::pin(d)
-        }
-        Coding::Deflate => Box::pin(ZlibDecoder::new(reader)),
-        Coding::Brotli => Box::pin(BrotliDecoder::new(reader)),
-        Coding::Zstd => {
-            let mut d = ZstdDecoder::new(reader);
-            d.multiple_members(true);
-            Box::pin(d)
+    let mut raw = body.into_data_stream();
+    let first = loop {
+        match tokio::time::timeout(READ_TIMEOUT, raw.next()).await {
+            Err(_) => return Err(BodyError::Stalled { url: url.clone() }),
+            Ok(None) => return Ok(Bytes::new()),
+            Ok(Some(Err(err))) => return Err(read_error(url, &err)),
+            Ok(Some(Ok(chunk))) if chunk.is_empty() => {}
+            Ok(Some(Ok(chunk))) => break chunk,
         }
     };
+    let stream = futures_util::stream::once(std::future::ready(Ok(first)))
+        .chain(raw)
+        .map_err(std::io::Error::other);
+    let mut reader = StreamReader::new(stream);
+    let decoded = {
+        let decoder: Pin<Box<dyn AsyncRead + Send + '_>> = match coding {
+            Coding::Gzip => Box::pin(GzipDecoder::new(&mut reader)),
+            Coding::Deflate => Box::pin(ZlibDecoder::new(&mut reader)),
+            Coding::Brotli => Box::pin(BrotliDecoder::new(&mut reader)),
+            Coding::Zstd => {
+                let mut d = ZstdDecoder::new(&mut reader);
+                d.multiple_members(true);
+                Box::pin(d)
+            }
+        };
+        read_to_limit(decoder, max, url).await?
+    };
+    // Whatever follows the encoded data (and the end of a chunked body,
+    // which may come later) is read and dropped, so that the connection
+    // goes back to the pool instead of being closed.
+    let mut rest = reader.into_inner();
+    let mut drained = 0u64;
+    while drained <= max {
+        match tokio::time::timeout(READ_TIMEOUT, rest.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
+            _ => break,
+        }
+    }
+    Ok(decoded)
+}
+
+/// Everything `decoder` yields, at most `max` bytes.
+async fn read_to_limit(
+    mut decoder: Pin<Box<dyn AsyncRead + Send + '_>>,
+    max: u64,
+    url: &Url,
+) -> Result<Bytes, BodyError> {
     let mut out = BytesMut::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -182,6 +213,24 @@ async fn read_decoded(
         }
         out.extend_from_slice(&buf[..n]);
     }
+}
+
+/// The headers of a response as the agent reads them: for a body it
+/// decodes, without `Content-Encoding` and `Content-Length`, which describe
+/// the bytes on the wire, not the body that conditions and versions see
+/// (as reqwest presented them).
+pub fn delivered_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    let decoded = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Coding::of)
+        .is_some();
+    if decoded {
+        headers.remove(header::CONTENT_ENCODING);
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    headers
 }
 
 /// A failed read in words: the error and its causes, the URL's secrets

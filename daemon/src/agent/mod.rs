@@ -603,7 +603,7 @@ impl Agent {
                 }
             };
             let status = response.status();
-            let headers = response.headers().clone();
+            let headers = body::delivered_headers(response.headers());
             let location = location(&headers, &url, status);
 
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {

@@ -11,7 +11,10 @@
 //! reqwest parses every response's URL again for a redirect layer it always
 //! installs, and clones its client and connector for every request.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,13 +34,25 @@ pub type RequestBody = http_body_util::Full<Bytes>;
 pub type SendError = hyper_util::client::legacy::Error;
 
 /// What polld offers in `Accept-Encoding` (unless a watch sets its own):
-/// every coding `body` decodes.
-pub const ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("gzip, deflate, br, zstd");
+/// every coding `body` decodes, spelled as reqwest spelled it, so that a
+/// server or cache that keys on the header's text sees no change.
+pub const ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("zstd,gzip,deflate,br");
 
 /// Keep-alive connections are closed after this long unused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Response headers accepted at most (HTTP/1).
 const MAX_HEADERS: usize = 200;
+/// TCP keepalive probes on pooled connections (reqwest's defaults): a
+/// connection that a NAT or firewall silently dropped is found out before a
+/// poll waits on it for its whole timeout.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Unacknowledged data this old fails the connection (Linux).
+#[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sends of one request when an HTTP/2 server refuses it in a way that says
+/// it was not processed (as reqwest retried them).
+const MAX_SENDS: usize = 3;
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +65,7 @@ pub enum BuildError {
 /// The shared client. Cheap to clone; clones share the connection pool.
 #[derive(Debug, Clone)]
 pub struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    client: Client<ConnectTimeout<HttpsConnector<HttpConnector>>, RequestBody>,
 }
 
 impl Transport {
@@ -68,12 +83,21 @@ impl Transport {
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        http.set_keepalive(Some(KEEPALIVE));
+        http.set_keepalive_interval(Some(KEEPALIVE));
+        http.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        http.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = ConnectTimeout {
+            inner: https,
+            timeout: connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -84,12 +108,94 @@ impl Transport {
         Ok(Transport { client })
     }
 
-    /// Sends one request; the answer's body is still to be read.
+    /// Sends one request; the answer's body is still to be read. A request
+    /// an HTTP/2 server did not process (a graceful `GOAWAY`, a
+    /// `REFUSED_STREAM`) is sent again, on another connection.
     pub async fn send(
         &self,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        self.client.request(request).await
+        let mut sends = 1;
+        let mut next = request;
+        loop {
+            let retry = (sends < MAX_SENDS).then(|| copy(&next));
+            match self.client.request(next).await {
+                Err(err) if is_unprocessed(&err) && retry.is_some() => {
+                    sends += 1;
+                    next = retry.expect("checked above");
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+/// A second copy of a request (the body is shared bytes).
+fn copy(request: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether an HTTP/2 server said it did not process the request, so that
+/// sending it again is safe (RFC 9113, section 8.7).
+fn is_unprocessed(err: &SendError) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        source = cause.source();
+    }
+    false
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A connector whose whole connect (DNS, TCP, TLS) ends after `timeout`:
+/// hyper-util's own timeout covers the TCP connect alone, and a server that
+/// accepts and never answers the TLS handshake would otherwise hold a poll
+/// for its whole `timeout`.
+#[derive(Debug, Clone)]
+pub struct ConnectTimeout<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower::Service<http::Uri> for ConnectTimeout<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (connect, timeout) = (self.inner.call(uri), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connect (DNS, TCP, TLS) timed out after {}",
+                        humantime::format_duration(timeout)
+                    ),
+                )
+                .into()),
+            }
+        })
     }
 }
 
