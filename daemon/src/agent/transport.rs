@@ -115,10 +115,13 @@ impl Transport {
         &self,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
+        // HTTP/2 is only ever negotiated over TLS here: a plain-HTTP request
+        // needs no spare copy.
+        let h2_possible = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
         let mut sends = 1;
         let mut next = request;
         loop {
-            let retry = (sends < MAX_SENDS).then(|| copy(&next));
+            let retry = (h2_possible && sends < MAX_SENDS).then(|| copy(&next));
             match self.client.request(next).await {
                 Err(err) if is_unprocessed(&err) && retry.is_some() => {
                     sends += 1;
