@@ -206,7 +206,6 @@ fn reqwest_client(idle_per_host: usize) -> reqwest::Client {
 
 /// One conditional GET through the agent's client.
 async fn client_get(agent: &Agent, target: &Target) -> Answer {
-    use http_body_util::BodyExt;
     let mut headers = http::HeaderMap::new();
     if let Some(etag) = target.etag.as_deref().and_then(|e| e.parse().ok()) {
         headers.insert(http::header::IF_NONE_MATCH, etag);
@@ -221,9 +220,15 @@ async fn client_get(agent: &Agent, target: &Target) -> Answer {
         true,
     )
     .expect("a valid request");
-    let Ok(response) = agent.transport().send(request).await else {
-        return Answer::Lost;
-    };
+    match agent.transport().send(request).await {
+        Ok(response) => read_answer(response).await,
+        Err(_) => Answer::Lost,
+    }
+}
+
+/// What a response came to, its body read to the end.
+async fn read_answer(response: http::Response<hyper::body::Incoming>) -> Answer {
+    use http_body_util::BodyExt;
     let status = response.status();
     match response.into_body().collect().await {
         Err(_) => Answer::Lost,
@@ -257,7 +262,6 @@ async fn hyper_get(
     >,
     target: &Target,
 ) -> Answer {
-    use http_body_util::BodyExt;
     let url = &target.watch.url;
     if connection.as_ref().is_none_or(|c| c.is_closed()) {
         let addr = (
@@ -293,12 +297,7 @@ async fn hyper_get(
         *connection = None;
         return Answer::Lost;
     };
-    let status = response.status();
-    match response.into_body().collect().await {
-        Err(_) => Answer::Lost,
-        Ok(_) if status == http::StatusCode::NOT_MODIFIED => Answer::NotModified,
-        Ok(_) => Answer::Other,
-    }
+    read_answer(response).await
 }
 
 /// One poll through the agent.

@@ -5,11 +5,13 @@
 //! name, connection resets, slow endless bodies cut by the deadline, huge
 //! headers, and `until` / `fail_if` on non-2xx final answers.
 
-use std::path::Path;
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use polld_config::{Config, Watch};
+use common::watch;
+use polld_config::Watch;
 use polld_daemon::agent::{
     Agent, AgentOptions, Finished, MAX_JOB_STEPS, MAX_PAGES, MIN_JOB_CHECK_GAP, OutcomeKind,
     PollOutcome, PollRequest,
@@ -19,22 +21,6 @@ use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const UA: &str = "polld-agent-test/2 (+mailto:ops@example.org)";
-
-fn watch(url: &str, extra: &str) -> Watch {
-    // Short test defaults, unless `extra` sets the key itself.
-    let defaults: String = [("timeout", "\"3s\""), ("connect_timeout", "\"2s\"")]
-        .iter()
-        .filter(|(key, _)| !extra.lines().any(|l| l.starts_with(&format!("{key} "))))
-        .map(|(key, value)| format!("{key} = {value}\n"))
-        .collect();
-    let text = format!("[[watch]]\nid = \"w\"\nurl = \"{url}\"\n{defaults}{extra}\n");
-    Config::from_str_with_env(Path::new("t.toml"), &text, |_| None)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .watches
-        .remove(0)
-        .as_ref()
-        .clone()
-}
 
 fn agent() -> Agent {
     Agent::new(AgentOptions {

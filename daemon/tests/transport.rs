@@ -3,31 +3,16 @@
 //! (User-Agent, Accept, Accept-Encoding, Basic auth from the URL), every
 //! content coding it offers decoded, and https going through TLS.
 
-use std::path::Path;
+mod common;
 
-use polld_config::{Config, Watch};
+use common::watch;
+use polld_config::Watch;
 use polld_daemon::agent::{Agent, AgentOptions, OutcomeKind, PollOutcome, PollRequest};
 use tokio::io::AsyncReadExt;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const UA: &str = "polld-transport-test/1";
-
-fn watch(url: &str, extra: &str) -> Watch {
-    // Short test defaults, unless `extra` sets the key itself.
-    let defaults: String = [("timeout", "\"3s\""), ("connect_timeout", "\"2s\"")]
-        .iter()
-        .filter(|(key, _)| !extra.lines().any(|l| l.starts_with(&format!("{key} "))))
-        .map(|(key, value)| format!("{key} = {value}\n"))
-        .collect();
-    let text = format!("[[watch]]\nid = \"w\"\nurl = \"{url}\"\n{defaults}{extra}\n");
-    Config::from_str_with_env(Path::new("t.toml"), &text, |_| None)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .watches
-        .remove(0)
-        .as_ref()
-        .clone()
-}
 
 async fn poll(watch: &Watch) -> PollOutcome {
     Agent::new(AgentOptions {
