@@ -115,7 +115,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig(args) => check_config(&args.config),
         Command::Run(args) => run(&args),
-        Command::Status(client) => client_command(&client, |api, token| async move {
+        Command::Status(client) => client_command(&client, false, |api, token| async move {
             crate::client::status(&api, token.as_deref()).await
         }),
         Command::Diff {
@@ -123,12 +123,14 @@ pub fn main(cli: Cli) -> ExitCode {
             watch,
             from,
             to,
-        } => client_command(&client, |api, token| async move {
+        } => client_command(&client, false, |api, token| async move {
             crate::client::diff(&api, token.as_deref(), &watch, from, to).await
         }),
-        Command::Changes { client, follow } => client_command(&client, |api, token| async move {
-            crate::client::changes(&api, token.as_deref(), follow).await
-        }),
+        Command::Changes { client, follow } => {
+            client_command(&client, follow, |api, token| async move {
+                crate::client::changes(&api, token.as_deref(), follow).await
+            })
+        }
         Command::Await(args) => crate::await_cmd::run(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -148,9 +150,15 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// How long a follower waits for a token file that polld has not created
+/// yet: about as long as it waits for the daemon itself.
+const TOKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Runs one API client command: finds the API and the token (flags first,
-/// then the watch list), runs `body` on a small runtime.
-fn client_command<F, Fut>(args: &ClientArgs, body: F) -> ExitCode
+/// then the watch list), runs `body` on a small runtime. A `follower` waits
+/// for a token file that does not exist yet (polld writes it at its first
+/// start) as it waits for a daemon that is not up.
+fn client_command<F, Fut>(args: &ClientArgs, follower: bool, body: F) -> ExitCode
 where
     F: FnOnce(url::Url, Option<String>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -186,7 +194,7 @@ where
             .and_then(|c| c.daemon.api_token_file.clone())
     });
     let token = match token_file {
-        Some(path) => match std::fs::read_to_string(&path) {
+        Some(path) => match read_token(&path, follower) {
             Ok(text) => Some(text.trim().to_owned()),
             Err(err) => {
                 eprintln!(
@@ -207,6 +215,32 @@ where
         Err(err) => {
             eprintln!("polld: {err:#}");
             exit::code(exit::FAILURE)
+        }
+    }
+}
+
+/// The token file's text; for a follower, once the file exists (at most
+/// [`TOKEN_WAIT`]).
+fn read_token(path: &std::path::Path, follower: bool) -> std::io::Result<String> {
+    let deadline = std::time::Instant::now() + TOKEN_WAIT;
+    let mut said = false;
+    loop {
+        match std::fs::read_to_string(path) {
+            Err(err)
+                if follower
+                    && err.kind() == std::io::ErrorKind::NotFound
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    eprintln!(
+                        "polld: the API token file {} does not exist yet (polld writes it when it first starts); waiting",
+                        path.display()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            result => return result,
         }
     }
 }

@@ -207,6 +207,40 @@ async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
     assert!(first.contains("watch_added"), "{first:?}");
 }
 
+/// A follower started before polld ever ran, on a list with a token file:
+/// the file does not exist yet. It waits for it, as for the daemon, and
+/// follows once polld has written it.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_follow_waits_for_the_token_file_of_a_first_start() {
+    let (_server, watches) = same_body_server().await;
+    let mut polld = Polld::prepare_with("api_token_file = \"{dir}/token\"", &watches);
+    let mut child = follower(&polld.api, &polld.config_path());
+    let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    stderr.read_line(&mut said).expect("read stderr");
+    assert!(
+        said.contains("token file") && said.contains("does not exist yet"),
+        "{said:?}"
+    );
+    assert!(
+        child.0.try_wait().expect("try_wait").is_none(),
+        "it gave up"
+    );
+
+    polld.spawn();
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(70))
+        .unwrap_or_else(|_| panic!("no change printed 70 s after the daemon started"));
+    assert!(first.contains("watch_added"), "{first:?}");
+}
+
 /// An answer that waiting cannot change (401 for a wrong token) ends a
 /// follower at once with the API's message, instead of retrying it for
 /// minutes.
