@@ -369,9 +369,17 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                         None => (interval, format!("interval after {code}")),
                     }
                 } else {
-                    let payload = agent::body::read(Some(response), MAX_BODY, &final_url)
-                        .await
-                        .map_err(|e| format!("attempt {attempt}: {e}"))?;
+                    // The body too is read within --timeout, not only the answer.
+                    let read = agent::body::read(Some(response), MAX_BODY, &final_url);
+                    let payload = match tokio::time::timeout_at(deadline, read).await {
+                        Err(_) => {
+                            return Ok(Ending::TimedOut(format!(
+                                "attempt {attempt}, {method} {final_url}: body not complete before the timeout of {}",
+                                humantime::format_duration(args.timeout)
+                            )));
+                        }
+                        Ok(read) => read.map_err(|e| format!("attempt {attempt}: {e}"))?,
+                    };
                     let view = ResponseView::new(code, &headers, &payload);
                     if args.verbose {
                         eprintln!(

@@ -225,23 +225,24 @@ fn read_token(path: &std::path::Path, follower: bool) -> std::io::Result<String>
     let deadline = std::time::Instant::now() + TOKEN_WAIT;
     let mut said = false;
     loop {
-        match std::fs::read_to_string(path) {
-            Err(err)
-                if follower
-                    && err.kind() == std::io::ErrorKind::NotFound
-                    && std::time::Instant::now() < deadline =>
-            {
-                if !said {
-                    eprintln!(
-                        "polld: the API token file {} does not exist yet (polld writes it when it first starts); waiting",
-                        path.display()
-                    );
-                    said = true;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
-            result => return result,
+        let read = std::fs::read_to_string(path);
+        // Empty: a polld from before its token was written atomically may
+        // be writing it this very moment.
+        let not_yet = match &read {
+            Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+            Ok(text) => text.trim().is_empty(),
+        };
+        if !(follower && not_yet && std::time::Instant::now() < deadline) {
+            return read;
         }
+        if !said {
+            eprintln!(
+                "polld: the API token file {} does not exist yet (polld writes it when it first starts); waiting",
+                path.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
 

@@ -292,15 +292,39 @@ fn load_or_create_token(path: &Path) -> anyhow::Result<polld_api::ApiToken> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create the API token file {}", path.display()))?;
-            file.write_all(token.as_bytes())
-                .and_then(|()| file.write_all(b"\n"))
-                .with_context(|| format!("cannot write the API token file {}", path.display()))?;
+            // Written whole to a temporary file, then linked into place: a
+            // crash or a reader (a follower waiting for it) never sees an
+            // empty token file, and a link, unlike a rename, does not
+            // replace a token another polld wrote meanwhile.
+            let tmp = path.with_file_name(format!(
+                ".{}.{}.tmp",
+                path.file_name().map_or_else(Default::default, |n| n.to_string_lossy()),
+                std::process::id()
+            ));
+            let written = (|| {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                file.write_all(token.as_bytes())?;
+                file.write_all(b"\n")?;
+                file.sync_all()?;
+                std::fs::hard_link(&tmp, path)
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            match written {
+                Ok(()) => {}
+                // Another process got there first: its token is the one.
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return load_or_create_token(path);
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!("cannot create the API token file {}", path.display())
+                    });
+                }
+            }
             tracing::info!(path = %path.display(), "generated a new API token");
             Ok(polld_api::ApiToken::new(&token).expect("non-empty"))
         }

@@ -250,7 +250,24 @@ async fn an_empty_body_is_empty_whatever_its_coding_says() {
 }
 
 #[tokio::test]
-async fn what_follows_a_gzip_member_is_ignored_and_the_connection_kept() {
+async fn several_gzip_members_are_one_body() {
+    let mut body = encode("gzip", b"first,").await;
+    body.extend(encode("gzip", b"second").await);
+    let server = MockServer::start().await;
+    Mock::given(path("/members"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .set_body_bytes(body),
+        )
+        .mount(&server)
+        .await;
+    let out = poll(&watch(&format!("{}/members", server.uri()), "")).await;
+    assert_eq!(changed_body(&out), b"first,second");
+}
+
+#[tokio::test]
+async fn what_follows_a_gzip_member_is_ignored() {
     let mut body = encode("gzip", b"hello").await;
     body.extend_from_slice(b"\n\0\0");
     let server = MockServer::start().await;
@@ -319,5 +336,48 @@ async fn the_connect_timeout_covers_the_tls_handshake() {
     assert!(
         took < std::time::Duration::from_secs(5),
         "gave up after {took:?}, not at the 1 s connect timeout"
+    );
+}
+
+/// A server that sends a complete gzip body in a chunked answer and then
+/// drips junk for ever: the body is what was decoded, at once, not a
+/// timeout.
+#[tokio::test]
+async fn a_body_that_never_ends_after_its_encoded_data_is_not_waited_for() {
+    use tokio::io::AsyncWriteExt;
+    let gz = encode("gzip", b"hello").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut first = head.as_bytes().to_vec();
+        first.extend(format!("{:x}\r\n", gz.len()).as_bytes());
+        first.extend(&gz);
+        first.extend(b"\r\n");
+        socket.write_all(&first).await.unwrap();
+        // At most 10 s of drips: the test's own bound.
+        for _ in 0..10 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if socket.write_all(b"1\r\nx\r\n").await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = poll(&watch(
+        &format!("http://127.0.0.1:{port}/drip"),
+        "timeout = \"8s\"",
+    ))
+    .await;
+    server.abort();
+    assert_eq!(changed_body(&out), b"hello");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
     );
 }

@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 use tokio_util::io::StreamReader;
 use url::Url;
 
@@ -139,10 +139,10 @@ async fn read_plain(mut body: Incoming, max: u64, url: &Url) -> Result<Bytes, Bo
 }
 
 /// A compressed body, decoded as it arrives and cut at `max` decoded bytes
-/// (a small body may decode to gigabytes). As reqwest (tower-http) did: an
-/// empty body is empty whatever its coding says; gzip is one member and
-/// what follows it (padding, a newline) is ignored; zstd may be several
-/// frames.
+/// (a small body may decode to gigabytes). An empty body is empty whatever
+/// its coding says (as reqwest had it); a gzip body may be several members,
+/// and what follows them (padding, a newline) is ignored; zstd may be
+/// several frames.
 async fn read_decoded(
     body: Incoming,
     coding: Coding,
@@ -163,7 +163,8 @@ async fn read_decoded(
         .chain(raw)
         .map_err(std::io::Error::other);
     let mut reader = StreamReader::new(stream);
-    let decoded = {
+    let mut out = BytesMut::new();
+    loop {
         let decoder: Pin<Box<dyn AsyncRead + Send + '_>> = match coding {
             Coding::Gzip => Box::pin(GzipDecoder::new(&mut reader)),
             Coding::Deflate => Box::pin(ZlibDecoder::new(&mut reader)),
@@ -174,35 +175,59 @@ async fn read_decoded(
                 Box::pin(d)
             }
         };
-        read_to_limit(decoder, max, url).await?
-    };
-    // Whatever follows the encoded data (and the end of a chunked body,
-    // which may come later) is read and dropped, so that the connection
-    // goes back to the pool instead of being closed.
-    let mut rest = reader.into_inner();
-    let mut drained = 0u64;
-    while drained <= max {
-        match tokio::time::timeout(READ_TIMEOUT, rest.next()).await {
-            Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
-            _ => break,
+        read_to_limit(decoder, &mut out, max, url).await?;
+        // Several gzip members are one body (RFC 1952); anything else after
+        // one (padding, a newline) is not part of it.
+        if coding != Coding::Gzip || !next_is_gzip_member(&mut reader).await {
+            break;
         }
     }
-    Ok(decoded)
+    // Whatever follows the encoded data (and the end of a chunked body,
+    // which may come just after) is read and dropped, so that the
+    // connection can go back to the pool; briefly, and only a little of it:
+    // the body is complete, and a server that keeps sending only loses its
+    // connection.
+    let mut rest = reader.into_inner();
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut drained = 0usize;
+        while let Some(Ok(chunk)) = rest.next().await {
+            drained += chunk.len();
+            if drained > DRAIN_MAX {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(out.freeze())
 }
 
-/// Everything `decoder` yields, at most `max` bytes.
+/// How long, and how much, the end of an encoded body is read after its
+/// data: enough for a chunked body's last chunk.
+const DRAIN_TIME: Duration = Duration::from_millis(100);
+const DRAIN_MAX: usize = 64 * 1024;
+
+/// Whether the next bytes of `reader` start another gzip member.
+async fn next_is_gzip_member<R: AsyncBufRead + Unpin>(reader: &mut R) -> bool {
+    matches!(
+        tokio::time::timeout(READ_TIMEOUT, reader.fill_buf()).await,
+        Ok(Ok(next)) if next.starts_with(&[0x1f, 0x8b])
+    )
+}
+
+/// Appends everything `decoder` yields to `out`, which may hold at most
+/// `max` bytes.
 async fn read_to_limit(
     mut decoder: Pin<Box<dyn AsyncRead + Send + '_>>,
+    out: &mut BytesMut,
     max: u64,
     url: &Url,
-) -> Result<Bytes, BodyError> {
-    let mut out = BytesMut::new();
+) -> Result<(), BodyError> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match tokio::time::timeout(READ_TIMEOUT, decoder.read(&mut buf)).await {
             Err(_) => return Err(BodyError::Stalled { url: url.clone() }),
             Ok(Err(err)) => return Err(read_error(url, &err)),
-            Ok(Ok(0)) => return Ok(out.freeze()),
+            Ok(Ok(0)) => return Ok(()),
             Ok(Ok(n)) => n,
         };
         if out.len() as u64 + n as u64 > max {
