@@ -55,6 +55,20 @@ async fn encode(coding: &str, plain: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A server answering `at` with `body` as it is, labelled `coding`.
+async fn encoded_at(at: &str, coding: &str, body: impl Into<Vec<u8>>) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path(at))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", coding)
+                .set_body_bytes(body),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
 #[tokio::test]
 async fn every_offered_coding_is_asked_for_and_decoded() {
     let plain = "the same line again and again\n".repeat(200);
@@ -89,30 +103,14 @@ async fn every_offered_coding_is_asked_for_and_decoded() {
 
 #[tokio::test]
 async fn a_coding_polld_does_not_decode_is_kept_as_sent() {
-    let server = MockServer::start().await;
-    Mock::given(path("/x"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-encoding", "x-custom")
-                .set_body_bytes(&b"\x01\x02opaque"[..]),
-        )
-        .mount(&server)
-        .await;
+    let server = encoded_at("/x", "x-custom", &b"\x01\x02opaque"[..]).await;
     let out = poll(&watch(&format!("{}/x", server.uri()), "")).await;
     assert_eq!(changed_body(&out), b"\x01\x02opaque");
 }
 
 #[tokio::test]
 async fn a_broken_compressed_body_is_a_read_error_naming_the_url() {
-    let server = MockServer::start().await;
-    Mock::given(path("/broken"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-encoding", "gzip")
-                .set_body_bytes(&b"this is not gzip at all"[..]),
-        )
-        .mount(&server)
-        .await;
+    let server = encoded_at("/broken", "gzip", &b"this is not gzip at all"[..]).await;
     let url = format!("{}/broken", server.uri());
     let out = poll(&watch(&url, "")).await;
     match &out.kind {
@@ -253,15 +251,7 @@ async fn an_empty_body_is_empty_whatever_its_coding_says() {
 async fn several_gzip_members_are_one_body() {
     let mut body = encode("gzip", b"first,").await;
     body.extend(encode("gzip", b"second").await);
-    let server = MockServer::start().await;
-    Mock::given(path("/members"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-encoding", "gzip")
-                .set_body_bytes(body),
-        )
-        .mount(&server)
-        .await;
+    let server = encoded_at("/members", "gzip", body).await;
     let out = poll(&watch(&format!("{}/members", server.uri()), "")).await;
     assert_eq!(changed_body(&out), b"first,second");
 }
@@ -270,15 +260,7 @@ async fn several_gzip_members_are_one_body() {
 async fn what_follows_a_gzip_member_is_ignored() {
     let mut body = encode("gzip", b"hello").await;
     body.extend_from_slice(b"\n\0\0");
-    let server = MockServer::start().await;
-    Mock::given(path("/padded"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-encoding", "gzip")
-                .set_body_bytes(body),
-        )
-        .mount(&server)
-        .await;
+    let server = encoded_at("/padded", "gzip", body).await;
     let out = poll(&watch(&format!("{}/padded", server.uri()), "")).await;
     assert_eq!(changed_body(&out), b"hello");
 }
@@ -287,15 +269,7 @@ async fn what_follows_a_gzip_member_is_ignored() {
 async fn conditions_see_the_decoded_body_s_headers() {
     // `Content-Encoding` and `Content-Length` describe the bytes on the
     // wire; once decoded, the body has neither.
-    let server = MockServer::start().await;
-    Mock::given(path("/z"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-encoding", "gzip")
-                .set_body_bytes(encode("gzip", b"done").await),
-        )
-        .mount(&server)
-        .await;
+    let server = encoded_at("/z", "gzip", encode("gzip", b"done").await).await;
     let out = poll(&watch(
         &format!("{}/z", server.uri()),
         "fail_if = [\"header:content-encoding\", \"header:content-length\"]",

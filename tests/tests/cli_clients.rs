@@ -62,6 +62,36 @@ fn follower(api: &str, config: &Path) -> Reaped {
     spawn_polld(&["changes", "--follow", "--api", api, "--config", &config])
 }
 
+/// The first line a follower says on stderr, checking that it then keeps
+/// waiting rather than giving up.
+fn first_said_while_waiting(child: &mut Reaped) -> String {
+    let mut said = String::new();
+    BufReader::new(child.0.stderr.take().expect("stderr"))
+        .read_line(&mut said)
+        .expect("read stderr");
+    assert!(
+        child.0.try_wait().expect("try_wait").is_none(),
+        "it gave up: {said:?}"
+    );
+    said
+}
+
+/// The first line a follower prints once the daemon has started. Read on
+/// another thread, so that a follower that never prints fails the test
+/// instead of hanging it; retries come 2, 6, 14, 30 and 62 s after the
+/// first failure: room for a slow start on a loaded machine.
+fn first_change_printed(child: &mut Reaped) -> String {
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    rx.recv_timeout(Duration::from_secs(70))
+        .unwrap_or_else(|_| panic!("no change printed 70 s after the daemon started"))
+}
+
 /// A server that always answers the same body, and the watch list of one
 /// hourly watch `w` on it.
 async fn same_body_server() -> (MockServer, String) {
@@ -174,9 +204,7 @@ async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
     let (_server, watches) = same_body_server().await;
     let mut polld = Polld::prepare_with("", &watches);
     let mut child = follower(&polld.api, &polld.config_path());
-    let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
-    let mut said = String::new();
-    stderr.read_line(&mut said).expect("read stderr");
+    let said = first_said_while_waiting(&mut child);
     assert!(
         said.starts_with(&format!(
             "polld: cannot reach the polld API at {}",
@@ -184,26 +212,9 @@ async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
         )) && said.contains("retrying in"),
         "{said:?}"
     );
-    assert!(
-        child.0.try_wait().expect("try_wait").is_none(),
-        "it gave up"
-    );
 
     polld.spawn();
-    // The first line comes from another thread, so that a follower that
-    // never prints fails the test instead of hanging it.
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut first = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut first);
-        let _ = tx.send(first);
-    });
-    // Retries come 2, 6, 14, 30 and 62 s after the first failure: room for
-    // a slow start on a loaded machine.
-    let first = rx
-        .recv_timeout(Duration::from_secs(70))
-        .unwrap_or_else(|_| panic!("no change printed 70 s after the daemon started"));
+    let first = first_change_printed(&mut child);
     assert!(first.contains("watch_added"), "{first:?}");
 }
 
@@ -215,29 +226,14 @@ async fn changes_follow_waits_for_the_token_file_of_a_first_start() {
     let (_server, watches) = same_body_server().await;
     let mut polld = Polld::prepare_with("api_token_file = \"{dir}/token\"", &watches);
     let mut child = follower(&polld.api, &polld.config_path());
-    let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
-    let mut said = String::new();
-    stderr.read_line(&mut said).expect("read stderr");
+    let said = first_said_while_waiting(&mut child);
     assert!(
         said.contains("token file") && said.contains("does not exist yet"),
         "{said:?}"
     );
-    assert!(
-        child.0.try_wait().expect("try_wait").is_none(),
-        "it gave up"
-    );
 
     polld.spawn();
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut first = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut first);
-        let _ = tx.send(first);
-    });
-    let first = rx
-        .recv_timeout(Duration::from_secs(70))
-        .unwrap_or_else(|_| panic!("no change printed 70 s after the daemon started"));
+    let first = first_change_printed(&mut child);
     assert!(first.contains("watch_added"), "{first:?}");
 }
 

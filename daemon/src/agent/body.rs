@@ -64,16 +64,22 @@ enum Coding {
 }
 
 impl Coding {
-    /// The coding of a `Content-Encoding` value; `None` for identity and for
-    /// codings polld does not decode (the body is then kept as sent).
-    fn of(value: &str) -> Option<Coding> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "gzip" | "x-gzip" => Some(Coding::Gzip),
-            "deflate" => Some(Coding::Deflate),
-            "br" => Some(Coding::Brotli),
-            "zstd" => Some(Coding::Zstd),
-            _ => None,
-        }
+    /// The coding of a response's `Content-Encoding`; `None` for identity
+    /// and for codings polld does not decode (the body is then kept as
+    /// sent).
+    fn of(headers: &HeaderMap) -> Option<Coding> {
+        let value = headers.get(header::CONTENT_ENCODING)?.to_str().ok()?.trim();
+        let codings = [
+            ("gzip", Coding::Gzip),
+            ("x-gzip", Coding::Gzip),
+            ("deflate", Coding::Deflate),
+            ("br", Coding::Brotli),
+            ("zstd", Coding::Zstd),
+        ];
+        codings
+            .into_iter()
+            .find(|(name, _)| value.eq_ignore_ascii_case(name))
+            .map(|(_, coding)| coding)
     }
 }
 
@@ -87,11 +93,7 @@ pub async fn read(
     let Some(response) = response else {
         return Ok(Bytes::new());
     };
-    let coding = response
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Coding::of);
+    let coding = Coding::of(response.headers());
     let declared = response
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -246,12 +248,7 @@ async fn read_to_limit(
 /// (as reqwest presented them).
 pub fn delivered_headers(headers: &HeaderMap) -> HeaderMap {
     let mut headers = headers.clone();
-    let decoded = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Coding::of)
-        .is_some();
-    if decoded {
+    if Coding::of(&headers).is_some() {
         headers.remove(header::CONTENT_ENCODING);
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -262,12 +259,7 @@ pub fn delivered_headers(headers: &HeaderMap) -> HeaderMap {
 /// masked.
 fn read_error(url: &Url, err: &(dyn std::error::Error + 'static)) -> BodyError {
     let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    super::push_causes(&mut message, err);
     BodyError::Read {
         url: url.clone(),
         message: redact::in_text(&message, url),

@@ -335,8 +335,9 @@ pub fn fresh_for(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// capped by `cap`. The largest, not `Retry-After` first as the rate-limit
 /// drafts order them: a wait the server asked for is never cut short, and
 /// the drafts ask servers not to send a Retry-After earlier than the reset.
-/// `Retry-After` is read on every 3xx, 4xx and 5xx: besides 429, 503 and 3xx (RFC 9110 §10.2.3), servers send it on other refusals,
-/// such as GitHub's 403 for a secondary rate limit.
+/// `Retry-After` is read on every 3xx, 4xx and 5xx: besides 429, 503 and 3xx
+/// (RFC 9110 §10.2.3), servers send it on other refusals, such as GitHub's
+/// 403 for a secondary rate limit.
 pub fn hints(status: u16, headers: &HeaderMap, now: SystemTime, cap: Duration) -> Hints {
     let retry_after = matches!(status, 300..=599)
         .then(|| retry_after(headers, now))

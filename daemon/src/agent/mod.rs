@@ -894,6 +894,16 @@ fn finished(watch: &Watch, exchange: &Exchange, body: &[u8]) -> Option<Finished>
     None
 }
 
+/// Appends each cause of `err` (its sources, outermost first) to `text`.
+fn push_causes(text: &mut String, err: &(dyn std::error::Error + 'static)) {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+}
+
 /// A transport error in words, naming the URL.
 fn describe(url: &Url, err: &SendError) -> String {
     let message = format!("{url}: {}", transport::error_text(err));

@@ -1,8 +1,8 @@
 //! The agent's HTTP client: hyper-util's pooled `Client` over rustls
 //! (HTTP/1.1, or HTTP/2 when a TLS server offers it), sending exactly the
 //! request the agent built. No proxy from the environment, no redirects (the
-//! agent follows them itself, `redirect`), no retries; response bodies are
-//! decoded by `body`.
+//! agent follows them itself, `redirect`), no retries but of what an HTTP/2
+//! server says it did not process; response bodies are decoded by `body`.
 //!
 //! Why not reqwest, which the CLI clients and the OTLP export still use:
 //! the agent's requests are polld's hot path, and on the bench machine a
@@ -210,12 +210,7 @@ pub fn error_text(err: &SendError) -> String {
     } else {
         "request failed".to_owned()
     };
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    super::push_causes(&mut text, err);
     text
 }
 
@@ -261,20 +256,20 @@ pub fn request(
 }
 
 /// The request target of `url`: without its user info (sent as
-/// `Authorization` instead) and its fragment.
+/// `Authorization` instead) and its fragment. The URL's own text, sliced:
+/// it is already normalized, and this runs for every poll.
 fn request_uri(url: &Url) -> Result<http::Uri, http::Error> {
-    let mut uri = http::Uri::builder().scheme(url.scheme());
-    if let Some(host) = url.host_str() {
-        uri = match url.port() {
-            Some(port) => uri.authority(format!("{host}:{port}")),
-            None => uri.authority(host),
-        };
-    }
-    let path_and_query = match url.query() {
-        Some(query) => format!("{}?{query}", url.path()),
-        None => url.path().to_owned(),
+    use url::Position;
+    let uri = if url.username().is_empty() && url.password().is_none() {
+        http::Uri::try_from(&url[..Position::AfterQuery])
+    } else {
+        http::Uri::try_from(format!(
+            "{}{}",
+            &url[..Position::BeforeUsername],
+            &url[Position::BeforeHost..Position::AfterQuery]
+        ))
     };
-    uri.path_and_query(path_and_query).build()
+    Ok(uri?)
 }
 
 /// `Authorization: Basic` from a URL's user info (percent-decoded), as
