@@ -46,6 +46,19 @@ fn state(i: usize, polls: u64) -> WatchState {
     }
 }
 
+/// Bytes this process has caused to be written to disk so far.
+fn disk_writes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines().find_map(|l| {
+                l.strip_prefix("write_bytes: ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
 async fn run(
     writer: &polld_store::Writer,
     n: usize,
@@ -84,7 +97,9 @@ fn main() {
         let (writer, task) = store.spawn_writer(WriterConfig { max_batch: 4096, max_delay: Duration::from_millis(5) });
         let mut sizes = Vec::new();
         let mut total = Duration::ZERO;
+        let mut written_after_first = 0;
         for pass in 0..PASSES {
+            let written = disk_writes();
             let took = run(&writer, WATCHES, move |i| Outcome {
                 state: state(i, pass as u64 + 1),
                 new_version: None,
@@ -95,7 +110,11 @@ fn main() {
             total += took;
             let size = std::fs::metadata(&path).unwrap().len();
             sizes.push(size);
-            println!("state-only pass {}: {:>8.0} outcomes/s, file {:.1} MiB", pass + 1, WATCHES as f64 / took.as_secs_f64(), size as f64 / 1048576.0);
+            let written = disk_writes() - written;
+            if pass > 0 {
+                written_after_first += written;
+            }
+            println!("state-only pass {}: {:>8.0} outcomes/s, file {:.1} MiB, {:.0} bytes written per outcome", pass + 1, WATCHES as f64 / took.as_secs_f64(), size as f64 / 1048576.0, written as f64 / WATCHES as f64);
         }
         println!(
             "state-only: {} outcomes in {:.2} s = {:.0} outcomes/s; file after 100k {:.1} MiB, after 1M {:.1} MiB ({:.2}x)",
@@ -105,6 +124,10 @@ fn main() {
             sizes[0] as f64 / 1048576.0,
             sizes[PASSES - 1] as f64 / 1048576.0,
             sizes[PASSES - 1] as f64 / sizes[0] as f64
+        );
+        println!(
+            "state-only after the first pass: {:.0} bytes written to disk per outcome",
+            written_after_first as f64 / (WATCHES * (PASSES - 1)) as f64
         );
         let before = std::fs::metadata(&path).unwrap().len();
         let took = run(&writer, VERSIONS, |i| {
@@ -130,6 +153,15 @@ fn main() {
         drop(writer);
         task.await.unwrap().unwrap();
     });
+    // As after a crash: the state log stays on disk and the open folds it.
+    let logged = store.stats().unwrap().state_log;
+    drop(store);
+    let t = Instant::now();
+    let store = Store::open(&path).unwrap();
+    println!(
+        "open that folds a state log of {logged} states (as after a crash): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     store.close().unwrap();
     let store = Store::open(&path).unwrap();

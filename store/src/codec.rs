@@ -244,14 +244,56 @@ fn kind_from(code: u8) -> Option<ChangeKind> {
 }
 
 /// The state record. The id is the table key and is not repeated here.
+/// Bytes a state record is likely to take, so that one allocation holds it.
+fn state_size_hint(s: &WatchState) -> usize {
+    64 + s.url.len()
+        + s.etag.as_ref().map_or(0, String::len)
+        + s.last_modified.as_ref().map_or(0, String::len)
+        + s.cursor.as_ref().map_or(0, String::len)
+        + s.last_error.as_ref().map_or(0, String::len)
+}
+
+/// A state record alone, as a row of `watches` holds it. Commits write it
+/// inside a state-log entry ([`encode_logged_state`]); a fold copies it.
+#[cfg(test)]
 pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
-    let mut e = Enc::with_capacity(
-        64 + s.url.len()
-            + s.etag.as_ref().map_or(0, String::len)
-            + s.last_modified.as_ref().map_or(0, String::len)
-            + s.cursor.as_ref().map_or(0, String::len)
-            + s.last_error.as_ref().map_or(0, String::len),
-    );
+    let mut e = Enc::with_capacity(state_size_hint(s));
+    encode_state_into(&mut e, s);
+    e.finish()
+}
+
+/// Appends one watch state to a state-log chunk: the entry's length, the
+/// watch id, then the state record exactly as [`encode_state`] makes it,
+/// so that a fold copies the record into `watches` without decoding it.
+/// Returns the entry's offset in the chunk.
+pub(crate) fn push_logged_state(chunk: &mut Vec<u8>, s: &WatchState) -> usize {
+    let offset = chunk.len();
+    let mut e = Enc::with_capacity(2 + s.id.len() + state_size_hint(s));
+    e.str(&s.id);
+    encode_state_into(&mut e, s);
+    let mut len = Enc::with_capacity(4);
+    len.varint(e.buf.len() as u64);
+    chunk.extend_from_slice(&len.buf);
+    chunk.extend_from_slice(&e.buf);
+    offset
+}
+
+/// The state-log entry at `offset` of a chunk: the watch id, its state
+/// record, and the offset of the next entry.
+pub(crate) fn logged_state_at(
+    chunk: &[u8],
+    offset: usize,
+) -> Result<(&str, &[u8], usize), DecodeError> {
+    let mut d = Dec::new(chunk, "state log entry");
+    d.take(offset)?;
+    let entry = d.bytes()?;
+    let next = chunk.len() - d.buf.len();
+    let mut e = Dec::new(entry, "state log entry");
+    let id = std::str::from_utf8(e.bytes()?).map_err(|_| e.err("invalid UTF-8"))?;
+    Ok((id, e.buf, next))
+}
+
+fn encode_state_into(e: &mut Enc, s: &WatchState) {
     // Most records have no hold and keep the V1 layout byte for byte.
     let v2 = s.hold_until_ms.is_some();
     e.u8(if v2 { RECORD_V2 } else { RECORD_V1 });
@@ -295,7 +337,7 @@ pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
         e.opt_str(s.pending_job.as_deref());
         e.opt_varint(s.base_interval_ms);
         e.opt_varint(s.hold_until_ms);
-        return e.finish();
+        return;
     }
     // Schema 3 and 4: appended, so that older records (without them) still
     // decode; an older polld refuses a newer file before reading one. Left
@@ -312,7 +354,6 @@ pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
     if let Some(base) = s.base_interval_ms {
         e.varint(base);
     }
-    e.finish()
 }
 
 pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError> {
@@ -530,6 +571,59 @@ mod tests {
             pending_job: None,
             base_interval_ms: Some(60_000),
             hold_until_ms: None,
+        }
+    }
+
+    #[test]
+    fn state_log_entries_are_the_id_then_the_record_byte_for_byte() {
+        let states = [
+            full_state(),
+            WatchState {
+                id: "another".into(),
+                hold_until_ms: Some(1_700_000_123_456),
+                ..full_state()
+            },
+        ];
+        let mut chunk = Vec::new();
+        let offsets: Vec<usize> = states
+            .iter()
+            .map(|s| push_logged_state(&mut chunk, s))
+            .collect();
+        assert_eq!(offsets[0], 0);
+        let mut at = 0;
+        for (s, offset) in states.iter().zip(offsets) {
+            assert_eq!(at, offset, "entries follow each other");
+            let (id, record, next) = logged_state_at(&chunk, offset).unwrap();
+            assert_eq!(id, s.id);
+            // A fold copies these bytes into `watches` without decoding.
+            assert_eq!(record, encode_state(s).as_slice());
+            assert_eq!(decode_state(id, record).unwrap(), *s);
+            at = next;
+        }
+        assert_eq!(at, chunk.len());
+        assert!(
+            logged_state_at(&chunk, chunk.len()).is_err(),
+            "past the end"
+        );
+        assert!(
+            logged_state_at(&chunk[..chunk.len() - 1], offsets_last(&chunk)).is_err(),
+            "cut short"
+        );
+        assert!(
+            logged_state_at(&[3, 2, 0xff, 0xfe], 0).is_err(),
+            "id not UTF-8"
+        );
+    }
+
+    /// The offset of the last entry of a chunk.
+    fn offsets_last(chunk: &[u8]) -> usize {
+        let mut at = 0;
+        loop {
+            let (_, _, next) = logged_state_at(chunk, at).unwrap();
+            if next == chunk.len() {
+                return at;
+            }
+            at = next;
         }
     }
 

@@ -6,7 +6,10 @@
 //! # Layout
 //! - [`schema`]: the tables, the schema version and its migrations.
 //! - `codec`: the compact byte layout of each record.
-//! - `store`: [`Store`] — open/close, commits, reads, retention.
+//! - `store`: [`Store`] — open/close, commits, reads, retention, and the
+//!   state log: each commit appends its watch states to a log and folds a
+//!   share of it back into the `watches` table, so that a poll that changed
+//!   nothing costs a few hundred bytes of disk writes, not a B-tree leaf.
 //! - `writer`: [`Writer`] — group commit from async code.
 //! - `model`: the data types shared with the engine and the API.
 //! - `error`: [`StoreError`].

@@ -15,6 +15,12 @@
 //! - **4**: ... and with the configured interval.
 //! - **5**: watch states with a server hold (`hold_until_ms`) use record
 //!   format 2. Older records decode as they are.
+//! - **6**: adds `state_log`. A commit appends its watches' new states there,
+//!   packed in chunks, instead of rewriting a row of `watches` per poll;
+//!   each commit folds a share of the log back into `watches` (the rolling
+//!   fold of `store.rs`), and an open folds what a crash left. The
+//!   migration only creates the table; an older polld must refuse the file,
+//!   since it would not read the log.
 
 use std::collections::HashMap;
 
@@ -25,14 +31,22 @@ use crate::codec::decode_version;
 use crate::error::StoreError;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 
 /// `schema_version`, `last_seq` (newest seq ever appended, 0 before the
 /// first) and `oldest_seq` (oldest retained; `last_seq + 1` when the log is
 /// empty).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Watch id → encoded [`crate::WatchState`].
+/// Watch id → encoded [`crate::WatchState`], as of the last fold of
+/// `state_log`.
 pub(crate) const WATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("watches");
+/// Chunk key → a chunk of (watch id, encoded [`crate::WatchState`])
+/// entries, a few KiB each: the states committed and not yet folded into
+/// `watches`, oldest first. A watch's newest entry wins over its row in
+/// `watches`. Keys only grow, so a commit appends a chunk or two instead of
+/// rewriting a random leaf of `watches` per poll (a 304 cost ~7 KiB of disk
+/// writes that way, see BENCHMARKS.md).
+pub(crate) const STATE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("state_log");
 /// (watch id, version number) → encoded [`crate::Version`]. The tuple key
 /// keeps a watch's versions adjacent and in order, so listing and pruning
 /// are range scans.
@@ -52,7 +66,7 @@ pub(crate) const KEY_OLDEST_SEQ: &str = "oldest_seq";
 /// One upgrade step: `MIGRATIONS[i]` turns schema `i + 1` into `i + 2`.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] =
-    [v1_to_v2, v2_to_v3, v3_to_v4, v4_to_v5];
+    [v1_to_v2, v2_to_v3, v3_to_v4, v4_to_v5, v5_to_v6];
 
 /// Reads the schema version of an existing file without writing to it, so
 /// that a file from a newer polld is refused before redb's open-time check
@@ -174,6 +188,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(BODIES)?;
     txn.open_table(BODY_REFS)?;
     txn.open_table(CHANGES)?;
+    txn.open_table(STATE_LOG)?;
     Ok(())
 }
 
@@ -196,6 +211,13 @@ fn v3_to_v4(_txn: &WriteTransaction) -> Result<(), StoreError> {
 /// nothing older changes.
 #[allow(clippy::unnecessary_wraps)] // the shape of every migration
 fn v4_to_v5(_txn: &WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Schema 6 adds the state log, which `create_tables` creates after the
+/// migrations; existing rows of `watches` stay where they are.
+#[allow(clippy::unnecessary_wraps)] // the shape of every migration
+fn v5_to_v6(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 

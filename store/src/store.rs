@@ -1,14 +1,15 @@
 //! The [`Store`] handle: opening, committing outcomes, reads, retention and
 //! closing.
 //!
-//! Owns the redb `Database`, the in-memory copy of the change-log bounds and
-//! the `tokio::sync::watch` channel that tells waiters about the last
-//! committed seq. Every function here is blocking; async callers run them
+//! Owns the redb `Database`, the in-memory copy of the change-log bounds,
+//! the index of the state log (where each watch's newest state is until the
+//! log is folded into `watches`) and the `tokio::sync::watch` channel that
+//! tells waiters about the last committed seq. Every function here is blocking; async callers run them
 //! under `spawn_blocking` (the batch writer in [`crate::writer`] does so for
 //! commits). No read transaction outlives the call that opened it, so a
 //! waiter on [`Store::subscribe`] never pins old pages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -17,30 +18,57 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Table, WriteTransaction,
+};
 use tokio::sync::watch;
 
 use crate::codec::{
-    BODY_RAW, BODY_ZSTD, decode_change, decode_state, decode_version, encode_change, encode_state,
-    encode_version,
+    BODY_RAW, BODY_ZSTD, decode_change, decode_state, decode_version, encode_change,
+    encode_version, logged_state_at, push_logged_state,
 };
 use crate::error::StoreError;
 use crate::model::{Change, ChangeKind, Committed, Outcome, Version, WatchState};
 use crate::schema::{
-    self, BODIES, BODY_REFS, CHANGES, KEY_LAST_SEQ, KEY_OLDEST_SEQ, META, VERSIONS, WATCHES,
+    self, BODIES, BODY_REFS, CHANGES, KEY_LAST_SEQ, KEY_OLDEST_SEQ, META, STATE_LOG, VERSIONS,
+    WATCHES,
 };
 use crate::{Hash, hash_body};
 
 /// Default redb page cache: redb's own default is 1 GiB, too much for a
 /// daemon that mostly appends. Pages it misses come from the kernel's page
 /// cache; with 100,000 watches 64 MiB cost ~80 MiB of RSS for no measured
-/// gain in CPU per poll (BENCHMARKS.md, engine).
-pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+/// gain in CPU per poll (BENCHMARKS.md, engine). Since the state log
+/// (schema 6) the reads a commit makes are of states written an interval
+/// ago, which no small cache holds, so 8 MiB costs nothing measurable
+/// against 16 MiB and keeps the start-up peak under 256 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 /// Default number of change-log entries kept.
 pub const DEFAULT_MAX_CHANGES: u64 = 1_000_000;
 /// Default zstd level for bodies: level 3 is zstd's own default and keeps a
 /// 1 KiB body well under 10 µs.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// A chunk of the state log closes once it holds this many bytes. redb
+/// rebuilds a leaf on every insert, so one insert per chunk instead of one
+/// per state is most of what the log saves in CPU; a read of one state
+/// copies at most a chunk. Below 8 KiB by a state or two, so that a chunk
+/// and its leaf header fit a two-page allocation instead of taking four.
+const CHUNK_BYTES: usize = 7 << 10;
+
+/// Watches the rolling fold walks per state a commit appends: 2 keeps the
+/// log at about one state per watch, so the file stays near the size of
+/// `watches` alone (store bench: 1.00× after ten passes; 4× with 1).
+const FOLD_WALK: usize = 2;
+
+/// Where a state sits in the log: the chunk's key and the entry's offset.
+fn slot(chunk: u64, offset: usize) -> u64 {
+    (chunk << 32) | offset as u64
+}
+
+fn slot_parts(slot: u64) -> (u64, usize) {
+    (slot >> 32, (slot & 0xffff_ffff) as usize)
+}
 
 /// How a [`Store`] is opened.
 #[derive(Debug, Clone)]
@@ -86,6 +114,204 @@ struct Health {
     writer_stopped: Option<String>,
 }
 
+/// Where each watch's newest state is while the state log holds it (a
+/// [`slot`]), and how far the rolling fold has come.
+///
+/// The fold runs in cycles. A cycle starts at a chunk key; each commit
+/// then walks on through the index in id order, [`FOLD_WALK`] watches per
+/// state it appended, and copies into `watches` the state of each whose
+/// newest is older than the cycle. Once the walk has passed the last id,
+/// every chunk older than the cycle is folded: the commit that ends the
+/// cycle deletes those chunks and drops their watches from the index, and
+/// the next cycle starts. A cycle so lasts at most half as many states as
+/// the index holds watches; the log holds about one state per watch when
+/// every watch is polled alike, a poll costs at most one row write (in id
+/// order, ~20 rows to a leaf), and no commit does more than its share.
+///
+/// The writer updates the index right after each commit. A reader looks a
+/// watch up and begins its read transaction under the same read lock; a
+/// commit that deletes chunks or gives new watches their row runs under
+/// the write lock. So every slot a reader finds is in its snapshot, and
+/// the counts match it.
+#[derive(Debug, Default)]
+struct LogIndex {
+    /// Watch id → slot of its newest committed state in `state_log`.
+    newest: BTreeMap<Box<str>, u64>,
+    /// States in `state_log`.
+    entries: u64,
+    /// The key the next chunk gets; keys are never reused while the store
+    /// is open.
+    next: u64,
+    /// Rows in `watches`.
+    base_len: u64,
+    /// Watches in `newest` without a row in `watches`.
+    new_watches: u64,
+    /// Chunks below this key are folded by the end of the current cycle.
+    cycle_start: u64,
+    /// States in the chunks below `cycle_start`.
+    entries_before_cycle: u64,
+    /// The last id this cycle's walk reached; `None` at its start.
+    cursor: Option<Box<str>>,
+}
+
+/// What one commit's walk of the rolling fold did.
+struct FoldStep {
+    /// The last id it reached.
+    cursor: Option<Box<str>>,
+    /// Rows it created (watches that had none).
+    new_rows: u64,
+    /// It passed the last id: the chunks below the cycle are deleted.
+    cycle_done: bool,
+}
+
+/// What one transaction appended to the state log, and its fold step.
+struct LogBatch {
+    newest: HashMap<String, u64>,
+    appended: u64,
+    next: u64,
+    new_watches: u64,
+    step: FoldStep,
+}
+
+impl LogBatch {
+    /// Whether readers must not pair the index before this commit with the
+    /// file after it: it deletes chunks, or gives watches a row.
+    fn needs_exclusive_commit(&self) -> bool {
+        self.step.cycle_done || self.step.new_rows > 0
+    }
+}
+
+impl LogIndex {
+    fn record(&mut self, batch: LogBatch) {
+        let LogBatch {
+            newest,
+            appended,
+            next,
+            new_watches,
+            step,
+        } = batch;
+        self.new_watches = self.new_watches + new_watches - step.new_rows;
+        self.base_len += step.new_rows;
+        self.cursor = step.cursor;
+        if step.cycle_done {
+            let start = self.cycle_start;
+            self.newest.retain(|_, at| slot_parts(*at).0 >= start);
+            self.entries -= self.entries_before_cycle;
+            // Everything up to this commit is the next cycle's to fold.
+            self.entries_before_cycle = self.entries + appended;
+            self.cycle_start = next;
+            self.cursor = None;
+        }
+        self.newest
+            .extend(newest.into_iter().map(|(id, at)| (id.into_boxed_str(), at)));
+        self.entries += appended;
+        self.next = next;
+    }
+
+    /// After a fold of the whole log.
+    fn folded_all(&mut self, rows: u64) {
+        self.newest.clear();
+        self.entries = 0;
+        self.new_watches = 0;
+        self.base_len = rows;
+        self.cycle_start = self.next;
+        self.entries_before_cycle = 0;
+        self.cursor = None;
+    }
+}
+
+/// Folds the state log into `watches` and empties it. With the index, each
+/// watch's newest state is written once, in id order; without (at open),
+/// every state is written in log order, the newest last. Returns the rows
+/// of `watches` afterwards.
+fn fold_state_log(txn: &WriteTransaction, index: Option<&LogIndex>) -> Result<u64, StoreError> {
+    let rows = {
+        let log = txn.open_table(STATE_LOG)?;
+        let mut watches = txn.open_table(WATCHES)?;
+        // Record bytes are copied as they are, never decoded.
+        match index {
+            Some(index) => {
+                for (id, &at) in &index.newest {
+                    let (chunk, offset) = slot_parts(at);
+                    let g = log.get(chunk)?.ok_or_else(|| missing_chunk(chunk, id))?;
+                    let (logged_id, record, _) = logged_state_at(g.value(), offset)?;
+                    check_logged_id(logged_id, id, at)?;
+                    watches.insert(&**id, record)?;
+                }
+            }
+            None => {
+                for item in log.iter()? {
+                    let (_, v) = item?;
+                    let chunk = v.value();
+                    let mut offset = 0;
+                    while offset < chunk.len() {
+                        let (id, record, next) = logged_state_at(chunk, offset)?;
+                        watches.insert(id, record)?;
+                        offset = next;
+                    }
+                }
+            }
+        }
+        watches.len()?
+    };
+    txn.delete_table(STATE_LOG)?;
+    txn.open_table(STATE_LOG)?;
+    Ok(rows)
+}
+
+fn missing_chunk(chunk: u64, id: &str) -> StoreError {
+    StoreError::Inconsistent(format!("the state log has no chunk {chunk} for watch {id}"))
+}
+
+fn check_logged_id(logged_id: &str, id: &str, at: u64) -> Result<(), StoreError> {
+    if logged_id == id {
+        Ok(())
+    } else {
+        Err(StoreError::Inconsistent(format!(
+            "state log slot {at:#x} is watch {logged_id}, not {id}"
+        )))
+    }
+}
+
+/// Folds a state log the last run left (a crash, or an unclean stop), so
+/// that the index starts empty; writes nothing when there is none.
+fn fold_at_open(db: &Database) -> Result<LogIndex, StoreError> {
+    let (pending, rows) = {
+        let txn = db.begin_read()?;
+        (
+            !txn.open_table(STATE_LOG)?.is_empty()?,
+            txn.open_table(WATCHES)?.len()?,
+        )
+    };
+    let base_len = if !pending {
+        rows
+    } else {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let rows = fold_state_log(&txn, None)?;
+        txn.commit()?;
+        tracing::debug!("folded the state log the last run left");
+        rows
+    };
+    Ok(LogIndex {
+        base_len,
+        ..LogIndex::default()
+    })
+}
+
+/// The state of `id` in `state_log` at `at`, a slot the index named.
+fn logged_state(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    at: u64,
+    id: &str,
+) -> Result<WatchState, StoreError> {
+    let (chunk, offset) = slot_parts(at);
+    let g = log.get(chunk)?.ok_or_else(|| missing_chunk(chunk, id))?;
+    let (logged_id, record, _) = logged_state_at(g.value(), offset)?;
+    check_logged_id(logged_id, id, at)?;
+    Ok(decode_state(id, record)?)
+}
+
 struct Inner {
     /// `None` once [`Store::close`] ran. Operations hold the read side for
     /// their whole transaction, so close waits for them to finish.
@@ -99,6 +325,7 @@ struct Inner {
     health: Mutex<Health>,
     /// Write transactions committed since open (one per batch).
     commits: AtomicU64,
+    log: RwLock<LogIndex>,
 }
 
 /// Sizes of the store, for metrics and tests.
@@ -112,6 +339,8 @@ pub struct StoreStats {
     pub bodies: u64,
     /// Change-log entries retained.
     pub changes: u64,
+    /// Watch states in the state log, not yet folded into `watches`.
+    pub state_log: u64,
     /// Write transactions committed since this handle was opened.
     pub commits: u64,
 }
@@ -194,6 +423,7 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
+        let log = fold_at_open(&db)?;
         let (seq_tx, _) = watch::channel(last);
         tracing::debug!(path = %path.display(), last_seq = last, oldest_seq = oldest, "store open");
         Ok(Store {
@@ -206,6 +436,7 @@ impl Store {
                 seq_tx,
                 health: Mutex::new(Health::default()),
                 commits: AtomicU64::new(0),
+                log: RwLock::new(log),
             }),
         })
     }
@@ -220,6 +451,11 @@ impl Store {
     /// Waits for transactions in progress on other clones; afterwards every
     /// clone's operations fail with [`StoreError::Closed`].
     pub fn close(self) -> Result<(), StoreError> {
+        // A clean stop leaves no log for the next open to fold. Best effort:
+        // that open folds whatever is left.
+        if let Err(e) = self.fold_now() {
+            tracing::warn!(error = %error_chain(&e), "folding the state log at close failed; the next open does it");
+        }
         let db = self
             .inner
             .db
@@ -273,6 +509,52 @@ impl Store {
         f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.with_db(|db| f(&db.begin_read()?))
+    }
+
+    fn log_index(&self) -> std::sync::RwLockReadGuard<'_, LogIndex> {
+        self.inner
+            .log
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A read transaction together with what `look` takes from the state
+    /// log's index, both as of the same commit.
+    fn read_with_index<T, L>(
+        &self,
+        look: impl FnOnce(&LogIndex) -> L,
+        f: impl FnOnce(&ReadTransaction, L) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_db(|db| {
+            let (found, txn) = {
+                let index = self.log_index();
+                (look(&index), db.begin_read()?)
+            };
+            f(&txn, found)
+        })
+    }
+
+    /// Folds the state log into `watches` now, in a transaction of its own.
+    fn fold_now(&self) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            // The write transaction first, as the writer takes them: holding
+            // the index while waiting for a writer that waits for the index
+            // would deadlock.
+            let mut txn = db.begin_write()?;
+            let mut index = self
+                .inner
+                .log
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if index.entries == 0 {
+                return Ok(());
+            }
+            txn.set_durability(Durability::Immediate)?;
+            let rows = fold_state_log(&txn, Some(&index))?;
+            txn.commit()?;
+            index.folded_all(rows);
+            Ok(())
+        })
     }
 
     /// Oldest retained seq; entries below it were pruned (the API answers
@@ -350,11 +632,30 @@ impl Store {
         let result = self.with_db(|db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
-            let applied = {
-                let mut t = WriteTables::open(&txn)?;
-                t.apply(outcomes, &self.inner.opts)?
+            let (applied, batch) = {
+                // Only this writer changes the index, so it stays as read.
+                let index = self.log_index();
+                let mut t = WriteTables::open(&txn, index.next)?;
+                let applied = t.apply(outcomes, &self.inner.opts, &index)?;
+                let step = t.fold_step(&index, FOLD_WALK * outcomes.len())?;
+                (applied, t.finish_log(step, &index)?)
             };
-            txn.commit()?;
+            if batch.needs_exclusive_commit() {
+                let mut index = self
+                    .inner
+                    .log
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                txn.commit()?;
+                index.record(batch);
+            } else {
+                txn.commit()?;
+                self.inner
+                    .log
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(batch);
+            }
             Ok(applied)
         });
         match result {
@@ -381,25 +682,34 @@ impl Store {
 
     /// Row counts of the tables and the commits made since open.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        use redb::ReadableTableMetadata;
-        self.read(|txn| {
-            Ok(StoreStats {
-                watches: txn.open_table(WATCHES)?.len()?,
-                versions: txn.open_table(VERSIONS)?.len()?,
-                bodies: txn.open_table(BODIES)?.len()?,
-                changes: txn.open_table(CHANGES)?.len()?,
-                commits: self.inner.commits.load(Ordering::Relaxed),
-            })
-        })
+        self.read_with_index(
+            |index| (index.new_watches, index.entries),
+            |txn, (new_watches, state_log)| {
+                Ok(StoreStats {
+                    watches: txn.open_table(WATCHES)?.len()? + new_watches,
+                    state_log,
+                    versions: txn.open_table(VERSIONS)?.len()?,
+                    bodies: txn.open_table(BODIES)?.len()?,
+                    changes: txn.open_table(CHANGES)?.len()?,
+                    commits: self.inner.commits.load(Ordering::Relaxed),
+                })
+            },
+        )
     }
 
     /// One watch's state.
     pub fn watch(&self, id: &str) -> Result<Option<WatchState>, StoreError> {
-        self.read(|txn| {
-            let t = txn.open_table(WATCHES)?;
-            let g = t.get(id)?;
-            Ok(g.map(|g| decode_state(id, g.value())).transpose()?)
-        })
+        self.read_with_index(
+            |index| index.newest.get(id).copied(),
+            |txn, pos| {
+                if let Some(at) = pos {
+                    return logged_state(&txn.open_table(STATE_LOG)?, at, id).map(Some);
+                }
+                let t = txn.open_table(WATCHES)?;
+                let g = t.get(id)?;
+                Ok(g.map(|g| decode_state(id, g.value())).transpose()?)
+            },
+        )
     }
 
     /// Up to `limit` watches with ids after `after`, ordered by id: pass the
@@ -409,16 +719,48 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<WatchState>, StoreError> {
-        self.read(|txn| {
-            let t = txn.open_table(WATCHES)?;
-            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let mut out = Vec::with_capacity(limit.min(1024));
-            for item in t.range::<&str>((lower, Bound::Unbounded))?.take(limit) {
-                let (k, v) = item?;
-                out.push(decode_state(k.value(), v.value())?);
-            }
-            Ok(out)
-        })
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.read_with_index(
+            // The first `limit` ids of each side hold the first `limit` of both.
+            |index| {
+                index
+                    .newest
+                    .range::<str, _>((lower, Bound::Unbounded))
+                    .take(limit)
+                    .map(|(id, pos)| (id.clone(), *pos))
+                    .collect::<Vec<_>>()
+            },
+            |txn, logged| {
+                let log = txn.open_table(STATE_LOG)?;
+                let mut logged = logged.into_iter().peekable();
+                let t = txn.open_table(WATCHES)?;
+                let mut out = Vec::with_capacity(limit.min(1024));
+                let mut rows = t.range::<&str>((lower, Bound::Unbounded))?;
+                let mut row = rows.next().transpose()?;
+                while out.len() < limit {
+                    let row_id = row.as_ref().map(|(k, _)| k.value());
+                    match (logged.peek(), row_id) {
+                        (None, None) => break,
+                        (Some((id, pos)), row_id) if row_id.is_none_or(|r| **id <= *r) => {
+                            out.push(logged_state(&log, *pos, id)?);
+                            if row_id == Some(&**id) {
+                                row = rows.next().transpose()?;
+                            }
+                            logged.next();
+                        }
+                        (_, Some(row_id)) => {
+                            let (_, v) = row.as_ref().expect("row_id came from it");
+                            out.push(decode_state(row_id, v.value())?);
+                            row = rows.next().transpose()?;
+                        }
+                        (Some(_), None) => {
+                            unreachable!("the guard takes a log entry when no row is left")
+                        }
+                    }
+                }
+                Ok(out)
+            },
+        )
     }
 
     /// Every watch, ordered by id.
@@ -496,7 +838,51 @@ impl Store {
     /// everything; meant for tests and a manual `fsck`, not the hot path.
     pub fn check(&self) -> Result<(), StoreError> {
         let bad = |s: String| Err(StoreError::Inconsistent(s));
-        self.read(|txn| {
+        let index = |index: &LogIndex| (index.newest.clone(), index.entries, index.new_watches);
+        self.read_with_index(index, |txn, (index, entries, new_watches)| {
+            // Each watch's newest state: its row, overwritten by its log
+            // entries in position order.
+            let mut newest: HashMap<String, WatchState> = HashMap::new();
+            let watches = txn.open_table(WATCHES)?;
+            for item in watches.iter()? {
+                let (k, v) = item?;
+                newest.insert(k.value().to_owned(), decode_state(k.value(), v.value())?);
+            }
+            let rows = newest.len() as u64;
+            let log = txn.open_table(STATE_LOG)?;
+            let mut last_pos: HashMap<String, u64> = HashMap::new();
+            let mut logged = 0;
+            for item in log.iter()? {
+                let (k, v) = item?;
+                let chunk = v.value();
+                let mut offset = 0;
+                while offset < chunk.len() {
+                    let (id, record, next) = logged_state_at(chunk, offset)?;
+                    newest.insert(id.to_owned(), decode_state(id, record)?);
+                    last_pos.insert(id.to_owned(), slot(k.value(), offset));
+                    logged += 1;
+                    offset = next;
+                }
+            }
+            // The index must name exactly each watch's newest entry.
+            if logged != entries || last_pos.len() != index.len() {
+                return bad(format!(
+                    "the state log holds {logged} states of {} watches; its index says {entries} of {}",
+                    last_pos.len(),
+                    index.len()
+                ));
+            }
+            for (id, pos) in &index {
+                if last_pos.get(&**id) != Some(pos) {
+                    return bad(format!("the state log index puts watch {id} at {pos}, the log at {:?}", last_pos.get(&**id)));
+                }
+            }
+            if newest.len() as u64 != rows + new_watches {
+                return bad(format!(
+                    "{} watches are stored but the index counts {rows} rows and {new_watches} new",
+                    newest.len()
+                ));
+            }
             let versions = txn.open_table(VERSIONS)?;
             let mut per_watch: HashMap<String, (u64, u64, Hash)> = HashMap::new();
             let mut counts: HashMap<Hash, u64> = HashMap::new();
@@ -536,10 +922,7 @@ impl Store {
                     return bad(format!("body {} is missing", crate::hex(hash)));
                 }
             }
-            let watches = txn.open_table(WATCHES)?;
-            for item in watches.iter()? {
-                let (k, v) = item?;
-                let s = decode_state(k.value(), v.value())?;
+            for s in newest.values() {
                 let (count, latest, hash) = per_watch.remove(&s.id).unwrap_or((0, 0, [0; 32]));
                 let expect = (count, (count > 0).then_some(latest), (count > 0).then_some(hash));
                 if (s.versions, s.latest_version, s.latest_hash) != expect {
@@ -636,12 +1019,20 @@ struct WriteTables<'t> {
     bodies: Table<'t, &'static [u8; 32], &'static [u8]>,
     refs: Table<'t, &'static [u8; 32], u64>,
     changes: Table<'t, u64, &'static [u8]>,
+    state_log: Table<'t, u64, &'static [u8]>,
     /// Created on the first body of a batch and reused for the rest.
     compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// Slots this transaction appended, the newest per watch.
+    logged: HashMap<String, u64>,
+    appended: u64,
+    /// The chunk being filled, and its key.
+    chunk: Vec<u8>,
+    chunk_key: u64,
+    new_watches: u64,
 }
 
 impl<'t> WriteTables<'t> {
-    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+    fn open(txn: &'t redb::WriteTransaction, chunk_key: u64) -> Result<Self, StoreError> {
         Ok(WriteTables {
             meta: txn.open_table(META)?,
             watches: txn.open_table(WATCHES)?,
@@ -649,8 +1040,120 @@ impl<'t> WriteTables<'t> {
             bodies: txn.open_table(BODIES)?,
             refs: txn.open_table(BODY_REFS)?,
             changes: txn.open_table(CHANGES)?,
+            state_log: txn.open_table(STATE_LOG)?,
             compressor: None,
+            logged: HashMap::new(),
+            appended: 0,
+            chunk: Vec::with_capacity(CHUNK_BYTES + 512),
+            chunk_key,
+            new_watches: 0,
         })
+    }
+
+    /// Appends `state` to the chunk being filled; a full chunk is inserted.
+    fn log_state(&mut self, state: &WatchState) -> Result<(), StoreError> {
+        let offset = push_logged_state(&mut self.chunk, state);
+        self.logged
+            .insert(state.id.clone(), slot(self.chunk_key, offset));
+        self.appended += 1;
+        if self.chunk.len() >= CHUNK_BYTES {
+            self.close_chunk()?;
+        }
+        Ok(())
+    }
+
+    fn close_chunk(&mut self) -> Result<(), StoreError> {
+        if !self.chunk.is_empty() {
+            self.state_log
+                .insert(self.chunk_key, self.chunk.as_slice())?;
+            self.chunk.clear();
+            self.chunk_key += 1;
+        }
+        Ok(())
+    }
+
+    /// This commit's walk of the rolling fold (see [`LogIndex`]): the next
+    /// `budget` watches of the committed index after its cursor.
+    fn fold_step(&mut self, index: &LogIndex, budget: usize) -> Result<FoldStep, StoreError> {
+        let lower = index
+            .cursor
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let mut step = FoldStep {
+            cursor: index.cursor.clone(),
+            new_rows: 0,
+            cycle_done: false,
+        };
+        let mut walked = 0;
+        let mut last = None;
+        for (id, &at) in index
+            .newest
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take(budget.max(1))
+        {
+            walked += 1;
+            last = Some(id);
+            let (chunk, offset) = slot_parts(at);
+            if chunk >= index.cycle_start {
+                // Newer than the cycle: the next one folds it.
+                continue;
+            }
+            let g = self
+                .state_log
+                .get(chunk)?
+                .ok_or_else(|| missing_chunk(chunk, id))?;
+            let (logged_id, record, _) = logged_state_at(g.value(), offset)?;
+            check_logged_id(logged_id, id, at)?;
+            if self.watches.insert(&**id, record)?.is_none() {
+                step.new_rows += 1;
+            }
+        }
+        if let Some(id) = last {
+            step.cursor = Some(id.clone());
+        }
+        if walked < budget.max(1) {
+            // Past the last id: every chunk below the cycle is folded.
+            step.cycle_done = true;
+            if index.cycle_start > 0 {
+                self.state_log
+                    .retain_in::<u64, _>(0..index.cycle_start, |_, _| false)?;
+            }
+        }
+        Ok(step)
+    }
+
+    /// Inserts the last chunk; what the transaction appended, for the index.
+    fn finish_log(mut self, step: FoldStep, _index: &LogIndex) -> Result<LogBatch, StoreError> {
+        self.close_chunk()?;
+        Ok(LogBatch {
+            newest: self.logged,
+            appended: self.appended,
+            next: self.chunk_key,
+            new_watches: self.new_watches,
+            step,
+        })
+    }
+
+    /// The newest stored state of `id`: appended by this transaction, in
+    /// the committed log, or its row in `watches`.
+    fn newest_state(
+        &self,
+        id: &str,
+        committed: &LogIndex,
+    ) -> Result<Option<WatchState>, StoreError> {
+        let pos = self.logged.get(id).or_else(|| committed.newest.get(id));
+        if let Some(&at) = pos {
+            let (chunk, offset) = slot_parts(at);
+            if chunk == self.chunk_key {
+                // In the chunk still being filled.
+                let (logged_id, record, _) = logged_state_at(&self.chunk, offset)?;
+                check_logged_id(logged_id, id, at)?;
+                return Ok(Some(decode_state(id, record)?));
+            }
+            return logged_state(&self.state_log, at, id).map(Some);
+        }
+        let row = self.watches.get(id)?;
+        Ok(row.map(|g| decode_state(id, g.value())).transpose()?)
     }
 
     /// Applies a batch; returns what each outcome became and the new
@@ -659,6 +1162,7 @@ impl<'t> WriteTables<'t> {
         &mut self,
         outcomes: &[Outcome],
         opts: &StoreOptions,
+        committed: &LogIndex,
     ) -> Result<(Vec<Committed>, u64, u64), StoreError> {
         // Read inside the transaction rather than from the in-memory copy:
         // the file is the authority, and write transactions are serialized.
@@ -670,7 +1174,7 @@ impl<'t> WriteTables<'t> {
         let now = now_ms();
         let mut out = Vec::with_capacity(outcomes.len());
         for o in outcomes {
-            out.push(self.apply_one(o, &mut seq, now, opts.zstd_level)?);
+            out.push(self.apply_one(o, &mut seq, now, opts.zstd_level, committed)?);
         }
         let keep = opts.max_changes.max(1);
         if seq + 1 - oldest > keep {
@@ -690,16 +1194,16 @@ impl<'t> WriteTables<'t> {
         seq: &mut u64,
         now: u64,
         level: i32,
+        committed: &LogIndex,
     ) -> Result<Committed, StoreError> {
         // Borrowed, so that a batch can be retried after a failed commit.
         let mut state = o.state.clone();
         let (new_version, events, keep_versions) = (&o.new_version, &o.events, o.keep_versions);
         let id = state.id.clone();
-        let prev = self
-            .watches
-            .get(id.as_str())?
-            .map(|g| decode_state(&id, g.value()))
-            .transpose()?;
+        let prev = self.newest_state(&id, committed)?;
+        if prev.is_none() {
+            self.new_watches += 1;
+        }
         // What is stored is the store's business: the engine's copy of these
         // may lag behind pruning or a batch it has not seen committed.
         (state.versions, state.latest_version, state.latest_hash) = prev
@@ -739,8 +1243,7 @@ impl<'t> WriteTables<'t> {
             committed.seqs.push(*seq);
         }
         self.prune_versions(&id, &mut state, keep_versions)?;
-        self.watches
-            .insert(id.as_str(), encode_state(&state).as_slice())?;
+        self.log_state(&state)?;
         Ok(committed)
     }
 

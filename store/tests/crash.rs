@@ -36,6 +36,8 @@ fn crash_child() {
         .build()
         .unwrap();
     rt.block_on(async {
+        // Every commit walks on in the state log's rolling fold, and with
+        // eight watches a cycle ends every few commits: kills land in folds.
         let store = Store::open(&path).unwrap();
         let (writer, task) = store.spawn_writer(WriterConfig {
             max_batch: 32,

@@ -574,3 +574,186 @@ fn second_open_in_the_same_process_is_locked() {
         .close()
         .unwrap();
 }
+
+/// Watch states are appended to the state log and folded into `watches` a
+/// few watches per commit. Whatever is folded and whatever is not, every
+/// read sees each watch's newest state, paging merges both in id order, the
+/// counts agree, and a store dropped without `close` (the log left on disk)
+/// reopens to the same states.
+#[test]
+fn reads_see_the_newest_state_across_state_log_folds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("polld.redb");
+    let opts = StoreOptions::default();
+    let store = opts.open(&path).unwrap();
+    let ids = ["a", "b", "c", "d", "e", "f", "g"];
+    // The model: each watch's newest poll count.
+    let mut want: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut appended = 0;
+    let mut last_log = 0;
+    // Batches of varying shape: new watches, repeats of one watch in a
+    // batch, watches folded long ago and polled again.
+    let batches: [&[(&str, u64)]; 7] = [
+        &[("c", 1), ("a", 1)],
+        &[("a", 2), ("a", 3), ("e", 1)],
+        &[("g", 1)],
+        &[("b", 1), ("c", 2), ("d", 1), ("f", 1)],
+        &[("a", 4)],
+        &[("e", 2), ("g", 2), ("b", 2)],
+        &[("f", 2)],
+    ];
+    for batch in batches {
+        store
+            .apply_blocking(batch.iter().map(|(id, n)| not_modified(id, *n)).collect())
+            .unwrap();
+        for (id, n) in batch {
+            want.insert(id, *n);
+        }
+        appended += batch.len() as u64;
+        let stats = store.stats().unwrap();
+        last_log = stats.state_log;
+        assert_eq!(stats.watches, want.len() as u64);
+        store.check().unwrap();
+        for (id, n) in &want {
+            assert_eq!(store.watch(id).unwrap().unwrap().polls, *n, "watch {id}");
+        }
+        assert_eq!(store.watch("zz").unwrap(), None);
+        // Every page size walks all watches in id order, newest states.
+        for limit in 1..=want.len() + 1 {
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = store.watches(after.as_deref(), limit).unwrap();
+                assert!(page.len() <= limit);
+                let Some(last) = page.last() else { break };
+                after = Some(last.id.clone());
+                seen.extend(page.into_iter().map(|s| (s.id, s.polls)));
+            }
+            let expect: Vec<(String, u64)> =
+                want.iter().map(|(id, n)| ((*id).to_owned(), *n)).collect();
+            assert_eq!(seen, expect, "pages of {limit}");
+        }
+    }
+    assert!(
+        last_log < appended - 4,
+        "folded states leave the log ({last_log} of {appended} remain)"
+    );
+    assert!(last_log > 0, "the last batches stay in the log");
+    assert_eq!(want.len(), ids.len());
+
+    // Dropped without close: the log stays on disk and the open folds it.
+    let before = store.all_watches().unwrap();
+    drop(store);
+    let store = opts.open(&path).unwrap();
+    assert_eq!(store.stats().unwrap().state_log, 0);
+    assert_eq!(store.all_watches().unwrap(), before);
+    store.check().unwrap();
+    store.apply_blocking(vec![not_modified("a", 9)]).unwrap();
+    assert_eq!(store.stats().unwrap().state_log, 1);
+    // A clean close folds too.
+    store.close().unwrap();
+    let store = opts.open(&path).unwrap();
+    assert_eq!(store.watch("a").unwrap().unwrap().polls, 9);
+    assert_eq!(store.stats().unwrap().state_log, 0);
+}
+
+/// A version's counters, kept by the store, follow the watch's newest
+/// state whether it sits in the log or in `watches`.
+#[test]
+fn version_counters_follow_the_newest_state_through_folds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("polld.redb")).unwrap();
+    for i in 0..6u64 {
+        let body = format!("body {i}");
+        store
+            .apply_blocking(vec![changed("w", body.as_bytes(), 3), not_modified("x", i)])
+            .unwrap();
+        let w = store.watch("w").unwrap().unwrap();
+        assert_eq!(w.latest_version, Some(i + 1));
+        assert_eq!(w.versions, (i + 1).min(3));
+        assert_eq!(w.latest_hash, Some(hash_body(body.as_bytes())));
+        store.check().unwrap();
+    }
+}
+
+/// The log packs states into chunks of a few KiB: a batch that fills
+/// several, with each watch in many of them, still reads back each watch's
+/// newest state, before and after the open folds the log.
+#[test]
+fn a_batch_larger_than_a_log_chunk_keeps_each_watch_newest_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("polld.redb");
+    let store = Store::open(&path).unwrap();
+    let ids: Vec<String> = (0..7).map(|i| format!("w{i}")).collect();
+    // ~120 bytes a state: 700 states span about ten chunks.
+    let batch: Vec<Outcome> = (0..700u64)
+        .map(|n| not_modified(&ids[(n % 7) as usize], n))
+        .collect();
+    store.apply_blocking(batch).unwrap();
+    store
+        .apply_blocking(vec![not_modified("w3", 5000)])
+        .unwrap();
+    let newest = |id: &str| store.watch(id).unwrap().unwrap().polls;
+    for (i, id) in ids.iter().enumerate() {
+        let want = if i == 3 { 5000 } else { 693 + i as u64 };
+        assert_eq!(newest(id), want, "{id}");
+    }
+    store.check().unwrap();
+    assert_eq!(store.stats().unwrap().state_log, 701);
+    let all = store.all_watches().unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.all_watches().unwrap(), all);
+    assert_eq!(store.stats().unwrap().state_log, 0);
+    store.check().unwrap();
+}
+
+/// The rolling fold over many commits of watches polled at random: after
+/// every commit the tables and the index agree (`check`), every watch reads
+/// its newest state, and the log stays within about two states a watch.
+#[test]
+fn the_rolling_fold_keeps_every_newest_state_and_bounds_the_log() {
+    let (_dir, store) = fresh();
+    let ids: Vec<String> = (0..300).map(|i| format!("w{i:03}")).collect();
+    let mut want: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut polls = 0;
+    let mut largest_log = 0;
+    for commit in 0..60 {
+        // Batches of 1 to 64 outcomes; some watches twice in one batch.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 1 + (x % 64) as usize;
+        let mut batch = Vec::with_capacity(len);
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = &ids[(x % ids.len() as u64) as usize];
+            polls += 1;
+            batch.push(not_modified(id, polls));
+            want.insert(id, polls);
+        }
+        store.apply_blocking(batch).unwrap();
+        store
+            .check()
+            .unwrap_or_else(|e| panic!("commit {commit}: {e}"));
+        let stats = store.stats().unwrap();
+        assert_eq!(stats.watches, want.len() as u64, "commit {commit}");
+        largest_log = largest_log.max(stats.state_log);
+    }
+    for (id, n) in &want {
+        assert_eq!(store.watch(id).unwrap().unwrap().polls, *n, "watch {id}");
+    }
+    let listed = store.all_watches().unwrap();
+    assert_eq!(listed.len(), want.len());
+    assert!(listed.iter().all(|s| want[s.id.as_str()] == s.polls));
+    // Two cycles of the walk, each as long as the index, plus a batch.
+    assert!(
+        largest_log <= 2 * want.len() as u64 + 64,
+        "the log grew to {largest_log} states for {} watches",
+        want.len()
+    );
+    assert!(polls > largest_log, "states were folded out of the log");
+}
