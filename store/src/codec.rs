@@ -243,7 +243,6 @@ fn kind_from(code: u8) -> Option<ChangeKind> {
     })
 }
 
-/// The state record. The id is the table key and is not repeated here.
 /// Bytes a state record is likely to take, so that one allocation holds it.
 fn state_size_hint(s: &WatchState) -> usize {
     64 + s.url.len()
@@ -253,8 +252,9 @@ fn state_size_hint(s: &WatchState) -> usize {
         + s.last_error.as_ref().map_or(0, String::len)
 }
 
-/// A state record alone, as a row of `watches` holds it. Commits write it
-/// inside a state-log entry ([`encode_logged_state`]); a fold copies it.
+/// A state record alone, as a row of `watches` holds it (the id is the key
+/// and is not repeated). Commits write it inside a state-log entry
+/// ([`push_logged_state`]); a fold copies it.
 #[cfg(test)]
 pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
     let mut e = Enc::with_capacity(state_size_hint(s));

@@ -4,10 +4,11 @@
 //! Owns the redb `Database`, the in-memory copy of the change-log bounds,
 //! the index of the state log (where each watch's newest state is until the
 //! log is folded into `watches`) and the `tokio::sync::watch` channel that
-//! tells waiters about the last committed seq. Every function here is blocking; async callers run them
-//! under `spawn_blocking` (the batch writer in [`crate::writer`] does so for
-//! commits). No read transaction outlives the call that opened it, so a
-//! waiter on [`Store::subscribe`] never pins old pages.
+//! tells waiters about the last committed seq. Every function here is
+//! blocking; async callers run them under `spawn_blocking` (the batch
+//! writer in [`crate::writer`] does so for commits). No read transaction
+//! outlives the call that opened it, so a waiter on [`Store::subscribe`]
+//! never pins old pages.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -56,18 +57,21 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// and its leaf header fit a two-page allocation instead of taking four.
 const CHUNK_BYTES: usize = 7 << 10;
 
-/// Watches the rolling fold walks per state a commit appends: 2 keeps the
-/// log at about one state per watch, so the file stays near the size of
-/// `watches` alone (store bench: 1.00× after ten passes; 4× with 1).
+/// Watches the rolling fold walks per state a commit appends.
 const FOLD_WALK: usize = 2;
 
 /// Where a state sits in the log: the chunk's key and the entry's offset.
+/// An entry starts below `CHUNK_BYTES` (a chunk closes once it is that
+/// long), so 16 bits hold the offset and 48 the key: at 10,000 chunks a
+/// second, 890 years before a key would not fit.
 fn slot(chunk: u64, offset: usize) -> u64 {
-    (chunk << 32) | offset as u64
+    const { assert!(CHUNK_BYTES <= 1 << 16) };
+    debug_assert!(offset < CHUNK_BYTES && chunk < 1 << 48);
+    (chunk << 16) | offset as u64
 }
 
 fn slot_parts(slot: u64) -> (u64, usize) {
-    (slot >> 32, (slot & 0xffff_ffff) as usize)
+    (slot >> 16, (slot & 0xffff) as usize)
 }
 
 /// How a [`Store`] is opened.
@@ -121,18 +125,21 @@ struct Health {
 /// then walks on through the index in id order, [`FOLD_WALK`] watches per
 /// state it appended, and copies into `watches` the state of each whose
 /// newest is older than the cycle. Once the walk has passed the last id,
-/// every chunk older than the cycle is folded: the commit that ends the
-/// cycle deletes those chunks and drops their watches from the index, and
-/// the next cycle starts. A cycle so lasts at most half as many states as
-/// the index holds watches; the log holds about one state per watch when
-/// every watch is polled alike, a poll costs at most one row write (in id
-/// order, ~20 rows to a leaf), and no commit does more than its share.
+/// every chunk older than the cycle is folded; the first commit after that
+/// which brings the cycle to half as many states as there are watches ends
+/// it: it deletes those chunks and drops their watches from the index, and
+/// the next cycle starts. Without that floor a walk that keeps up with the
+/// appends would end a cycle per commit and fold the last commit's watches
+/// one random row each, as before the log. The log so holds about one
+/// state per watch, a poll costs about one row write, in id order (~20
+/// rows to a leaf), and no commit does more than its share.
 ///
-/// The writer updates the index right after each commit. A reader looks a
-/// watch up and begins its read transaction under the same read lock; a
-/// commit that deletes chunks or gives new watches their row runs under
-/// the write lock. So every slot a reader finds is in its snapshot, and
-/// the counts match it.
+/// A commit updates the index right after it lands, before the next write
+/// transaction may begin (`Inner::committing`). A reader looks a watch up
+/// and begins its read transaction under the same read lock; a commit that
+/// deletes chunks or gives new watches their row runs under the write
+/// lock. So every slot a reader finds is in its snapshot, and the counts
+/// match it.
 #[derive(Debug, Default)]
 struct LogIndex {
     /// Watch id → slot of its newest committed state in `state_log`.
@@ -326,6 +333,10 @@ struct Inner {
     /// Write transactions committed since open (one per batch).
     commits: AtomicU64,
     log: RwLock<LogIndex>,
+    /// Held from a write transaction's start until the index records it:
+    /// redb lets the next write transaction begin once one commits, and it
+    /// must not read the index before the last commit is in it.
+    committing: Mutex<()>,
 }
 
 /// Sizes of the store, for metrics and tests.
@@ -437,6 +448,7 @@ impl Store {
                 health: Mutex::new(Health::default()),
                 commits: AtomicU64::new(0),
                 log: RwLock::new(log),
+                committing: Mutex::new(()),
             }),
         })
     }
@@ -537,9 +549,11 @@ impl Store {
     /// Folds the state log into `watches` now, in a transaction of its own.
     fn fold_now(&self) -> Result<(), StoreError> {
         self.with_db(|db| {
-            // The write transaction first, as the writer takes them: holding
-            // the index while waiting for a writer that waits for the index
-            // would deadlock.
+            let _committing = self
+                .inner
+                .committing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let mut txn = db.begin_write()?;
             let mut index = self
                 .inner
@@ -630,15 +644,21 @@ impl Store {
             return Ok(Vec::new());
         }
         let result = self.with_db(|db| {
+            let _committing = self
+                .inner
+                .committing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
             let (applied, batch) = {
-                // Only this writer changes the index, so it stays as read.
+                // Only a holder of `committing` changes the index, so it
+                // stays as read.
                 let index = self.log_index();
                 let mut t = WriteTables::open(&txn, index.next)?;
                 let applied = t.apply(outcomes, &self.inner.opts, &index)?;
                 let step = t.fold_step(&index, FOLD_WALK * outcomes.len())?;
-                (applied, t.finish_log(step, &index)?)
+                (applied, t.finish_log(step)?)
             };
             if batch.needs_exclusive_commit() {
                 let mut index = self
@@ -834,8 +854,10 @@ impl Store {
     /// Checks that the tables agree with each other: every version's body is
     /// stored, every reference count equals the versions naming that body,
     /// no body is unreferenced, each watch's `versions` / `latest_*` match
-    /// its versions, and the change log is dense between its bounds. Reads
-    /// everything; meant for tests and a manual `fsck`, not the hot path.
+    /// its versions, the state log's index names each watch's newest entry
+    /// and counts what the log and `watches` hold, and the change log is
+    /// dense between its bounds. Reads everything; meant for tests and a
+    /// manual `fsck`, not the hot path.
     pub fn check(&self) -> Result<(), StoreError> {
         let bad = |s: String| Err(StoreError::Inconsistent(s));
         let index = |index: &LogIndex| (index.newest.clone(), index.entries, index.new_watches);
@@ -1111,7 +1133,10 @@ impl<'t> WriteTables<'t> {
         if let Some(id) = last {
             step.cursor = Some(id.clone());
         }
-        if walked < budget.max(1) {
+        // States in this cycle so far, and the watches stored.
+        let in_cycle = index.entries - index.entries_before_cycle + self.appended;
+        let watches = index.base_len + index.new_watches + self.new_watches;
+        if walked < budget.max(1) && in_cycle >= watches / 2 {
             // Past the last id: every chunk below the cycle is folded.
             step.cycle_done = true;
             if index.cycle_start > 0 {
@@ -1123,7 +1148,7 @@ impl<'t> WriteTables<'t> {
     }
 
     /// Inserts the last chunk; what the transaction appended, for the index.
-    fn finish_log(mut self, step: FoldStep, _index: &LogIndex) -> Result<LogBatch, StoreError> {
+    fn finish_log(mut self, step: FoldStep) -> Result<LogBatch, StoreError> {
         self.close_chunk()?;
         Ok(LogBatch {
             newest: self.logged,
