@@ -243,25 +243,16 @@ fn fold_state_log(txn: &WriteTransaction, index: Option<&LogIndex>) -> Result<u6
         match index {
             Some(index) => {
                 for (id, &at) in &index.newest {
-                    let (chunk, offset) = slot_parts(at);
-                    let g = log.get(chunk)?.ok_or_else(|| missing_chunk(chunk, id))?;
-                    let (logged_id, record, _) = logged_state_at(g.value(), offset)?;
-                    check_logged_id(logged_id, id, at)?;
-                    watches.insert(&**id, record)?;
+                    with_logged_record(&log, at, id, |record| {
+                        watches.insert(&**id, record)?;
+                        Ok(())
+                    })?;
                 }
             }
-            None => {
-                for item in log.iter()? {
-                    let (_, v) = item?;
-                    let chunk = v.value();
-                    let mut offset = 0;
-                    while offset < chunk.len() {
-                        let (id, record, next) = logged_state_at(chunk, offset)?;
-                        watches.insert(id, record)?;
-                        offset = next;
-                    }
-                }
-            }
+            None => for_each_logged(&log, |_, _, id, record| {
+                watches.insert(id, record)?;
+                Ok(())
+            })?,
         }
         watches.len()?
     };
@@ -310,17 +301,57 @@ fn fold_at_open(db: &Database) -> Result<LogIndex, StoreError> {
     })
 }
 
+/// Hands `use_record` the state record of `id` at `at`, a slot the index
+/// named, checking that the entry there is that watch's.
+fn with_logged_record<T>(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    at: u64,
+    id: &str,
+    use_record: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let (chunk, offset) = slot_parts(at);
+    let g = log.get(chunk)?.ok_or_else(|| missing_chunk(chunk, id))?;
+    record_in_chunk(g.value(), offset, id, at, use_record)
+}
+
+fn record_in_chunk<T>(
+    chunk: &[u8],
+    offset: usize,
+    id: &str,
+    at: u64,
+    use_record: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let (logged_id, record, _) = logged_state_at(chunk, offset)?;
+    check_logged_id(logged_id, id, at)?;
+    use_record(record)
+}
+
 /// The state of `id` in `state_log` at `at`, a slot the index named.
 fn logged_state(
     log: &impl ReadableTable<u64, &'static [u8]>,
     at: u64,
     id: &str,
 ) -> Result<WatchState, StoreError> {
-    let (chunk, offset) = slot_parts(at);
-    let g = log.get(chunk)?.ok_or_else(|| missing_chunk(chunk, id))?;
-    let (logged_id, record, _) = logged_state_at(g.value(), offset)?;
-    check_logged_id(logged_id, id, at)?;
-    Ok(decode_state(id, record)?)
+    with_logged_record(log, at, id, |record| Ok(decode_state(id, record)?))
+}
+
+/// Calls `each` with the offset, watch id and state record of every entry
+/// of every chunk, in log order.
+fn for_each_logged(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    mut each: impl FnMut(u64, usize, &str, &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for item in log.iter()? {
+        let (k, v) = item?;
+        let chunk = v.value();
+        let mut offset = 0;
+        while offset < chunk.len() {
+            let (id, record, next) = logged_state_at(chunk, offset)?;
+            each(k.value(), offset, id, record)?;
+            offset = next;
+        }
+    }
+    Ok(())
 }
 
 struct Inner {
@@ -534,6 +565,29 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn log_index_mut(&self) -> std::sync::RwLockWriteGuard<'_, LogIndex> {
+        self.inner
+            .log
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A durable write transaction, with the `committing` lock that the
+    /// caller holds until the index has recorded the commit.
+    fn begin_commit<'s>(
+        &'s self,
+        db: &Database,
+    ) -> Result<(std::sync::MutexGuard<'s, ()>, WriteTransaction), StoreError> {
+        let committing = self
+            .inner
+            .committing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        Ok((committing, txn))
+    }
+
     /// A read transaction together with what `look` takes from the state
     /// log's index, both as of the same commit.
     fn read_with_index<T, L>(
@@ -553,21 +607,11 @@ impl Store {
     /// Folds the state log into `watches` now, in a transaction of its own.
     fn fold_now(&self) -> Result<(), StoreError> {
         self.with_db(|db| {
-            let _committing = self
-                .inner
-                .committing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut txn = db.begin_write()?;
-            let mut index = self
-                .inner
-                .log
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let (_committing, txn) = self.begin_commit(db)?;
+            let mut index = self.log_index_mut();
             if index.entries == 0 {
                 return Ok(());
             }
-            txn.set_durability(Durability::Immediate)?;
             let rows = fold_state_log(&txn, Some(&index))?;
             txn.commit()?;
             index.folded_all(rows);
@@ -648,13 +692,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let result = self.with_db(|db| {
-            let _committing = self
-                .inner
-                .committing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            let (_committing, txn) = self.begin_commit(db)?;
             let (applied, batch) = {
                 // Only a holder of `committing` changes the index, so it
                 // stays as read.
@@ -665,20 +703,12 @@ impl Store {
                 (applied, t.finish_log(step)?)
             };
             if batch.needs_exclusive_commit() {
-                let mut index = self
-                    .inner
-                    .log
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut index = self.log_index_mut();
                 txn.commit()?;
                 index.record(batch);
             } else {
                 txn.commit()?;
-                self.inner
-                    .log
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .record(batch);
+                self.log_index_mut().record(batch);
             }
             Ok(applied)
         });
@@ -878,18 +908,12 @@ impl Store {
             let log = txn.open_table(STATE_LOG)?;
             let mut last_pos: HashMap<String, u64> = HashMap::new();
             let mut logged = 0;
-            for item in log.iter()? {
-                let (k, v) = item?;
-                let chunk = v.value();
-                let mut offset = 0;
-                while offset < chunk.len() {
-                    let (id, record, next) = logged_state_at(chunk, offset)?;
-                    newest.insert(id.to_owned(), decode_state(id, record)?);
-                    last_pos.insert(id.to_owned(), slot(k.value(), offset));
-                    logged += 1;
-                    offset = next;
-                }
-            }
+            for_each_logged(&log, |chunk, offset, id, record| {
+                newest.insert(id.to_owned(), decode_state(id, record)?);
+                last_pos.insert(id.to_owned(), slot(chunk, offset));
+                logged += 1;
+                Ok(())
+            })?;
             // The index must name exactly each watch's newest entry.
             if logged != entries || last_pos.len() != index.len() {
                 return bad(format!(
@@ -1119,20 +1143,16 @@ impl<'t> WriteTables<'t> {
         {
             walked += 1;
             last = Some(id);
-            let (chunk, offset) = slot_parts(at);
+            let (chunk, _) = slot_parts(at);
             if chunk >= index.cycle_start {
                 // Newer than the cycle: the next one folds it.
                 continue;
             }
-            let g = self
-                .state_log
-                .get(chunk)?
-                .ok_or_else(|| missing_chunk(chunk, id))?;
-            let (logged_id, record, _) = logged_state_at(g.value(), offset)?;
-            check_logged_id(logged_id, id, at)?;
-            if self.watches.insert(&**id, record)?.is_none() {
-                step.new_rows += 1;
-            }
+            let watches = &mut self.watches;
+            let created = with_logged_record(&self.state_log, at, id, |record| {
+                Ok(watches.insert(&**id, record)?.is_none())
+            })?;
+            step.new_rows += u64::from(created);
         }
         if let Some(id) = last {
             step.cursor = Some(id.clone());
@@ -1173,13 +1193,12 @@ impl<'t> WriteTables<'t> {
         let pos = self.logged.get(id).or_else(|| committed.newest.get(id));
         if let Some(&at) = pos {
             let (chunk, offset) = slot_parts(at);
+            let decode = |record: &[u8]| Ok(Some(decode_state(id, record)?));
             if chunk == self.chunk_key {
                 // In the chunk still being filled.
-                let (logged_id, record, _) = logged_state_at(&self.chunk, offset)?;
-                check_logged_id(logged_id, id, at)?;
-                return Ok(Some(decode_state(id, record)?));
+                return record_in_chunk(&self.chunk, offset, id, at, decode);
             }
-            return logged_state(&self.state_log, at, id).map(Some);
+            return with_logged_record(&self.state_log, at, id, decode);
         }
         let row = self.watches.get(id)?;
         Ok(row.map(|g| decode_state(id, g.value())).transpose()?)
