@@ -589,17 +589,28 @@ impl Store {
     }
 
     /// A read transaction together with what `look` takes from the state
-    /// log's index, both as of the same commit.
+    /// log's index: as of the same commit, or the snapshot one
+    /// non-exclusive commit newer (which deletes no chunk and adds no row);
+    /// with `quiet`, no commit is in flight and both are the same commit.
     fn read_with_index<T, L>(
         &self,
+        quiet: bool,
         look: impl FnOnce(&LogIndex) -> L,
         f: impl FnOnce(&ReadTransaction, L) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.with_db(|db| {
+            // After the database lock, as the writers take it.
+            let committing = quiet.then(|| {
+                self.inner
+                    .committing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            });
             let (found, txn) = {
                 let index = self.log_index();
                 (look(&index), db.begin_read()?)
             };
+            drop(committing);
             f(&txn, found)
         })
     }
@@ -737,6 +748,7 @@ impl Store {
     /// Row counts of the tables and the commits made since open.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read_with_index(
+            false,
             |index| (index.new_watches, index.entries),
             |txn, (new_watches, state_log)| {
                 Ok(StoreStats {
@@ -754,6 +766,7 @@ impl Store {
     /// One watch's state.
     pub fn watch(&self, id: &str) -> Result<Option<WatchState>, StoreError> {
         self.read_with_index(
+            false,
             |index| index.newest.get(id).copied(),
             |txn, pos| {
                 if let Some(at) = pos {
@@ -775,6 +788,7 @@ impl Store {
     ) -> Result<Vec<WatchState>, StoreError> {
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.read_with_index(
+            false,
             // The first `limit` ids of each side hold the first `limit` of both.
             |index| {
                 index
@@ -895,7 +909,8 @@ impl Store {
     pub fn check(&self) -> Result<(), StoreError> {
         let bad = |s: String| Err(StoreError::Inconsistent(s));
         let index = |index: &LogIndex| (index.newest.clone(), index.entries, index.new_watches);
-        self.read_with_index(index, |txn, (index, entries, new_watches)| {
+        // Other reads may lag the index by a commit; a check must not.
+        self.read_with_index(true, index, |txn, (index, entries, new_watches)| {
             // Each watch's newest state: its row, overwritten by its log
             // entries in position order.
             let mut newest: HashMap<String, WatchState> = HashMap::new();
