@@ -65,8 +65,13 @@ pub(crate) const KEY_OLDEST_SEQ: &str = "oldest_seq";
 
 /// One upgrade step: `MIGRATIONS[i]` turns schema `i + 1` into `i + 2`.
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] =
-    [v1_to_v2, v2_to_v3, v3_to_v4, v4_to_v5, v5_to_v6];
+const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] = [
+    v1_to_v2,
+    version_only,
+    version_only,
+    version_only,
+    version_only,
+];
 
 /// Reads the schema version of an existing file without writing to it, so
 /// that a file from a newer polld is refused before redb's open-time check
@@ -192,32 +197,13 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Schema 3 appends an optional field (a pending job's URL) to watch-state
-/// records; schema 2 records decode as they are. The version moves so that
-/// an older polld refuses a file that may hold such records.
+/// Schemas 3 to 6 only add: an optional field appended to watch-state
+/// records (3, 4), a record format for states with a server hold (5), the
+/// state log, which `create_tables` creates after the migrations (6).
+/// Older records decode as they are; the version moves so that an older
+/// polld refuses a file that may hold what it cannot read.
 #[allow(clippy::unnecessary_wraps)] // the shape of every migration
-fn v2_to_v3(_txn: &WriteTransaction) -> Result<(), StoreError> {
-    Ok(())
-}
-
-/// Schema 4 appends another optional field (the configured interval) to
-/// watch-state records, as schema 3 did.
-#[allow(clippy::unnecessary_wraps)] // the shape of every migration
-fn v3_to_v4(_txn: &WriteTransaction) -> Result<(), StoreError> {
-    Ok(())
-}
-
-/// Schema 5 adds a record format for watch states with a server hold;
-/// nothing older changes.
-#[allow(clippy::unnecessary_wraps)] // the shape of every migration
-fn v4_to_v5(_txn: &WriteTransaction) -> Result<(), StoreError> {
-    Ok(())
-}
-
-/// Schema 6 adds the state log, which `create_tables` creates after the
-/// migrations; existing rows of `watches` stay where they are.
-#[allow(clippy::unnecessary_wraps)] // the shape of every migration
-fn v5_to_v6(_txn: &WriteTransaction) -> Result<(), StoreError> {
+fn version_only(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 

@@ -326,6 +326,15 @@ fn record_in_chunk<T>(
     use_record(record)
 }
 
+/// The state of `id` in its row of `watches`, if it has one.
+fn row_state(
+    watches: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<WatchState>, StoreError> {
+    let row = watches.get(id)?;
+    Ok(row.map(|g| decode_state(id, g.value())).transpose()?)
+}
+
 /// The state of `id` in `state_log` at `at`, a slot the index named.
 fn logged_state(
     log: &impl ReadableTable<u64, &'static [u8]>,
@@ -768,13 +777,9 @@ impl Store {
         self.read_with_index(
             false,
             |index| index.newest.get(id).copied(),
-            |txn, pos| {
-                if let Some(at) = pos {
-                    return logged_state(&txn.open_table(STATE_LOG)?, at, id).map(Some);
-                }
-                let t = txn.open_table(WATCHES)?;
-                let g = t.get(id)?;
-                Ok(g.map(|g| decode_state(id, g.value())).transpose()?)
+            |txn, pos| match pos {
+                Some(at) => logged_state(&txn.open_table(STATE_LOG)?, at, id).map(Some),
+                None => row_state(&txn.open_table(WATCHES)?, id),
             },
         )
     }
@@ -1115,11 +1120,11 @@ impl<'t> WriteTables<'t> {
         })
     }
 
-    /// Appends `state` to the chunk being filled; a full chunk is inserted.
-    fn log_state(&mut self, state: &WatchState) -> Result<(), StoreError> {
+    /// Appends `state` (of watch `id`) to the chunk being filled; a full
+    /// chunk is inserted.
+    fn log_state(&mut self, id: String, state: &WatchState) -> Result<(), StoreError> {
         let offset = push_logged_state(&mut self.chunk, state);
-        self.logged
-            .insert(state.id.clone(), slot(self.chunk_key, offset));
+        self.logged.insert(id, slot(self.chunk_key, offset));
         self.appended += 1;
         if self.chunk.len() >= CHUNK_BYTES {
             self.close_chunk()?;
@@ -1144,17 +1149,14 @@ impl<'t> WriteTables<'t> {
             .cursor
             .as_deref()
             .map_or(Bound::Unbounded, Bound::Excluded);
-        let mut step = FoldStep {
-            cursor: index.cursor.clone(),
-            new_rows: 0,
-            cycle_done: false,
-        };
+        let budget = budget.max(1);
+        let mut new_rows = 0;
         let mut walked = 0;
         let mut last = None;
         for (id, &at) in index
             .newest
             .range::<str, _>((lower, Bound::Unbounded))
-            .take(budget.max(1))
+            .take(budget)
         {
             walked += 1;
             last = Some(id);
@@ -1167,23 +1169,22 @@ impl<'t> WriteTables<'t> {
             let created = with_logged_record(&self.state_log, at, id, |record| {
                 Ok(watches.insert(&**id, record)?.is_none())
             })?;
-            step.new_rows += u64::from(created);
-        }
-        if let Some(id) = last {
-            step.cursor = Some(id.clone());
+            new_rows += u64::from(created);
         }
         // States in this cycle so far, and the watches stored.
         let in_cycle = index.entries - index.entries_before_cycle + self.appended;
         let watches = index.base_len + index.new_watches + self.new_watches;
-        if walked < budget.max(1) && in_cycle >= watches / 2 {
-            // Past the last id: every chunk below the cycle is folded.
-            step.cycle_done = true;
-            if index.cycle_start > 0 {
-                self.state_log
-                    .retain_in::<u64, _>(0..index.cycle_start, |_, _| false)?;
-            }
+        // Past the last id, every chunk below the cycle is folded.
+        let cycle_done = walked < budget && in_cycle >= watches / 2;
+        if cycle_done && index.cycle_start > 0 {
+            self.state_log
+                .retain_in::<u64, _>(0..index.cycle_start, |_, _| false)?;
         }
-        Ok(step)
+        Ok(FoldStep {
+            cursor: last.or(index.cursor.as_ref()).cloned(),
+            new_rows,
+            cycle_done,
+        })
     }
 
     /// Inserts the last chunk; what the transaction appended, for the index.
@@ -1215,8 +1216,7 @@ impl<'t> WriteTables<'t> {
             }
             return with_logged_record(&self.state_log, at, id, decode);
         }
-        let row = self.watches.get(id)?;
-        Ok(row.map(|g| decode_state(id, g.value())).transpose()?)
+        row_state(&self.watches, id)
     }
 
     /// Applies a batch; returns what each outcome became and the new
@@ -1306,7 +1306,7 @@ impl<'t> WriteTables<'t> {
             committed.seqs.push(*seq);
         }
         self.prune_versions(&id, &mut state, keep_versions)?;
-        self.log_state(&state)?;
+        self.log_state(id, &state)?;
         Ok(committed)
     }
 
