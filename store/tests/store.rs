@@ -710,12 +710,17 @@ fn a_batch_larger_than_a_log_chunk_keeps_each_watch_newest_state() {
 
 /// The rolling fold over many commits of watches polled at random: after
 /// every commit the tables and the index agree (`check`), every watch reads
-/// its newest state, and the log stays within about two states a watch.
+/// its newest state and version counters (which the index carries from
+/// state to state, also for watches folded out of the log), and the log
+/// stays within about two states a watch.
 #[test]
 fn the_rolling_fold_keeps_every_newest_state_and_bounds_the_log() {
     let (_dir, store) = fresh();
     let ids: Vec<String> = (0..300).map(|i| format!("w{i:03}")).collect();
     let mut want: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    // Versions made per watch, and the body of the newest.
+    let mut made: std::collections::HashMap<&str, (u64, Vec<u8>)> =
+        std::collections::HashMap::new();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut polls = 0;
     let mut largest_log = 0;
@@ -732,7 +737,17 @@ fn the_rolling_fold_keeps_every_newest_state_and_bounds_the_log() {
             x ^= x << 17;
             let id = &ids[(x % ids.len() as u64) as usize];
             polls += 1;
-            batch.push(not_modified(id, polls));
+            if x % 8 == 0 {
+                // One poll in eight brings a new body.
+                let body = format!("body {polls}").into_bytes();
+                let mut outcome = changed(id, &body, 3);
+                outcome.state.polls = polls;
+                batch.push(outcome);
+                let e = made.entry(id).or_default();
+                *e = (e.0 + 1, body);
+            } else {
+                batch.push(not_modified(id, polls));
+            }
             want.insert(id, polls);
         }
         store.apply_blocking(batch).unwrap();
@@ -744,8 +759,14 @@ fn the_rolling_fold_keeps_every_newest_state_and_bounds_the_log() {
         largest_log = largest_log.max(stats.state_log);
     }
     for (id, n) in &want {
-        assert_eq!(store.watch(id).unwrap().unwrap().polls, *n, "watch {id}");
+        let state = store.watch(id).unwrap().unwrap();
+        assert_eq!(state.polls, *n, "watch {id}");
+        let (count, body) = made.get(id).cloned().unwrap_or_default();
+        assert_eq!(state.latest_version, (count > 0).then_some(count), "{id}");
+        assert_eq!(state.versions, count.min(3), "{id}");
+        assert_eq!(state.latest_hash, (count > 0).then(|| hash_body(&body)), "{id}");
     }
+    assert!(made.len() > 20, "versions of {} watches", made.len());
     let listed = store.all_watches().unwrap();
     assert_eq!(listed.len(), want.len());
     assert!(listed.iter().all(|s| want[s.id.as_str()] == s.polls));
