@@ -764,7 +764,11 @@ fn the_rolling_fold_keeps_every_newest_state_and_bounds_the_log() {
         let (count, body) = made.get(id).cloned().unwrap_or_default();
         assert_eq!(state.latest_version, (count > 0).then_some(count), "{id}");
         assert_eq!(state.versions, count.min(3), "{id}");
-        assert_eq!(state.latest_hash, (count > 0).then(|| hash_body(&body)), "{id}");
+        assert_eq!(
+            state.latest_hash,
+            (count > 0).then(|| hash_body(&body)),
+            "{id}"
+        );
     }
     assert!(made.len() > 20, "versions of {} watches", made.len());
     let listed = store.all_watches().unwrap();
