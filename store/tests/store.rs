@@ -737,7 +737,7 @@ fn the_rolling_fold_keeps_every_newest_state_and_bounds_the_log() {
             x ^= x << 17;
             let id = &ids[(x % ids.len() as u64) as usize];
             polls += 1;
-            if x % 8 == 0 {
+            if x.is_multiple_of(8) {
                 // One poll in eight brings a new body.
                 let body = format!("body {polls}").into_bytes();
                 let mut outcome = changed(id, &body, 3);
