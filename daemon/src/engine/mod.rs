@@ -942,6 +942,9 @@ async fn forward(
             }
         }
     }
+    // Nothing more to hand over: the writer may commit its last batch now
+    // rather than at the end of its linger.
+    drop(writer);
     while let Some((id, result)) = pending.next().await {
         backlog.committed();
         report(&id, result, &failures, &metrics);
