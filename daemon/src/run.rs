@@ -111,7 +111,7 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
         // log (schema 6) that is half of what a poll writes at 10,000
         // polls/s. Waiting 50 ms rather than 5 for a batch halves the bytes
         // written per poll there (~950 → ~500, bench/engine); a change
-        // reaches the feed up to 45 ms later.
+        // reaches the feed about 45 ms later.
         max_delay: Duration::from_millis(50),
     });
     let agent = Agent::new(AgentOptions {
