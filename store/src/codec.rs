@@ -271,10 +271,13 @@ pub(crate) fn push_logged_state(chunk: &mut Vec<u8>, s: &WatchState) -> usize {
     let mut e = Enc::with_capacity(2 + s.id.len() + state_size_hint(s));
     e.str(&s.id);
     encode_state_into(&mut e, s);
-    let mut len = Enc::with_capacity(4);
-    len.varint(e.buf.len() as u64);
-    chunk.extend_from_slice(&len.buf);
-    chunk.extend_from_slice(&e.buf);
+    // The length straight into the chunk: no second buffer per poll.
+    let mut out = Enc {
+        buf: std::mem::take(chunk),
+    };
+    out.varint(e.buf.len() as u64);
+    out.buf.extend_from_slice(&e.buf);
+    *chunk = out.buf;
     offset
 }
 
