@@ -152,6 +152,9 @@ impl Metrics {
         self.polls
             .get_or_create(&PollLabels { watch, result })
             .inc();
+        if let Some(i) = RESULTS.iter().position(|r| *r == result) {
+            self.totals[i].fetch_add(1, Ordering::Relaxed);
+        }
         self.poll_duration.observe(duration.as_secs_f64());
         self.bytes_received.inc_by(bytes);
         if result == "changed" {
@@ -253,6 +256,12 @@ mod tests {
         metrics.ratio("a", Some(0.5));
         metrics.lag(Duration::from_millis(3));
         metrics.set_watches(1);
+        let totals = metrics.totals();
+        assert_eq!(
+            (totals.not_modified, totals.changed, totals.polls()),
+            (1, 1, 2)
+        );
+        assert_eq!(totals.ratio_304(), Some(0.5));
         let text = metrics.render();
         for name in [
             "polld_polls_total{watch=\"a\",result=\"not_modified\"} 1",

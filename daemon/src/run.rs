@@ -443,3 +443,24 @@ pub async fn reload(config_path: &Path, engine: &EngineHandle) {
         Err(err) => tracing::error!(error = %err, "reload panicked"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_counts_every_poll_by_result() {
+        let metrics = Metrics::new(false);
+        metrics.set_watches(3);
+        for result in ["not_modified", "not_modified", "not_modified", "changed"] {
+            metrics.poll("w", result, Duration::from_millis(5), 0);
+        }
+        metrics.poll("w", "error", Duration::from_millis(5), 0);
+        metrics.poll("w", "rate_limited", Duration::from_millis(5), 0);
+        assert_eq!(metrics.totals().polls(), 6);
+        assert_eq!(
+            status_line(&metrics, 6, Duration::from_secs(10)),
+            "3 watches, 36 polls/min, 304 ratio 75%, 1 errors, 1 rate limited"
+        );
+    }
+}
