@@ -100,27 +100,31 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     let store = open_store(&db_path, config.daemon.keep_changes).await?;
     tracing::info!(path = %db_path.display(), "store open");
 
-    let (writer, mut writer_task) = store.spawn_writer(WriterConfig {
-        // Large batches: a commit rewrites every B-tree leaf its updates
-        // touch, and 100,000 watches polled at random spread over all of
-        // them; 16,384 outcomes per commit share leaves where 4,096 did not
-        // (29k → 41k sustained polls/s in bench/engine).
-        max_batch: 16384,
-        // Every commit rewrites some pages whatever its size (the tables'
-        // roots, the free-page tree, the header) and fsyncs; since the state
-        // log (schema 6) that is half of what a poll writes at 10,000
-        // polls/s. Waiting 50 ms rather than 5 for a batch halves the bytes
-        // written per poll there (~950 → ~500, bench/engine); a change
-        // reaches the feed about 45 ms later.
-        max_delay: Duration::from_millis(50),
-    });
+    let metrics = Metrics::new(config.daemon.metrics_per_watch);
+    let commits = metrics.clone();
+    let (writer, mut writer_task) = store.spawn_writer_with(
+        WriterConfig {
+            // Large batches: a commit rewrites every B-tree leaf its updates
+            // touch, and 100,000 watches polled at random spread over all of
+            // them; 16,384 outcomes per commit share leaves where 4,096 did not
+            // (29k → 41k sustained polls/s in bench/engine).
+            max_batch: 16384,
+            // Every commit rewrites some pages whatever its size (the tables'
+            // roots, the free-page tree, the header) and fsyncs; since the state
+            // log (schema 6) that is half of what a poll writes at 10,000
+            // polls/s. Waiting 50 ms rather than 5 for a batch halves the bytes
+            // written per poll there (~950 → ~500, bench/engine); a change
+            // reaches the feed about 45 ms later.
+            max_delay: Duration::from_millis(50),
+        },
+        move |report| commits.commit(report),
+    );
     let agent = Agent::new(AgentOptions {
         user_agent: config.daemon.user_agent.clone(),
         allow_private_redirects: false,
         idle_per_host: config.daemon.per_host,
     })
     .context("cannot build the HTTP client")?;
-    let metrics = Metrics::new(config.daemon.metrics_per_watch);
     let background = CancellationToken::new();
     let telemetry_stop = CancellationToken::new();
     let otlp = OtlpConfig::resolve(config.telemetry.otlp_endpoint.as_ref(), |name| {

@@ -37,7 +37,7 @@ pub use schema::SCHEMA_VERSION;
 pub use store::{
     DEFAULT_CACHE_BYTES, DEFAULT_MAX_CHANGES, DEFAULT_ZSTD_LEVEL, Store, StoreOptions,
 };
-pub use writer::{Writer, WriterConfig};
+pub use writer::{CommitReport, Writer, WriterConfig};
 
 /// A body's content address: its BLAKE3 hash.
 pub type Hash = [u8; 32];

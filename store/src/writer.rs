@@ -74,6 +74,23 @@ fn is_storage_full(error: &StoreError) -> bool {
     chain.contains("(os error 28)") || chain.contains("(os error 122)")
 }
 
+/// What one commit of the writer took: for whoever watches the store's
+/// pace (the daemon's `polld_store_commit_*` metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Outcomes in the transaction.
+    pub outcomes: usize,
+    /// The write transaction on its blocking thread, fsync included.
+    pub duration: Duration,
+    /// Whether it committed. A failed commit on a full disk is reported
+    /// each time it is tried.
+    pub succeeded: bool,
+}
+
+/// Called after every commit (or failed try), on the writer's task: it
+/// must return quickly.
+type OnCommit = Box<dyn Fn(CommitReport) + Send + Sync>;
+
 struct Request {
     outcome: Outcome,
     reply: oneshot::Sender<Result<Committed, StoreError>>,
@@ -130,13 +147,54 @@ impl Store {
         &self,
         config: WriterConfig,
     ) -> (Writer, JoinHandle<Result<(), StoreError>>) {
+        self.spawn_writer_with(config, |_| {})
+    }
+
+    /// [`Store::spawn_writer`], calling `on_commit` after every commit (and
+    /// every failed try) with its size, duration and result.
+    pub fn spawn_writer_with(
+        &self,
+        config: WriterConfig,
+        on_commit: impl Fn(CommitReport) + Send + Sync + 'static,
+    ) -> (Writer, JoinHandle<Result<(), StoreError>>) {
         let max_batch = config.max_batch.max(1);
         // Room for two batches: one committing, one gathering. A fuller
         // queue makes submitters wait, which is the backpressure the engine
         // needs when the disk is slower than the network.
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(2));
-        let task = tokio::spawn(run(self.clone(), rx, max_batch, config.max_delay));
+        let task = tokio::spawn(run(
+            self.clone(),
+            rx,
+            max_batch,
+            config.max_delay,
+            Box::new(on_commit),
+        ));
         (Writer { tx }, task)
+    }
+}
+
+/// Sleeps `wait` (doubling it up to the max for next time), then reopens
+/// the store; repeats while the reopen fails for a full disk. Any other
+/// failure to reopen is returned: the writer stops on it.
+async fn reopen_when_room(store: &Store, wait: &mut Duration) -> Result<(), StoreError> {
+    loop {
+        tokio::time::sleep(*wait).await;
+        *wait = (*wait * 2).min(FULL_DISK_MAX_WAIT);
+        let reopener = store.clone();
+        let reopened = tokio::task::spawn_blocking(move || reopener.reopen())
+            .await
+            .unwrap_or_else(|panic| {
+                Err(StoreError::Inconsistent(format!(
+                    "the reopen panicked: {panic}"
+                )))
+            });
+        match reopened {
+            Ok(()) => return Ok(()),
+            Err(e) if is_storage_full(&e) => {
+                tracing::warn!(error = %crate::store::error_chain(&e), retry_in = ?wait, "reopening the store failed on the full disk; retrying later");
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -145,6 +203,7 @@ async fn run(
     mut rx: mpsc::Receiver<Request>,
     max_batch: usize,
     max_delay: Duration,
+    on_commit: OnCommit,
 ) -> Result<(), StoreError> {
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     loop {
@@ -165,9 +224,10 @@ async fn run(
         let mut retry_wait = FULL_DISK_FIRST_WAIT;
         let result = loop {
             let committer = store.clone();
-            let (result, back) = tokio::task::spawn_blocking(move || {
+            let (result, back, took) = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 let result = committer.apply_validated(&outcomes);
-                (result, outcomes)
+                (result, outcomes, started.elapsed())
             })
             .await
             .unwrap_or_else(|panic| {
@@ -176,9 +236,15 @@ async fn run(
                         "the commit panicked: {panic}"
                     ))),
                     Vec::new(),
+                    Duration::ZERO,
                 )
             });
             outcomes = back;
+            on_commit(CommitReport {
+                outcomes: outcomes.len(),
+                duration: took,
+                succeeded: result.is_ok(),
+            });
             match result {
                 // A full disk is waited out: nothing of the batch was written
                 // (redb commits all or nothing), so the same batch is retried
@@ -186,12 +252,12 @@ async fn run(
                 // Store::health reports the error meanwhile (`/readyz`).
                 Err(e) if is_storage_full(&e) && !outcomes.is_empty() => {
                     tracing::error!(error = %crate::store::error_chain(&e), outcomes = outcomes.len(), retry_in = ?retry_wait, "the disk is full; the batch waits and is retried");
-                    tokio::time::sleep(retry_wait).await;
-                    retry_wait = (retry_wait * 2).min(FULL_DISK_MAX_WAIT);
-                    let reopener = store.clone();
-                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reopener.reopen()).await
-                    {
-                        tracing::warn!(error = %crate::store::error_chain(&e), "reopening the store failed; retrying later");
+                    // The reopen itself may fail on a full disk (its repair
+                    // writes): then the store is closed, and a commit would
+                    // fail as `Closed` and stop the writer. Wait and reopen
+                    // again until it opens or fails for another reason.
+                    if let Err(e) = reopen_when_room(&store, &mut retry_wait).await {
+                        break Err(e);
                     }
                 }
                 other => break other,

@@ -53,6 +53,42 @@ async fn batches_close_by_size() {
     store.check().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_commit_is_reported_with_its_size() {
+    use std::sync::{Arc, Mutex};
+    let (_dir, store) = fresh();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reports);
+    let (writer, task) = store.spawn_writer_with(
+        WriterConfig {
+            max_batch: 30,
+            max_delay: Duration::from_millis(20),
+        },
+        move |report| seen.lock().unwrap().push(report),
+    );
+    let submits: Vec<_> = (0..75)
+        .map(|i| {
+            let w = writer.clone();
+            tokio::spawn(async move { w.submit(not_modified(&format!("w{i}"), 1)).await })
+        })
+        .collect();
+    drop(writer);
+    for s in submits {
+        s.await.unwrap().unwrap();
+    }
+    task.await.unwrap().unwrap();
+    let reports = reports.lock().unwrap();
+    let sizes: Vec<usize> = reports.iter().map(|r| r.outcomes).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 75, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 30), "{sizes:?}");
+    assert_eq!(
+        reports.len() as u64,
+        store.stats().unwrap().commits,
+        "one report per commit"
+    );
+    assert!(reports.iter().all(|r| r.duration > Duration::ZERO));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lone_outcome_commits_when_the_timer_runs_out() {
     let (_dir, store) = fresh();

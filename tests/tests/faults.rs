@@ -510,6 +510,24 @@ async fn disk_full_keeps_running_reports_not_ready_and_resumes() {
     assert_ne!(readyz.status(), 200, "not ready while the store fails");
     let body = readyz.text().await.unwrap_or_default();
     assert!(body.contains("store"), "/readyz names the store: {body}");
+    // The failed tries are counted, for an alert to fire on.
+    let metrics = client
+        .get(format!("{}/metrics", polld.api))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .unwrap_or_default();
+    let store_errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("polld_store_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("polld_store_errors_total in /metrics");
+    assert!(
+        store_errors >= 1.0,
+        "failed commits counted: {store_errors}"
+    );
     std::fs::remove_file(tmpfs.0.join("filler")).expect("free the space");
     let before = kept.keys().max().copied().unwrap_or(0);
     eventually(

@@ -670,6 +670,9 @@ impl<P: Poller> Engine<P> {
                 keep_versions: watch.policy.keep_versions,
             });
         }
+        // The series comes back with the stored counters, not only at the
+        // watch's next poll (hours away, or never for a stopped watch).
+        self.metrics.ratio(&id, record::ratio_304(&entry.state));
         self.entries.insert(id, Box::new(entry));
     }
 
@@ -938,7 +941,7 @@ async fn forward(
             }
             Some((id, result)) = pending.next(), if !pending.is_empty() => {
                 backlog.committed();
-                report(&id, result, &failures, &metrics);
+                report(&id, result, &failures);
             }
         }
     }
@@ -947,7 +950,7 @@ async fn forward(
     drop(writer);
     while let Some((id, result)) = pending.next().await {
         backlog.committed();
-        report(&id, result, &failures, &metrics);
+        report(&id, result, &failures);
     }
 }
 
@@ -955,14 +958,14 @@ fn report(
     id: &str,
     result: Result<Result<Committed, StoreError>, oneshot::error::RecvError>,
     failures: &mpsc::UnboundedSender<String>,
-    metrics: &Metrics,
 ) {
     let err = match result {
         Ok(Ok(_)) => return,
         Ok(Err(err)) => err.to_string(),
         Err(_) => "the writer stopped before answering".to_owned(),
     };
-    metrics.store_error();
+    // Not counted in `polld_store_errors_total` here: the writer's commit
+    // report counts the failed commit once, not once per outcome in it.
     tracing::error!(watch = %id, error = %err, "store commit failed; the outcome is not stored and will be fetched again");
     let _ = failures.send(id.to_owned());
 }

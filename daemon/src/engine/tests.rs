@@ -1220,3 +1220,49 @@ async fn a_pending_job_is_resumed_by_the_next_poll_after_its_wait_even_after_a_r
     let state = store.watch("w0").unwrap().expect("stored");
     assert_eq!(state.pending_job, None, "the job's result ends it");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_brings_back_each_watchs_304_ratio_before_it_polls() {
+    let config = watch_list("interval = \"1h\"\njitter = 0.0", 2);
+    let (_dir, store) = open_store();
+    // First life: two polls each, the second a 304.
+    let first = Scripted::new(wall_clock(1_700_000_000), |_, before| {
+        if before == 0 {
+            Reply::Changed
+        } else {
+            Reply::NotModified
+        }
+    });
+    let running = start(&config, &store, first.clone()).await;
+    run_until(secs(7200), || {
+        first.polls("w0").len() >= 2 && first.polls("w1").len() >= 2
+    })
+    .await;
+    running.stop().await;
+
+    // Second life: nothing is due for an hour, yet the ratio is there.
+    let (writer, _writer_task) = store.spawn_writer(WriterConfig::default());
+    let metrics = Metrics::new(true);
+    let (_engine, _handle) = Engine::start(
+        config.watches.clone(),
+        &store,
+        writer,
+        Scripted::new(wall_clock(1_700_010_000), |_, _| Reply::NotModified),
+        metrics.clone(),
+        EngineOptions {
+            concurrency: 4,
+            per_host: 4,
+            grace: Duration::from_secs(1),
+            resume_window: Duration::from_secs(30),
+            spans: None,
+            clock: wall_clock(1_700_010_000),
+        },
+    )
+    .await
+    .expect("engine start");
+    let text = metrics.render();
+    for id in ["w0", "w1"] {
+        let line = format!("polld_not_modified_ratio{{watch=\"{id}\"}} 0.5");
+        assert!(text.contains(&line), "{line} missing in:\n{text}");
+    }
+}
