@@ -422,3 +422,52 @@ async fn a_301_seen_on_three_polls_in_a_row_re_points_the_watch() {
         "the move is logged"
     );
 }
+
+/// 200, then 500, then 429 + `Retry-After: 1`, then 304 for ever.
+struct FailThenLimitThenFine(AtomicUsize);
+
+impl Respond for FailThenLimitThenFine {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        match self.0.fetch_add(1, Ordering::SeqCst) {
+            0 => ResponseTemplate::new(200)
+                .insert_header("etag", "\"v1\"")
+                .set_body_string("v1"),
+            1 => ResponseTemplate::new(500),
+            2 => ResponseTemplate::new(429).insert_header("retry-after", "1"),
+            _ => ResponseTemplate::new(304).insert_header("etag", "\"v1\""),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_state_change_is_logged_once_and_named_for_what_it_is() {
+    let server = MockServer::start().await;
+    Mock::given(path("/flaky"))
+        .respond_with(FailThenLimitThenFine(AtomicUsize::new(0)))
+        .mount(&server)
+        .await;
+    let mut polld = Polld::start(&fast("flaky", &format!("{}/flaky", server.uri())));
+    eventually(
+        Duration::from_secs(15),
+        "two 304s after the 429",
+        || async { (requests_to(&server, "/flaky").await.len() >= 5).then_some(()) },
+    )
+    .await;
+    assert!(polld.stop().success(), "log:\n{}", polld.log());
+    let log = polld.log();
+    let at = |line: &str| {
+        let found: Vec<usize> = log.match_indices(line).map(|(i, _)| i).collect();
+        assert_eq!(found.len(), 1, "{line:?} logged once; log:\n{log}");
+        found[0]
+    };
+    // error started, then rate limited (not "recovered"), then the end of
+    // the rate limit.
+    let failing = at("poll failing");
+    let limited = at("rate limited by the server");
+    let over = at("rate limit over");
+    assert!(failing < limited && limited < over, "in order; log:\n{log}");
+    assert!(
+        !log.contains("recovered"),
+        "a 429 after an error is no recovery; log:\n{log}"
+    );
+}

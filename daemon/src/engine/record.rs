@@ -139,8 +139,15 @@ pub(crate) fn apply(
         (WatchStatus::Error, WatchStatus::Error) => {}
         (_, WatchStatus::Error) => events.push(ChangeKind::ErrorStarted),
         (WatchStatus::Error, _) => {
-            tracing::info!(watch = %id, "recovered: poll succeeded again");
+            // A 429/503 after errors is logged as rate limited below, not
+            // as a success.
+            if status == WatchStatus::Ok {
+                tracing::info!(watch = %id, "recovered: poll succeeded again");
+            }
             events.push(ChangeKind::ErrorCleared);
+        }
+        (WatchStatus::RateLimited, WatchStatus::Ok) => {
+            tracing::info!(watch = %id, "rate limit over: the server answers polls again");
         }
         _ => {}
     }
