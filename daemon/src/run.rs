@@ -204,7 +204,7 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     let status = tokio::spawn(status_updates(metrics.clone(), background.clone()));
 
     let stopped_early = tokio::select! {
-        () = signals.wait(&config_path, &handle) => None,
+        () = signals.wait(&config_path, &handle, &config) => None,
         result = &mut writer_task => Some(match result {
             // A failed commit: exit 74 (EX_IOERR) so that operators and
             // systemd can tell it from other failures.
@@ -408,33 +408,64 @@ impl Signals {
         })
     }
 
-    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-    async fn wait(mut self, config_path: &Path, engine: &EngineHandle) {
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT. `running` is what
+    /// the process started with, for [`reload`] to name what it cannot apply.
+    async fn wait(mut self, config_path: &Path, engine: &EngineHandle, running: &Config) {
         loop {
             tokio::select! {
                 _ = self.terminate.recv() => return,
                 _ = self.interrupt.recv() => return,
                 _ = self.hangup.recv() => {
                     notify::reloading();
-                    reload(config_path, engine).await;
-                    notify::ready("reloaded");
+                    let status = match reload(config_path, engine, running).await {
+                        Some(summary) => format!(
+                            "reloaded: {} added, {} removed, {} changed",
+                            summary.added, summary.removed, summary.changed
+                        ),
+                        None => "reload refused: the running watch list stays; see the log".to_owned(),
+                    };
+                    // READY=1 ends the reload either way; the status line
+                    // says which it was until the next periodic update.
+                    notify::ready(&status);
                 }
             }
         }
     }
 }
 
-/// Parses the watch list again; an invalid file is logged problem by problem
-/// and the running list stays untouched.
-pub async fn reload(config_path: &Path, engine: &EngineHandle) {
+/// Parses the watch list again and hands its watches to the engine; an
+/// invalid file is logged problem by problem and the running list stays
+/// untouched (None). `[daemon]` and `[telemetry]` settings are read at start
+/// only: an edited one is named in a warning, to take effect at the next
+/// restart.
+pub async fn reload(
+    config_path: &Path,
+    engine: &EngineHandle,
+    running: &Config,
+) -> Option<crate::engine::ReloadSummary> {
     tracing::info!(path = %config_path.display(), "SIGHUP: reloading the watch list");
     let path = config_path.to_owned();
     let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
     match loaded {
-        Ok(Ok(config)) => match engine.reload(config).await {
-            Some(summary) => tracing::info!(?summary, "reload applied"),
-            None => tracing::warn!("reload not applied: the engine is stopping"),
-        },
+        Ok(Ok(config)) => {
+            let pending = restart_only_changes(running, &config);
+            if !pending.is_empty() {
+                tracing::warn!(
+                    keys = %pending.join(", "),
+                    "these settings changed but apply only at the next restart (systemctl restart polld); the watch list is reloaded"
+                );
+            }
+            match engine.reload(config).await {
+                Some(summary) => {
+                    tracing::info!(?summary, "reload applied");
+                    Some(summary)
+                }
+                None => {
+                    tracing::warn!("reload not applied: the engine is stopping");
+                    None
+                }
+            }
+        }
         Ok(Err(err)) => {
             for problem in err.problems() {
                 tracing::error!(problem = %problem, "invalid watch list");
@@ -443,14 +474,72 @@ pub async fn reload(config_path: &Path, engine: &EngineHandle) {
                 tracing::error!(error = %err, "cannot reload the watch list");
             }
             tracing::error!("reload refused: the running watch list stays as it was");
+            None
         }
-        Err(err) => tracing::error!(error = %err, "reload panicked"),
+        Err(err) => {
+            tracing::error!(error = %err, "reload panicked");
+            None
+        }
     }
+}
+
+/// The `[daemon]` and `[telemetry]` keys whose value in `new` differs from
+/// the running one: a reload does not apply them.
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&running.daemon, &new.daemon);
+    [
+        ("daemon.listen", a.listen != b.listen),
+        ("daemon.state_dir", a.state_dir != b.state_dir),
+        ("daemon.concurrency", a.concurrency != b.concurrency),
+        ("daemon.per_host", a.per_host != b.per_host),
+        (
+            "daemon.api_token_file",
+            a.api_token_file != b.api_token_file,
+        ),
+        ("daemon.user_agent", a.user_agent != b.user_agent),
+        (
+            "daemon.metrics_per_watch",
+            a.metrics_per_watch != b.metrics_per_watch,
+        ),
+        ("daemon.allowed_hosts", a.allowed_hosts != b.allowed_hosts),
+        ("daemon.keep_changes", a.keep_changes != b.keep_changes),
+        (
+            "telemetry.otlp_endpoint",
+            running.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::from_str_with_env(std::path::Path::new("watchlist.toml"), text, |_| None).unwrap()
+    }
+
+    #[test]
+    fn a_reload_names_every_setting_it_cannot_apply() {
+        let running =
+            parse("[daemon]\nper_host = 4\n[[watch]]\nid = \"a\"\nurl = \"http://127.0.0.1/\"\n");
+        let same_daemon =
+            parse("[daemon]\nper_host = 4\n[[watch]]\nid = \"b\"\nurl = \"http://127.0.0.1/b\"\n");
+        assert!(restart_only_changes(&running, &same_daemon).is_empty());
+        let edited = parse(
+            "[daemon]\nper_host = 8\nuser_agent = \"x/1\"\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&running, &edited),
+            [
+                "daemon.per_host",
+                "daemon.user_agent",
+                "telemetry.otlp_endpoint"
+            ]
+        );
+    }
 
     #[test]
     fn status_line_counts_every_poll_by_result() {

@@ -1,7 +1,8 @@
 //! systemd notification end to end: `polld run` with `NOTIFY_SOCKET`
 //! pointing at a datagram socket of the test and `WATCHDOG_USEC` set. The
 //! order and content of the messages: READY=1 only once /readyz answers,
-//! WATCHDOG=1 pings, RELOADING=1 (with MONOTONIC_USEC) then READY=1 on
+//! WATCHDOG=1 pings, RELOADING=1 (with MONOTONIC_USEC) then READY=1 (with a
+//! status of what the reload did, or that it was refused) on
 //! SIGHUP, STOPPING=1 on SIGTERM.
 
 use std::os::unix::net::UnixDatagram;
@@ -98,13 +99,23 @@ fn notifications_come_in_order() {
         }
     };
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
-    loop {
+    let ready_after_reload = || loop {
         let message = next_message(&socket, deadline).expect("READY=1 after the reload");
         if message.lines().any(|l| l == "READY=1") {
-            break;
+            break message;
         }
         assert!(!message.contains("STOPPING"), "{message:?}");
-    }
+    };
+    let ready = ready_after_reload();
+    assert!(
+        ready.contains("STATUS=reloaded: 0 added, 0 removed, 0 changed"),
+        "{ready:?}"
+    );
+    // A broken file: the reload is refused, and the status says so.
+    std::fs::write(&config, "[daemon\n").unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let ready = ready_after_reload();
+    assert!(ready.contains("STATUS=reload refused"), "{ready:?}");
 
     kill(pid, Signal::SIGTERM).unwrap();
     loop {
