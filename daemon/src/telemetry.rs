@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -129,12 +130,31 @@ pub struct PollSpan {
 
 /// Where the engine hands its poll spans; never blocks.
 #[derive(Debug, Clone)]
-pub struct SpanSink(mpsc::Sender<PollSpan>);
+pub struct SpanSink {
+    queue: mpsc::Sender<PollSpan>,
+    /// Spans a full queue dropped since the exporter last logged them.
+    dropped: Arc<AtomicU64>,
+}
 
 impl SpanSink {
-    /// Queues a span; a full queue drops it.
+    /// Queues a span; a full queue drops it, and the exporter logs how
+    /// many it dropped.
     pub fn record(&self, span: PollSpan) {
-        let _ = self.0.try_send(span);
+        if self.queue.try_send(span).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Logs the spans dropped since the last call, if any.
+fn log_dropped(dropped: &AtomicU64) {
+    let n = dropped.swap(0, Ordering::Relaxed);
+    if n > 0 {
+        tracing::warn!(
+            dropped = n,
+            queue = SPAN_QUEUE,
+            "OTLP: poll spans dropped, more than the queue holds between exports (is the collector slow?)"
+        );
     }
 }
 
@@ -146,14 +166,22 @@ pub fn start(
     cancel: CancellationToken,
 ) -> (SpanSink, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(SPAN_QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
     let client = reqwest::Client::builder()
         .user_agent(user_agent)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default();
     tracing::info!(metrics = %redact::url(&config.metrics_url), traces = %redact::url(&config.traces_url), interval = ?config.interval, "exporting telemetry over OTLP/HTTP");
-    let task = tokio::spawn(export_loop(config, client, metrics, rx, cancel));
-    (SpanSink(tx), task)
+    let task = tokio::spawn(export_loop(
+        config,
+        client,
+        metrics,
+        rx,
+        dropped.clone(),
+        cancel,
+    ));
+    (SpanSink { queue: tx, dropped }, task)
 }
 
 async fn export_loop(
@@ -161,6 +189,7 @@ async fn export_loop(
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     mut spans: mpsc::Receiver<PollSpan>,
+    dropped: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
     let started = SystemTime::now();
@@ -177,6 +206,7 @@ async fn export_loop(
                 post(&client, &config, &config.metrics_url, body).await;
             }
             _ = span_tick.tick() => {
+                log_dropped(&dropped);
                 while let Ok(span) = spans.try_recv() {
                     batch.push(span);
                 }
@@ -188,6 +218,7 @@ async fn export_loop(
             }
         }
     }
+    log_dropped(&dropped);
     while let Ok(span) = spans.try_recv() {
         batch.push(span);
     }
@@ -524,6 +555,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_span_queue_counts_what_it_drops() {
+        let (queue, _rx) = mpsc::channel(2);
+        let sink = SpanSink {
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let span = || PollSpan {
+            watch: "w".into(),
+            url: "http://127.0.0.1/".into(),
+            result: "not_modified",
+            status: Some(304),
+            error: None,
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+        };
+        for _ in 0..5 {
+            sink.record(span());
+        }
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 3);
+        log_dropped(&sink.dropped);
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 0, "logged and reset");
+    }
+
+    #[test]
     fn registry_text_becomes_otlp_metrics_with_the_design_names() {
         let metrics = Metrics::new(true);
         metrics.poll("a", "not_modified", Duration::from_millis(20), 10);
@@ -542,6 +597,9 @@ mod tests {
             "polld_poll_duration_seconds",
             "polld_schedule_lag_seconds",
             "polld_not_modified_ratio",
+            "polld_store_commit_duration_seconds",
+            "polld_store_commit_outcomes",
+            "polld_store_errors_total",
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
