@@ -349,3 +349,76 @@ async fn sse_stream_resumes_with_last_event_id() {
     .expect("stream kept open after close");
     assert!(end);
 }
+
+/// Closing the store, not the API, also ends the feed: a held long poll
+/// answers (empty, with its cursor) and a stream ends, instead of being held
+/// until `wait` runs out or for ever; a request that comes after is 503.
+/// Paused clock: "at once" is before virtual time moved, where the long
+/// poll's deadline is 27 to 30 s away.
+#[tokio::test(start_paused = true)]
+async fn closing_the_store_answers_held_polls_and_ends_streams() {
+    let fx = fixture();
+    fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
+    let r = fx.router();
+    let start = tokio::time::Instant::now();
+    let poll = tokio::spawn({
+        let r = r.clone();
+        async move { get(&r, "/v1/changes?after=1&wait=30s").await }
+    });
+    let res = r
+        .clone()
+        .oneshot(
+            Request::get("/v1/changes/stream?after=1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let stream = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+        text
+    });
+    until_waiters(&fx, 2).await;
+    // Both park (nothing here sleeps, so the clock stays put meanwhile).
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!poll.is_finished() && !stream.is_finished());
+
+    fx.store.clone().close().unwrap();
+    let res = tokio::time::timeout(HANG, poll)
+        .await
+        .expect("long poll still held after the store closed")
+        .unwrap();
+    assert_eq!(res.status, StatusCode::OK);
+    let page = res.json();
+    assert_eq!(seqs(&page), Vec::<u64>::new());
+    assert_eq!(page["next"], "1", "its cursor, to resume from");
+    let text = tokio::time::timeout(HANG, stream)
+        .await
+        .expect("stream kept open after the store closed")
+        .unwrap();
+    assert!(
+        !text.contains("event:"),
+        "ends as at shutdown, without events: {text:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "answered only after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(fx.state.waiters(), 0, "both waiter slots given back");
+
+    // Nothing more will come: new requests are refused as other reads are.
+    for uri in ["/v1/changes?after=1&wait=30s", "/v1/changes/stream?after=1"] {
+        let msg = get(&r, uri).await.error(StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(msg, "the store is closed", "{uri}");
+    }
+}
