@@ -11,7 +11,7 @@ use polld_api::ApiOptions;
 use polld_store::ChangeKind;
 use tower::ServiceExt;
 
-use crate::common::{Fx, fixture, fixture_with, get, listen};
+use crate::common::{Fx, fixture, fixture_with, get};
 
 /// Guard against a hang; never part of what a test asserts.
 const HANG: Duration = Duration::from_secs(20);
@@ -98,7 +98,7 @@ async fn bad_parameters_are_400() {
 
 #[tokio::test]
 async fn below_retention_is_410_with_a_way_back() {
-    let fx = fixture_with(ApiOptions::new(listen()), 3);
+    let fx = fixture_with(ApiOptions::new(), 3);
     for _ in 0..3 {
         fx.commit(
             "alpha",
@@ -215,7 +215,7 @@ async fn an_idle_long_poll_ends_empty_after_wait() {
     );
 
     // `wait` is capped.
-    let mut opts = ApiOptions::new(listen());
+    let mut opts = ApiOptions::new();
     opts.max_wait = Duration::from_secs(5);
     let fx = fixture_with(opts, 100);
     let r = fx.router();
@@ -231,7 +231,7 @@ async fn an_idle_long_poll_ends_empty_after_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_waiters_is_429_and_close_releases_them() {
-    let mut opts = ApiOptions::new(listen());
+    let mut opts = ApiOptions::new();
     opts.max_waiters = 1;
     let fx = fixture_with(opts, 100);
     fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);

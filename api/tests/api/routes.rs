@@ -7,7 +7,7 @@ use axum::http::{Request, StatusCode};
 use polld_api::{ApiOptions, ApiToken};
 use polld_store::{ChangeKind, WatchStatus};
 
-use crate::common::{fixture, fixture_with, get, listen, send, state};
+use crate::common::{fixture, fixture_with, get, send, state};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -443,7 +443,7 @@ async fn diffs() {
 
 #[tokio::test]
 async fn token_guards_v1_only() {
-    let mut opts = ApiOptions::new(listen());
+    let mut opts = ApiOptions::new();
     opts.token = Some(ApiToken::new("s3cret\n").unwrap());
     assert!(
         !format!("{opts:?}").contains("s3cret"),
@@ -492,7 +492,7 @@ async fn token_guards_v1_only() {
 
 #[tokio::test]
 async fn foreign_hosts_are_rejected_and_no_cors() {
-    let mut opts = ApiOptions::new(listen());
+    let mut opts = ApiOptions::new();
     opts.allowed_hosts = vec!["polld.lan".into()];
     let fx = fixture_with(opts, 1000);
     let r = fx.router();
