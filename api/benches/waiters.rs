@@ -277,7 +277,7 @@ async fn run(n: usize, tcp: bool, keep_alive: bool, close: bool, bare_mode: bool
         .apply_blocking(vec![outcome(vec![ChangeKind::WatchAdded])])
         .unwrap();
     let idle = Arc::new(Idle(AtomicBool::new(true)));
-    let mut options = ApiOptions::new(Listen::Tcp("127.0.0.1:0".parse().unwrap()));
+    let mut options = ApiOptions::new();
     options.max_waiters = n;
     options.max_wait = Duration::from_secs(120);
     let state = ApiState::new(store.clone(), idle.clone(), idle, options);

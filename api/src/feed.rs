@@ -219,15 +219,15 @@ pub(crate) struct Feed {
 
 impl Feed {
     /// Starts the task that follows the store's commits. It ends when every
-    /// `Feed` (and every waiter's receiver) is dropped, when the store's
-    /// commit channel closes, or on `closing`.
+    /// `Feed` (and every waiter's receiver) is dropped, when the store is
+    /// closed, or on `closing`.
     pub(crate) fn start(store: Store, closing: CancellationToken) -> Feed {
         let mut commits = store.subscribe();
         let committed = *commits.borrow_and_update();
         // The tail starts empty at the last committed seq: older cursors are
         // answered from the store, newer changes arrive through the task.
         let (tx, rx) = watch::channel(Arc::new(Tail {
-            closed: closing.is_cancelled(),
+            closed: closing.is_cancelled() || store.is_closed(),
             first_after: committed,
             last_seq: committed,
             changes: VecDeque::new(),
@@ -251,9 +251,13 @@ impl Feed {
     /// The changes after `after` (or from the oldest retained one when
     /// `None`), waiting up to `hold` for one to be committed when there
     /// are none yet. Returns an empty page at the deadline or once the
-    /// state is closed (`closing` is checked first; the wait itself learns
-    /// of it through the tail). With `want_json`, a page may come back
-    /// already serialized (see [`Page::json`]).
+    /// state or the store is closed (`closing` is checked first; the wait
+    /// itself learns of either through the tail). A request that comes
+    /// after the store closed is refused as every other store read is
+    /// ([`StoreError::Closed`], 503): the feed could only answer it empty
+    /// at once, again and again.
+    /// With `want_json`, a page may come back already serialized (see
+    /// [`Page::json`]).
     pub(crate) async fn next_page(
         &self,
         after: Option<u64>,
@@ -262,6 +266,9 @@ impl Feed {
         closing: &CancellationToken,
         want_json: bool,
     ) -> Result<Page, ApiError> {
+        if self.store.is_closed() {
+            return Err(StoreError::Closed.into());
+        }
         let tail = self.tail.borrow().clone();
         let after = match after {
             Some(after) => after,
@@ -339,6 +346,12 @@ impl Feed {
             next,
             json: None,
         })
+    }
+
+    /// Whether the feed has ended: shutdown began or the store closed. A
+    /// stream ends then; [`Feed::next_page`] would only answer it empty.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tail.borrow().closed
     }
 
     /// What a parked waiter at `after` does with the current tail; `next`
@@ -444,6 +457,11 @@ where
 /// Follows the store's commits and publishes a new tail after each, then
 /// wakes the parked waiters. At shutdown, or when the store closes (nothing
 /// more will be committed), publishes a closed tail so that waiters answer.
+///
+/// The store's close is learnt here, once, from [`Store::closed`]: the
+/// commit channel does not close with the store (every clone of the store,
+/// this task's and the `Feed`'s included, keeps its sender), and the
+/// waiters learn of it from the tail as they do of shutdown.
 async fn follow_commits(
     store: Store,
     mut commits: watch::Receiver<u64>,
@@ -462,10 +480,13 @@ async fn follow_commits(
         }));
         deadlines.wake_all();
     };
+    let store_closed = store.closed();
+    tokio::pin!(store_closed);
     loop {
         tokio::select! {
             () = tx.closed() => return,
             () = closing.cancelled() => return close(),
+            () = &mut store_closed => return close(),
             changed = commits.changed() => if changed.is_err() { return close() },
         }
         let committed = *commits.borrow_and_update();
@@ -481,6 +502,8 @@ async fn follow_commits(
                 tx.send_replace(Arc::new(tail));
                 deadlines.wake_all();
             }
+            // Closed while reading: the next turn publishes the closed tail.
+            Ok(Err(StoreError::Closed)) => {}
             // Waiters keep waiting for the next commit (or their deadline);
             // the next commit retries from the same point.
             Ok(Err(err)) => {

@@ -3,6 +3,8 @@
 //! added, none renamed. A field that may be unknown is sent as `null`, never
 //! left out, so the schema marks it required (and nullable).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use polld_store::{Change, Version, WatchState};
 use serde::Serialize;
@@ -145,6 +147,13 @@ pub(crate) struct VersionJson {
     pub(crate) content_type: Option<String>,
     /// BLAKE3 of the body, hex; also the body's `ETag`.
     pub(crate) hash: String,
+    /// The headers polld kept from the response that carried the body
+    /// (such as `etag`, `last-modified`, `cache-control`,
+    /// `content-language`, `link`), by
+    /// lower-case name; the values of a name sent more than once are joined
+    /// with `, ` (RFC 9110 §5.3). Empty when none was kept.
+    #[schema(example = json!({"etag": "\"33a64df5\"", "last-modified": "Tue, 14 Nov 2023 22:13:20 GMT"}))]
+    pub(crate) headers: BTreeMap<String, String>,
 }
 
 impl From<&Version> for VersionJson {
@@ -155,8 +164,39 @@ impl From<&Version> for VersionJson {
             size: v.size,
             content_type: v.content_type.clone(),
             hash: hex(&v.hash),
+            headers: header_map(&v.headers),
         }
     }
+}
+
+/// Stored headers by lower-case name, the values of a repeated name joined
+/// with `, ` in the order they were stored.
+pub(crate) fn header_map(headers: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::<String, String>::new();
+    for (name, value) in headers {
+        map.entry(name.to_ascii_lowercase())
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(value);
+            })
+            .or_insert_with(|| value.clone());
+    }
+    map
+}
+
+/// The stored value of header `name` (lower case), repeated values joined
+/// as in [`header_map`]; `None` when it was not kept.
+pub(crate) fn stored_header(headers: &[(String, String)], name: &str) -> Option<String> {
+    let mut values = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str());
+    let first = values.next()?;
+    Some(values.fold(first.to_owned(), |mut joined, v| {
+        joined.push_str(", ");
+        joined.push_str(v);
+        joined
+    }))
 }
 
 /// The versions of a watch.
@@ -253,6 +293,31 @@ mod tests {
         assert_eq!(ratio_304(3, 1, 0), Some(0.75));
         assert_eq!(ratio_304(0, 2, 2), Some(0.0));
         assert_eq!(ratio_304(u64::MAX, u64::MAX, 0), Some(1.0));
+    }
+
+    #[test]
+    fn stored_headers_by_lower_case_name_repeats_joined() {
+        let stored = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let h = stored(&[
+            ("Link", "<a>; rel=next"),
+            ("etag", "\"x\""),
+            ("link", "<b>; rel=prev"),
+        ]);
+        let map = header_map(&h);
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["link"], "<a>; rel=next, <b>; rel=prev");
+        assert_eq!(map["etag"], "\"x\"");
+        assert_eq!(
+            stored_header(&h, "link").as_deref(),
+            Some("<a>; rel=next, <b>; rel=prev")
+        );
+        assert_eq!(stored_header(&h, "content-language"), None);
+        assert!(header_map(&[]).is_empty());
     }
 
     #[test]

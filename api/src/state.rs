@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use polld_config::{DaemonConfig, Listen};
+use polld_config::DaemonConfig;
 use polld_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +67,7 @@ impl fmt::Debug for ApiToken {
 }
 
 /// How the API behaves. Build with [`ApiOptions::new`] and set fields.
+/// Where it listens is not among them: that is the [`crate::Listener`]'s.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ApiOptions {
@@ -75,8 +76,6 @@ pub struct ApiOptions {
     /// Host names accepted in `Host` besides IP literals and `localhost`
     /// (the config's `allowed_hosts`).
     pub allowed_hosts: Vec<String>,
-    /// Where the API listens (reported by `/readyz`; TCP or Unix socket).
-    pub listen: Listen,
     /// Long polls and SSE streams held at once; past it, 429 + `Retry-After`.
     pub max_waiters: usize,
     /// Cap on a long poll's `wait`.
@@ -88,24 +87,29 @@ pub const DEFAULT_MAX_WAITERS: usize = 512;
 /// Default cap on `wait`: below the 60 s idle timeout of common proxies.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(55);
 
-impl ApiOptions {
-    /// Options with defaults: no token, no extra host names.
-    #[must_use]
-    pub fn new(listen: Listen) -> Self {
+impl Default for ApiOptions {
+    fn default() -> Self {
         ApiOptions {
             token: None,
             allowed_hosts: Vec::new(),
-            listen,
             max_waiters: DEFAULT_MAX_WAITERS,
             max_wait: DEFAULT_MAX_WAIT,
         }
     }
+}
 
-    /// Options from the config's `[daemon]` table (`listen`,
-    /// `allowed_hosts`) and the token read from `api_token_file`.
+impl ApiOptions {
+    /// Options with defaults: no token, no extra host names.
+    #[must_use]
+    pub fn new() -> Self {
+        ApiOptions::default()
+    }
+
+    /// Options from the config's `[daemon]` table (`allowed_hosts`) and the
+    /// token read from `api_token_file`.
     #[must_use]
     pub fn from_config(daemon: &DaemonConfig, token: Option<ApiToken>) -> Self {
-        let mut options = ApiOptions::new(daemon.listen.clone());
+        let mut options = ApiOptions::new();
         options.allowed_hosts.clone_from(&daemon.allowed_hosts);
         options.token = token;
         options

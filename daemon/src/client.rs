@@ -614,7 +614,7 @@ mod tests {
                 .unwrap();
         }
         let listen = Listen::Tcp("127.0.0.1:0".parse().unwrap());
-        let mut options = polld_api::ApiOptions::new(listen.clone());
+        let mut options = polld_api::ApiOptions::new();
         options.token = polld_api::ApiToken::new("t");
         let engine = std::sync::Arc::new(NoEngine);
         let state = polld_api::ApiState::new(store, engine.clone(), engine, options);

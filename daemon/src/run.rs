@@ -170,8 +170,7 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     let listen = listener
         .local_addr()
         .unwrap_or_else(|| config.daemon.listen.clone());
-    let mut api_options = polld_api::ApiOptions::from_config(&config.daemon, token);
-    api_options.listen = listen.clone();
+    let api_options = polld_api::ApiOptions::from_config(&config.daemon, token);
     let api_state = polld_api::ApiState::new(
         store.clone(),
         Arc::new(ApiEngine(handle.clone())),

@@ -19,6 +19,9 @@
 //!   Ok; only then do [`Store::subscribe`] waiters see its seq.
 //! - A version, the state update it came with (including its cursor) and
 //!   its change-log entry are one transaction.
+//! - Once [`Store::close`] ran on any clone, [`Store::closed`] resolves on
+//!   every clone (the seq channel itself never closes) and nothing more is
+//!   committed.
 //! - Identical bodies are stored once (BLAKE3 addressed, zstd compressed)
 //!   and deleted with the last version naming them.
 

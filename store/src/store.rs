@@ -4,18 +4,19 @@
 //! Owns the redb `Database`, the in-memory copy of the change-log bounds,
 //! the index of the state log (where each watch's newest state is until the
 //! log is folded into `watches`) and the `tokio::sync::watch` channel that
-//! tells waiters about the last committed seq. Every function here is
-//! blocking; async callers run them under `spawn_blocking` (the batch
-//! writer in [`crate::writer`] does so for commits). No read transaction
-//! outlives the call that opened it, so a waiter on [`Store::subscribe`]
-//! never pins old pages.
+//! tells waiters about the last committed seq, and whether the store was
+//! closed. Every function here except [`Store::closed`] is blocking; async
+//! callers run them under `spawn_blocking` (the batch writer in
+//! [`crate::writer`] does so for commits). No read transaction outlives the
+//! call that opened it, so a waiter on [`Store::subscribe`] never pins old
+//! pages.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,7 +24,7 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     Table, WriteTransaction,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::codec::{
     BODY_RAW, BODY_ZSTD, decode_change, decode_state, decode_version, encode_change,
@@ -371,8 +372,15 @@ struct Inner {
     opts: StoreOptions,
     last_seq: AtomicU64,
     oldest_seq: AtomicU64,
-    /// Last committed seq, sent only after a commit returned Ok.
+    /// Last committed seq, sent only after a commit returned Ok. It lives
+    /// as long as the handle, so its receivers never see it close: closing
+    /// is told by `closed` instead.
     seq_tx: watch::Sender<u64>,
+    /// Set by [`Store::close`] (under the `db` write lock), for good: a
+    /// closed store is never reopened.
+    closed: AtomicBool,
+    /// Woken once `closed` is set.
+    closed_wake: Notify,
     health: Mutex<Health>,
     /// Write transactions committed since open (one per batch).
     commits: AtomicU64,
@@ -489,6 +497,8 @@ impl Store {
                 last_seq: AtomicU64::new(last),
                 oldest_seq: AtomicU64::new(oldest),
                 seq_tx,
+                closed: AtomicBool::new(false),
+                closed_wake: Notify::new(),
                 health: Mutex::new(Health::default()),
                 commits: AtomicU64::new(0),
                 log: RwLock::new(log),
@@ -505,19 +515,28 @@ impl Store {
 
     /// Closes the database cleanly, so the next open needs no repair.
     /// Waits for transactions in progress on other clones; afterwards every
-    /// clone's operations fail with [`StoreError::Closed`].
+    /// clone's operations fail with [`StoreError::Closed`], and
+    /// [`Store::closed`] resolves on every clone.
     pub fn close(self) -> Result<(), StoreError> {
         // A clean stop leaves no log for the next open to fold. Best effort:
         // that open folds whatever is left.
         if let Err(e) = self.fold_now() {
             tracing::warn!(error = %error_chain(&e), "folding the state log at close failed; the next open does it");
         }
-        let db = self
-            .inner
-            .db
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let db = {
+            let mut db = self
+                .inner
+                .db
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Under the lock, so that a reopen (the writer's, after a full
+            // disk) cannot bring the database back after this.
+            self.inner.closed.store(true, Ordering::Release);
+            db.take()
+        };
+        // Nothing can be committed any more: waiters need not wait for the
+        // file to be flushed and closed.
+        self.inner.closed_wake.notify_waiters();
         match db {
             Some(db) => db.close().map_err(|source| StoreError::Open {
                 path: self.inner.path.clone(),
@@ -530,12 +549,16 @@ impl Store {
     /// Closes and opens the database file again (redb refuses writes after
     /// a failed one until then). On failure the store stays closed until the
     /// next successful reopen; reads meanwhile fail with [`StoreError::Closed`].
+    /// After [`Store::close`] it fails with [`StoreError::Closed`].
     pub(crate) fn reopen(&self) -> Result<(), StoreError> {
         let mut guard = self
             .inner
             .db
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
         drop(guard.take());
         let mut builder = Database::builder();
         builder
@@ -658,6 +681,27 @@ impl Store {
     #[must_use]
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.seq_tx.subscribe()
+    }
+
+    /// Whether [`Store::close`] ran (on any clone): nothing more will be
+    /// committed.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`Store::close`] has run on any clone; at once if it
+    /// has. The [`Store::subscribe`] channel never closes (it lives as long
+    /// as the handle), so a waiter on it that must also end when the store
+    /// does waits on this too.
+    pub async fn closed(&self) {
+        // Created before the check: `notify_waiters` wakes every
+        // `Notified` created before it, so a close after the check is seen.
+        let woken = self.inner.closed_wake.notified();
+        if self.is_closed() {
+            return;
+        }
+        woken.await;
     }
 
     /// `Ok` while commits succeed; otherwise the last commit error, or why

@@ -558,6 +558,39 @@ fn closed_store_refuses_operations_on_every_clone() {
     other.close().unwrap();
 }
 
+/// The seq channel outlives `close` (a clone holds it), so `closed()` is how
+/// a waiter learns that nothing more will be committed: it resolves on every
+/// clone, also for a waiter that started before the close, and at once after.
+#[tokio::test]
+async fn closed_resolves_on_every_clone_once_closed() {
+    let (_dir, store) = fresh();
+    let other = store.clone();
+    assert!(!other.is_closed());
+    let waiter = tokio::spawn({
+        let other = other.clone();
+        async move { other.closed().await }
+    });
+    // Let it register before the close.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiter.is_finished(), "resolved before the close");
+    let commits = other.subscribe();
+    tokio::task::spawn_blocking(move || store.close().unwrap())
+        .await
+        .unwrap();
+    assert!(other.is_closed());
+    tokio::time::timeout(std::time::Duration::from_secs(20), waiter)
+        .await
+        .expect("closed() still pending after close")
+        .unwrap();
+    other.closed().await;
+    assert!(
+        !commits.has_changed().unwrap(),
+        "the seq channel neither moves nor closes"
+    );
+}
+
 #[test]
 fn second_open_in_the_same_process_is_locked() {
     let (dir, store) = fresh();

@@ -217,7 +217,8 @@ fn events(
         _slot: slot,
     };
     // Each step yields one batch (possibly empty at the end of a wait); the
-    // stream ends on shutdown, on an error, or when the client goes away.
+    // stream ends on shutdown, when the store closes, on an error, or when
+    // the client goes away.
     stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
@@ -226,7 +227,9 @@ fn events(
             return Some((batch(first), st));
         }
         let inner = &st.state.inner;
-        if inner.closing.is_cancelled() {
+        // Shutdown, or the store closed (learnt from the feed's tail, as
+        // the wait that just ended learnt it).
+        if inner.closing.is_cancelled() || st.feed.is_closed() {
             return None;
         }
         let hold = hold_from_now(hold_for(inner.options.max_wait, inner.options.max_wait));

@@ -18,7 +18,7 @@ use super::query;
 use super::watches::no_watch;
 use crate::error::ApiError;
 use crate::feed::blocking;
-use crate::json::{BinaryBody, ErrorJson, VersionJson, VersionList, hex};
+use crate::json::{BinaryBody, ErrorJson, VersionJson, VersionList, hex, stored_header};
 use crate::state::ApiState;
 
 /// The versions of a watch, oldest first.
@@ -101,8 +101,9 @@ fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
     })
 }
 
-/// One version's body with its original `Content-Type`, a strong `ETag`
-/// (the content hash) and `Last-Modified` (when it was fetched).
+/// One version's body with its original `Content-Type` (and
+/// `Content-Language`, when the response had one), a strong `ETag` (the
+/// content hash) and `Last-Modified` (when it was fetched).
 #[utoipa::path(get, path = "/v1/watches/{id}/versions/{n}", tag = "versions",
     params(
         ("id" = String, Path, description = "Watch id"),
@@ -114,6 +115,7 @@ fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
             headers(
                 ("ETag" = String, description = "Strong: the body's BLAKE3 hash"),
                 ("Last-Modified" = String, description = "When the version was fetched"),
+                ("Content-Language" = String, description = "The Content-Language of the response that carried it, when it had one"),
             )),
         (status = 304, description = "The client's copy is current"),
         (status = 400, description = "Bad version number", body = ErrorJson),
@@ -176,6 +178,11 @@ pub(crate) async fn body(
                 .and_then(|ct| HeaderValue::from_str(ct).ok())
                 .unwrap_or(HeaderValue::from_static("application/octet-stream"));
             res.headers_mut().insert(header::CONTENT_TYPE, ct);
+            // Representation metadata, like the type: sent with the body,
+            // not with a 304 (RFC 9110 §15.4.5).
+            if let Some(lang) = stored_header(&version.headers, "content-language") {
+                insert(res.headers_mut(), header::CONTENT_LANGUAGE, &lang);
+            }
             res
         }
     };

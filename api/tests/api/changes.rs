@@ -11,7 +11,7 @@ use polld_api::ApiOptions;
 use polld_store::ChangeKind;
 use tower::ServiceExt;
 
-use crate::common::{Fx, fixture, fixture_with, get, listen};
+use crate::common::{Fx, fixture, fixture_with, get};
 
 /// Guard against a hang; never part of what a test asserts.
 const HANG: Duration = Duration::from_secs(20);
@@ -98,7 +98,7 @@ async fn bad_parameters_are_400() {
 
 #[tokio::test]
 async fn below_retention_is_410_with_a_way_back() {
-    let fx = fixture_with(ApiOptions::new(listen()), 3);
+    let fx = fixture_with(ApiOptions::new(), 3);
     for _ in 0..3 {
         fx.commit(
             "alpha",
@@ -215,7 +215,7 @@ async fn an_idle_long_poll_ends_empty_after_wait() {
     );
 
     // `wait` is capped.
-    let mut opts = ApiOptions::new(listen());
+    let mut opts = ApiOptions::new();
     opts.max_wait = Duration::from_secs(5);
     let fx = fixture_with(opts, 100);
     let r = fx.router();
@@ -231,7 +231,7 @@ async fn an_idle_long_poll_ends_empty_after_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_waiters_is_429_and_close_releases_them() {
-    let mut opts = ApiOptions::new(listen());
+    let mut opts = ApiOptions::new();
     opts.max_waiters = 1;
     let fx = fixture_with(opts, 100);
     fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
@@ -348,4 +348,77 @@ async fn sse_stream_resumes_with_last_event_id() {
     .await
     .expect("stream kept open after close");
     assert!(end);
+}
+
+/// Closing the store, not the API, also ends the feed: a held long poll
+/// answers (empty, with its cursor) and a stream ends, instead of being held
+/// until `wait` runs out or for ever; a request that comes after is 503.
+/// Paused clock: "at once" is before virtual time moved, where the long
+/// poll's deadline is 27 to 30 s away.
+#[tokio::test(start_paused = true)]
+async fn closing_the_store_answers_held_polls_and_ends_streams() {
+    let fx = fixture();
+    fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
+    let r = fx.router();
+    let start = tokio::time::Instant::now();
+    let poll = tokio::spawn({
+        let r = r.clone();
+        async move { get(&r, "/v1/changes?after=1&wait=30s").await }
+    });
+    let res = r
+        .clone()
+        .oneshot(
+            Request::get("/v1/changes/stream?after=1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let stream = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+        text
+    });
+    until_waiters(&fx, 2).await;
+    // Both park (nothing here sleeps, so the clock stays put meanwhile).
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!poll.is_finished() && !stream.is_finished());
+
+    fx.store.clone().close().unwrap();
+    let res = tokio::time::timeout(HANG, poll)
+        .await
+        .expect("long poll still held after the store closed")
+        .unwrap();
+    assert_eq!(res.status, StatusCode::OK);
+    let page = res.json();
+    assert_eq!(seqs(&page), Vec::<u64>::new());
+    assert_eq!(page["next"], "1", "its cursor, to resume from");
+    let text = tokio::time::timeout(HANG, stream)
+        .await
+        .expect("stream kept open after the store closed")
+        .unwrap();
+    assert!(
+        !text.contains("event:"),
+        "ends as at shutdown, without events: {text:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "answered only after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(fx.state.waiters(), 0, "both waiter slots given back");
+
+    // Nothing more will come: new requests are refused as other reads are.
+    for uri in ["/v1/changes?after=1&wait=30s", "/v1/changes/stream?after=1"] {
+        let msg = get(&r, uri).await.error(StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(msg, "the store is closed", "{uri}");
+    }
 }

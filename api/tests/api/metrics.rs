@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::common::{FakeMetrics, get, listen, send};
+use crate::common::{FakeMetrics, get, send};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PollLabels {
@@ -90,7 +90,7 @@ fn router_with(text: String) -> (tempfile::TempDir, polld_api::Api) {
         store,
         engine,
         Arc::new(FakeMetrics(text)),
-        ApiOptions::new(listen()),
+        ApiOptions::new(),
     );
     (dir, polld_api::router(state))
 }

@@ -7,7 +7,7 @@ use axum::http::{Request, StatusCode};
 use polld_api::{ApiOptions, ApiToken};
 use polld_store::{ChangeKind, WatchStatus};
 
-use crate::common::{fixture, fixture_with, get, listen, send, state};
+use crate::common::{fixture, fixture_with, get, send, state};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -268,6 +268,85 @@ async fn versions_and_conditional_bodies() {
         .error(StatusCode::NOT_FOUND);
 }
 
+/// The headers kept with a version are served: in the version list as an
+/// object by lower-case name (a repeated name's values joined with ", "),
+/// and `Content-Language` with the body itself.
+#[tokio::test]
+async fn versions_serve_their_stored_headers() {
+    let fx = fixture();
+    let commit = |body: &[u8], headers: &[(&str, &str)]| {
+        fx.store
+            .apply_blocking(vec![polld_store::Outcome {
+                state: state("alpha"),
+                new_version: Some(polld_store::NewVersion {
+                    body: body.to_vec(),
+                    hash: polld_store::hash_body(body),
+                    content_type: Some("text/html".into()),
+                    headers: headers
+                        .iter()
+                        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    fetched_at_ms: 1_700_000_000_000,
+                }),
+                events: vec![],
+                keep_versions: 10,
+            }])
+            .unwrap();
+    };
+    commit(
+        b"<p>eins</p>",
+        &[
+            ("content-type", "text/html"),
+            ("Content-Language", "de-CH"),
+            ("etag", "\"v1\""),
+            ("link", "<https://example.org/2>; rel=\"next\""),
+            ("Link", "<https://example.org/0>; rel=\"prev\""),
+        ],
+    );
+    commit(b"<p>two</p>", &[]);
+    let r = fx.router();
+
+    let list = get(&r, "/v1/watches/alpha/versions").await.json();
+    let v1 = &list["versions"][0];
+    assert_eq!(
+        v1["headers"],
+        serde_json::json!({
+            "content-type": "text/html",
+            "content-language": "de-CH",
+            "etag": "\"v1\"",
+            "link": "<https://example.org/2>; rel=\"next\", <https://example.org/0>; rel=\"prev\"",
+        })
+    );
+    // The fields there were before are unchanged.
+    assert_eq!(v1["number"], 1);
+    assert_eq!(v1["content_type"], "text/html");
+    assert_eq!(
+        list["versions"][1]["headers"],
+        serde_json::json!({}),
+        "none kept: an empty object, never missing"
+    );
+
+    let one = get(&r, "/v1/watches/alpha/versions/1").await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.header("content-language"), Some("de-CH"));
+    assert_eq!(one.header("content-type"), Some("text/html"));
+    let latest = get(&r, "/v1/watches/alpha/versions/latest").await;
+    assert_eq!(latest.body, b"<p>two</p>");
+    assert_eq!(latest.header("content-language"), None, "none stored");
+    // A 304 carries no representation metadata but its validators.
+    let etag = one.header("etag").unwrap();
+    let res = send(
+        &r,
+        Request::get("/v1/watches/alpha/versions/1")
+            .header("if-none-match", etag)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(res.header("content-language"), None);
+}
+
 #[tokio::test]
 async fn diffs() {
     let fx = fixture();
@@ -364,7 +443,7 @@ async fn diffs() {
 
 #[tokio::test]
 async fn token_guards_v1_only() {
-    let mut opts = ApiOptions::new(listen());
+    let mut opts = ApiOptions::new();
     opts.token = Some(ApiToken::new("s3cret\n").unwrap());
     assert!(
         !format!("{opts:?}").contains("s3cret"),
@@ -413,7 +492,7 @@ async fn token_guards_v1_only() {
 
 #[tokio::test]
 async fn foreign_hosts_are_rejected_and_no_cors() {
-    let mut opts = ApiOptions::new(listen());
+    let mut opts = ApiOptions::new();
     opts.allowed_hosts = vec!["polld.lan".into()];
     let fx = fixture_with(opts, 1000);
     let r = fx.router();
@@ -603,6 +682,19 @@ async fn openapi_declares_auth_errors_and_formats() {
     };
     assert!(required("WatchList").contains(&"next".to_owned()));
     assert!(required("VersionJson").contains(&"content_type".to_owned()));
+    assert!(required("VersionJson").contains(&"headers".to_owned()));
+    let headers = &schemas["VersionJson"]["properties"]["headers"];
+    assert_eq!(headers["type"], "object", "{headers}");
+    assert_eq!(
+        headers["additionalProperties"]["type"], "string",
+        "{headers}"
+    );
+    assert!(header(
+        "/v1/watches/{id}/versions/{n}",
+        "get",
+        "200",
+        "Content-Language"
+    ));
     assert!(required("ChangeJson").contains(&"version".to_owned()));
     assert_eq!(required("GoneJson"), ["error", "resync_after"]);
     // Every field a watch is served with is in its required list.

@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use polld_api::{Api, ApiOptions, ApiState, BoxFuture, Engine, MetricsSource};
-use polld_config::Listen;
 use polld_store::{
     ChangeKind, NewVersion, Outcome, Store, StoreOptions, WatchState, WatchStatus, hash_body,
 };
@@ -50,12 +49,8 @@ pub(crate) struct Fx {
     pub(crate) engine: Arc<FakeEngine>,
 }
 
-pub(crate) fn listen() -> Listen {
-    Listen::Tcp("127.0.0.1:8377".parse().unwrap())
-}
-
 pub(crate) fn fixture() -> Fx {
-    fixture_with(ApiOptions::new(listen()), 10_000)
+    fixture_with(ApiOptions::new(), 10_000)
 }
 
 pub(crate) fn fixture_with(options: ApiOptions, max_changes: u64) -> Fx {
