@@ -16,7 +16,8 @@ pub enum Verdict {
     Changed,
     /// 304 or the same body: stretch the interval by `backoff`.
     Unchanged,
-    /// Connect error, timeout, 5xx, 4xx, 410...: exponential backoff with full jitter.
+    /// Connect error, timeout, 5xx, 4xx, 410...: exponential backoff with
+    /// full jitter, never sooner than the current interval.
     Failed,
     /// 429/503: wait at least what the server asked, else like an error.
     RateLimited,
@@ -117,8 +118,11 @@ pub fn decide(
         }
         Verdict::Failed | Verdict::RateLimited => {
             next.consecutive_errors = cadence.consecutive_errors.saturating_add(1);
+            // Never sooner than the watch's own cadence: full jitter alone
+            // would poll a failing server more often than a healthy one
+            // (down to `min_interval`), which is the opposite of polite.
             (
-                error_backoff(policy, next.consecutive_errors, rng),
+                error_backoff(policy, next.consecutive_errors, rng).max(cadence.interval),
                 "error backoff",
             )
         }
@@ -191,7 +195,8 @@ pub fn jittered(delay: Duration, jitter: f64, rng: &mut impl Rng) -> Duration {
 }
 
 /// Exponential backoff with full jitter: uniform in `[0, min(max_interval,
-/// interval * 2^errors)]` (the caller applies the `min_interval` floor).
+/// interval * 2^errors)]` (the caller floors it at the watch's current
+/// interval).
 fn error_backoff(policy: &Policy, errors: u32, rng: &mut impl Rng) -> Duration {
     let factor = 2f64.powi(errors.min(62) as i32);
     let cap = stretch(policy.interval, factor, policy.max_interval);
@@ -311,12 +316,28 @@ mod tests {
             cadence = d.cadence;
             assert_eq!(cadence.consecutive_errors, n);
             let cap = Duration::from_secs((60 * 2u64.pow(n)).min(600));
+            // Never sooner than the interval (60 s), though min_interval is 30 s.
             assert!(
-                d.delay >= Duration::from_secs(30) && d.delay <= cap,
+                d.delay >= Duration::from_secs(60) && d.delay <= cap,
                 "{n}: {:?}",
                 d.delay
             );
             max_seen = max_seen.max(d.delay);
+        }
+        // A watch backed off to 10 min is not polled sooner for failing.
+        let backed_off = Cadence {
+            interval: Duration::from_secs(600),
+            backoff_level: 5,
+            consecutive_errors: 0,
+        };
+        for _ in 0..50 {
+            let d = run(
+                backed_off,
+                Verdict::Failed,
+                ServerDelay::default(),
+                &mut rng,
+            );
+            assert!(d.delay >= Duration::from_secs(600), "{:?}", d.delay);
         }
         assert!(
             max_seen > Duration::from_secs(120),
