@@ -178,7 +178,20 @@ where
     };
     let api = match &args.api {
         Some(text) => match url::Url::parse(text) {
-            Ok(url) => url,
+            Ok(url) if matches!(url.scheme(), "http" | "https" | "unix") => url,
+            // `localhost:8377` parses as a URL of scheme "localhost".
+            Ok(url) => {
+                let hint = if text.contains("://") {
+                    String::new()
+                } else {
+                    format!(" (did you mean http://{text}?)")
+                };
+                eprintln!(
+                    "polld: --api {text:?}: unsupported scheme {:?}; expected http://IP:PORT or unix:PATH{hint}",
+                    url.scheme()
+                );
+                return exit::code(exit::CONFIG);
+            }
             Err(err) => {
                 eprintln!(
                     "polld: --api {text:?} is not a URL ({err}); expected http://IP:PORT or unix:PATH"

@@ -266,3 +266,18 @@ async fn changes_follow_does_not_retry_a_wrong_token() {
     assert!(stderr.contains("401"), "{stderr}");
     assert!(!stderr.contains("retrying"), "{stderr}");
 }
+
+/// A mistyped `--api` is a bad argument (78), named with what to write.
+#[test]
+fn a_mistyped_api_url_is_a_bad_argument() {
+    for (api, said) in [
+        ("localhost:8377", "did you mean http://localhost:8377?"),
+        ("ftp://127.0.0.1:8377", "unsupported scheme \"ftp\""),
+        ("http://[bad", "is not a URL"),
+    ] {
+        let out = polld(&["status", "--api", api, "--token-file", "/dev/null"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{api}: {stderr}");
+        assert!(stderr.contains(said), "{api}: {stderr}");
+    }
+}
