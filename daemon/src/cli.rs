@@ -288,12 +288,19 @@ pub fn report_config_error(err: &ConfigError) {
                 .unwrap_or_default();
             let n = problems.len();
             eprintln!(
-                "polld: {file}: {n} problem{} found; nothing was changed",
+                "polld: {file}: {n} problem{} found",
                 if n == 1 { "" } else { "s" }
             );
         }
         other => eprintln!("polld: {other}"),
     }
+}
+
+/// Whether `polld run`'s error log lines are shown (they go to stderr): if
+/// so, printing the same error again on stderr would show it twice (once
+/// more in the journal, or as a plain line in a JSON log stream).
+fn errors_are_logged() -> bool {
+    tracing::enabled!(tracing::Level::ERROR)
 }
 
 fn check_config(path: &Path) -> ExitCode {
@@ -313,10 +320,17 @@ fn run(args: &RunArgs) -> ExitCode {
     let config = match Config::load(&args.config.config) {
         Ok(config) => config,
         Err(err) => {
-            for problem in err.problems() {
-                tracing::error!(problem = %problem, "invalid watch list");
+            if errors_are_logged() {
+                for problem in err.problems() {
+                    tracing::error!(problem = %problem, "invalid watch list");
+                }
+                if err.problems().is_empty() {
+                    tracing::error!(error = %err, "cannot load the watch list");
+                }
+                tracing::error!("polld not started");
+            } else {
+                report_config_error(&err);
             }
-            report_config_error(&err);
             return exit::code(exit::CONFIG);
         }
     };
@@ -328,8 +342,11 @@ fn run(args: &RunArgs) -> ExitCode {
     match runtime.block_on(crate::run::run(config)) {
         Ok(()) => exit::code(exit::OK),
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "polld stopped");
-            eprintln!("polld: {err:#}");
+            if errors_are_logged() {
+                tracing::error!(error = format!("{err:#}"), "polld stopped");
+            } else {
+                eprintln!("polld: {err:#}");
+            }
             exit::code(err.exit_code())
         }
     }

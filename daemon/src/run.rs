@@ -28,8 +28,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Why `polld run` stopped early, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The database could not be opened.
-    #[error("cannot open the store {}: {source}", path.display())]
+    /// The database could not be opened, or a commit failed.
+    #[error("{}", store_error_text(path, source))]
     Store {
         /// The database file.
         path: PathBuf,
@@ -40,6 +40,17 @@ pub enum RunError {
     /// Anything else.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// `store PATH: why`, naming the path once (most open errors start with it).
+fn store_error_text(path: &Path, source: &StoreError) -> String {
+    let why = source.to_string();
+    let path = path.display().to_string();
+    if why.starts_with(&path) {
+        format!("store {why}")
+    } else {
+        format!("store {path}: {why}")
+    }
 }
 
 impl RunError {
@@ -282,9 +293,8 @@ async fn api_listener(listen: &Listen) -> anyhow::Result<polld_api::Listener> {
         );
         return Ok(listener);
     }
-    polld_api::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))
+    // The error names the address already.
+    Ok(polld_api::bind(listen).await?)
 }
 
 /// Reads the API token; a missing file gets a new random token (mode 0600)
@@ -455,10 +465,8 @@ pub async fn reload(
                 );
             }
             match engine.reload(config).await {
-                Some(summary) => {
-                    tracing::info!(?summary, "reload applied");
-                    Some(summary)
-                }
+                // The engine logged what it added, removed and changed.
+                Some(summary) => Some(summary),
                 None => {
                     tracing::warn!("reload not applied: the engine is stopping");
                     None
@@ -537,6 +545,27 @@ mod tests {
                 "daemon.user_agent",
                 "telemetry.otlp_endpoint"
             ]
+        );
+    }
+
+    #[test]
+    fn a_store_error_names_the_file_once() {
+        let path = PathBuf::from("/var/lib/polld/polld.redb");
+        let locked = RunError::Store {
+            path: path.clone(),
+            source: StoreError::Locked { path: path.clone() },
+        };
+        assert_eq!(
+            locked.to_string(),
+            "store /var/lib/polld/polld.redb: already in use by another polld"
+        );
+        let stopped = RunError::Store {
+            path,
+            source: StoreError::WriterStopped,
+        };
+        assert_eq!(
+            stopped.to_string(),
+            "store /var/lib/polld/polld.redb: the store writer has stopped"
         );
     }
 

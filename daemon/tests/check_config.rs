@@ -347,7 +347,9 @@ fn invalid_files_name_every_error_with_line_and_column() {
                 ));
             }
         }
-        if !stderr.contains("nothing was changed") {
+        let n = case.errors.len();
+        let summary = format!("problem{} found", if n == 1 { "" } else { "s" });
+        if !stderr.contains(&format!("{n} {summary}")) {
             failures.push(format!("{}: no closing summary line", case.name));
         }
     }

@@ -95,7 +95,7 @@ pub(crate) fn apply(
                 headers: outcome.headers.clone(),
                 fetched_at_ms: now_ms,
             });
-            tracing::info!(watch = %id, bytes = body.len(), status = ?outcome.status, "changed: new version");
+            tracing::info!(watch = %id, bytes = body.len(), status = outcome.status, "changed: new version");
             (Verdict::Changed, "changed", WatchStatus::Ok)
         }
         OutcomeKind::RateLimited => {
@@ -152,7 +152,12 @@ pub(crate) fn apply(
         _ => {}
     }
     if status == WatchStatus::RateLimited && previous != WatchStatus::RateLimited {
-        tracing::warn!(watch = %id, status = ?outcome.status, wait = ?outcome.hints.not_before, "rate limited by the server");
+        tracing::warn!(
+            watch = %id,
+            status = outcome.status,
+            wait = outcome.hints.not_before.map(|d| tracing::field::display(humantime::format_duration(d))),
+            "rate limited by the server"
+        );
     }
     state.status = status;
 
