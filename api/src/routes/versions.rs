@@ -95,9 +95,11 @@ fn not_modified(headers: &HeaderMap, v: &Version) -> bool {
         .and_then(|h| h.to_str().ok())
         .and_then(|h| httpdate::parse_http_date(h).ok());
     since.is_some_and(|since| {
-        // HTTP dates have whole seconds: compare at that precision.
+        // HTTP dates have whole seconds: compare at that precision. A date
+        // after the server's own time is invalid and ignored (RFC 9110
+        // 13.1.3): a client's clock ahead must not pin an old body.
         let modified = UNIX_EPOCH + Duration::from_secs(v.fetched_at_ms / 1000);
-        modified <= since
+        modified <= since && since <= std::time::SystemTime::now()
     })
 }
 
@@ -276,13 +278,18 @@ pub(crate) async fn diff(
                 ))));
             }
         };
+        if !versions.iter().any(|v| v.number == to) {
+            return Ok(Err(ApiError::NotFound(format!(
+                "watch {key:?} has no version {to} (never made, or pruned)"
+            ))));
+        }
         let from = match from.or_else(|| versions.iter().rev().map(|v| v.number).find(|&n| n < to))
         {
             Some(from) => from,
             None => {
                 return Ok(Err(ApiError::NotFound(format!(
                     "watch {key:?} has no version before {to} to compare with; \
-                     name one with from= (polld diff --from N)"
+                     name one with from=N"
                 ))));
             }
         };

@@ -101,7 +101,7 @@ pub(crate) async fn poll(
     // The engine does not poll it: say why.
     let watch = read_watch(&state, &id).await?;
     Err(ApiError::Conflict(format!(
-        "watch {id} is {}: it is not being polled",
+        "watch {id:?} is {}: it is not being polled",
         watch.status.as_str()
     )))
 }

@@ -253,6 +253,16 @@ async fn versions_and_conditional_bodies() {
     )
     .await;
     assert_eq!(res.status, StatusCode::NOT_MODIFIED);
+    // A date after the server's clock is invalid and ignored (RFC 9110 13.1.3).
+    let res = send(
+        &r,
+        Request::get("/v1/watches/alpha/versions/1")
+            .header("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "a future date is ignored");
 
     get(&r, "/v1/watches/alpha/versions/3")
         .await
@@ -356,7 +366,7 @@ async fn diffs() {
         .await
         .error(StatusCode::NOT_FOUND);
     assert!(msg.contains("no version before"), "{msg}");
-    assert!(msg.contains("from= (polld diff --from N)"), "{msg}");
+    assert!(msg.contains("name one with from=N"), "{msg}");
 
     fx.commit("alpha", Some((b"a\nB\nc\n", "text/plain")), vec![]);
     fx.commit("alpha", Some((b"a\nB\nc\nd\n", "text/plain")), vec![]);
@@ -386,6 +396,11 @@ async fn diffs() {
     get(&r, "/v1/watches/alpha/diff?from=1&to=9")
         .await
         .error(StatusCode::NOT_FOUND);
+    // A `to` that does not exist is named as such, not as "nothing before it".
+    let msg = get(&r, "/v1/watches/alpha/diff?to=0")
+        .await
+        .error(StatusCode::NOT_FOUND);
+    assert!(msg.contains("no version 0"), "{msg}");
     get(&r, "/v1/watches/nope/diff")
         .await
         .error(StatusCode::NOT_FOUND);
