@@ -169,6 +169,10 @@ where
             Ok(config) => Some(config),
             Err(err) if args.api.is_none() => {
                 report_config_error(&err);
+                eprintln!(
+                    "polld: the API's address is read from the watch list's `listen`; \
+                     without a readable watch list, pass --api URL (and --token-file if the API needs a token)"
+                );
                 return exit::code(exit::CONFIG);
             }
             Err(_) => None,

@@ -280,4 +280,9 @@ fn a_mistyped_api_url_is_a_bad_argument() {
         assert_eq!(out.status.code(), Some(78), "{api}: {stderr}");
         assert!(stderr.contains(said), "{api}: {stderr}");
     }
+    // No --api and no watch list to read `listen` from: say how to go on.
+    let out = polld(&["status", "--config", "/nonexistent/watchlist.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("pass --api URL"), "{stderr}");
 }
