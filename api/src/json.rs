@@ -84,7 +84,8 @@ pub(crate) struct WatchJson {
     pub(crate) errors: u64,
     /// 429/503 answers.
     pub(crate) rate_limited: u64,
-    /// Failed polls in a row.
+    /// Failed or rate-limited (429/503) polls in a row: the exponent of the
+    /// error backoff, which both grow. Back to 0 at the next answered poll.
     pub(crate) consecutive_errors: u32,
     /// Body bytes received.
     pub(crate) bytes_received: u64,
