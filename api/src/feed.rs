@@ -351,7 +351,9 @@ impl Feed {
     /// Whether the feed has ended: shutdown began or the store closed. A
     /// stream ends then; [`Feed::next_page`] would only answer it empty.
     pub(crate) fn is_closed(&self) -> bool {
-        self.tail.borrow().closed
+        // The store's own flag too: it is set a moment before the feed task
+        // publishes the closed tail.
+        self.store.is_closed() || self.tail.borrow().closed
     }
 
     /// What a parked waiter at `after` does with the current tail; `next`

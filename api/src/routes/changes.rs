@@ -248,6 +248,9 @@ fn events(
                 st.cursor = page.next;
                 Some((batch(page.changes), st))
             }
+            // The store closed while this stream was between two waits:
+            // it ends as at shutdown, not with an error event.
+            Err(_) if st.feed.is_closed() => None,
             Err(err) => {
                 st.done = true;
                 let body = serde_json::json!({ "error": err.to_string() });
