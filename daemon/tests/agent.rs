@@ -717,6 +717,12 @@ async fn a_slow_endless_body_is_cut_by_the_deadline() {
     );
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
     assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+    // What dripped in before the deadline is counted (about 20 × 4 bytes).
+    assert!(
+        (40..=120).contains(&out.bytes_received),
+        "{}",
+        out.bytes_received
+    );
 }
 
 #[tokio::test]
@@ -1087,6 +1093,12 @@ async fn a_gzip_bomb_is_cut_at_max_body() {
         matches!(&out.kind, OutcomeKind::Failed { retryable: false, error } if error.contains("max_body")),
         "{:?}",
         out.kind
+    );
+    // The decoded bytes up to the cut are counted, not zero.
+    assert!(
+        out.bytes_received > 512 * 1024 && out.bytes_received <= 512 * 1024 + 16 * 1024,
+        "{}",
+        out.bytes_received
     );
 }
 

@@ -2,6 +2,7 @@
 //! measured after decompression, and a stall between chunks is an error.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder, ZstdDecoder};
@@ -90,6 +91,18 @@ pub async fn read(
     max: u64,
     url: &Url,
 ) -> Result<Bytes, BodyError> {
+    read_counting(response, max, url, &AtomicU64::new(0)).await
+}
+
+/// [`read`], adding to `received` each decoded byte as it arrives: what
+/// was received is known also when the read fails or is cancelled (a body
+/// cut at `max`, a stall, the poll's timeout).
+pub async fn read_counting(
+    response: Option<Response<Incoming>>,
+    max: u64,
+    url: &Url,
+    received: &AtomicU64,
+) -> Result<Bytes, BodyError> {
     let Some(response) = response else {
         return Ok(Bytes::new());
     };
@@ -107,13 +120,18 @@ pub async fn read(
     }
     let body = response.into_body();
     match coding {
-        None => read_plain(body, max, url).await,
-        Some(coding) => read_decoded(body, coding, max, url).await,
+        None => read_plain(body, max, url, received).await,
+        Some(coding) => read_decoded(body, coding, max, url, received).await,
     }
 }
 
 /// A body as sent, frame by frame.
-async fn read_plain(mut body: Incoming, max: u64, url: &Url) -> Result<Bytes, BodyError> {
+async fn read_plain(
+    mut body: Incoming,
+    max: u64,
+    url: &Url,
+    received: &AtomicU64,
+) -> Result<Bytes, BodyError> {
     let mut out = BytesMut::new();
     loop {
         let frame = match tokio::time::timeout(READ_TIMEOUT, body.frame()).await {
@@ -126,6 +144,7 @@ async fn read_plain(mut body: Incoming, max: u64, url: &Url) -> Result<Bytes, Bo
         let Ok(chunk) = frame.into_data() else {
             continue;
         };
+        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if out.len() as u64 + chunk.len() as u64 > max {
             return Err(BodyError::TooLarge {
                 url: url.clone(),
@@ -150,6 +169,7 @@ async fn read_decoded(
     coding: Coding,
     max: u64,
     url: &Url,
+    received: &AtomicU64,
 ) -> Result<Bytes, BodyError> {
     let mut raw = body.into_data_stream();
     let first = loop {
@@ -177,7 +197,7 @@ async fn read_decoded(
                 Box::pin(d)
             }
         };
-        read_to_limit(decoder, &mut out, max, url).await?;
+        read_to_limit(decoder, &mut out, max, url, received).await?;
         // Several gzip members are one body (RFC 1952); anything else after
         // one (padding, a newline) is not part of it.
         if coding != Coding::Gzip || !next_is_gzip_member(&mut reader).await {
@@ -223,6 +243,7 @@ async fn read_to_limit(
     out: &mut BytesMut,
     max: u64,
     url: &Url,
+    received: &AtomicU64,
 ) -> Result<(), BodyError> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -232,6 +253,7 @@ async fn read_to_limit(
             Ok(Ok(0)) => return Ok(()),
             Ok(Ok(n)) => n,
         };
+        received.fetch_add(n as u64, Ordering::Relaxed);
         if out.len() as u64 + n as u64 > max {
             return Err(BodyError::TooLarge {
                 url: url.clone(),

@@ -16,6 +16,7 @@ pub mod redirect;
 pub mod transport;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -280,18 +281,26 @@ impl Agent {
     pub async fn poll(&self, request: PollRequest<'_>) -> PollOutcome {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + request.watch.policy.timeout;
+        // Body bytes read in this poll, also by a read the timeout cancels.
+        let received = AtomicU64::new(0);
         let mut outcome =
-            match tokio::time::timeout_at(deadline, self.poll_inner(&request, deadline)).await {
+            match tokio::time::timeout_at(deadline, self.poll_inner(&request, deadline, &received))
+                .await
+            {
                 Ok(outcome) => outcome,
-                Err(_) => PollOutcome::failed(
-                    &request,
-                    format!(
-                        "{}: no complete answer within the timeout of {}",
-                        redact::url(request.url),
-                        humantime::format_duration(request.watch.policy.timeout)
-                    ),
-                    true,
-                ),
+                Err(_) => {
+                    let mut outcome = PollOutcome::failed(
+                        &request,
+                        format!(
+                            "{}: no complete answer within the timeout of {}",
+                            redact::url(request.url),
+                            humantime::format_duration(request.watch.policy.timeout)
+                        ),
+                        true,
+                    );
+                    outcome.bytes_received = received.load(Ordering::Relaxed);
+                    outcome
+                }
             };
         outcome.elapsed = started.elapsed();
         outcome
@@ -301,6 +310,7 @@ impl Agent {
         &self,
         request: &PollRequest<'_>,
         deadline: tokio::time::Instant,
+        received: &AtomicU64,
     ) -> PollOutcome {
         let watch = request.watch;
         let policy = &watch.policy;
@@ -352,20 +362,29 @@ impl Agent {
                 if (!watch.until.is_empty() || !watch.fail_if.is_empty())
                     && status != StatusCode::NOT_MODIFIED
                 {
-                    let body =
-                        body::read(exchange.response_body.take(), policy.max_body, &page_url)
-                            .await
-                            .unwrap_or_default();
+                    let body = body::read_counting(
+                        exchange.response_body.take(),
+                        policy.max_body,
+                        &page_url,
+                        received,
+                    )
+                    .await
+                    .unwrap_or_default();
                     exchange.body = Some(body);
                 }
                 return self.non_success(request, exchange, bytes_received);
             }
-            let body = match body::read(exchange.response_body, policy.max_body, &page_url).await {
+            let read =
+                body::read_counting(exchange.response_body, policy.max_body, &page_url, received)
+                    .await;
+            let body = match read {
                 Ok(body) => body,
                 Err(err) => {
                     let mut outcome =
                         PollOutcome::failed(request, err.to_string(), err.retryable());
                     outcome.status = Some(status.as_u16());
+                    // Earlier pages and what came of this one before it failed.
+                    outcome.bytes_received = received.load(Ordering::Relaxed);
                     return outcome;
                 }
             };
