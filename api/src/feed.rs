@@ -496,16 +496,18 @@ async fn follow_commits(
         if committed <= current.last_seq {
             continue;
         }
-        let store = store.clone();
+        let reader = store.clone();
         let extended =
-            tokio::task::spawn_blocking(move || extend(&store, &current, committed)).await;
+            tokio::task::spawn_blocking(move || extend(&reader, &current, committed)).await;
         match extended {
             Ok(Ok(tail)) => {
                 tx.send_replace(Arc::new(tail));
                 deadlines.wake_all();
             }
             // Closed while reading: the next turn publishes the closed tail.
-            Ok(Err(StoreError::Closed)) => {}
+            // (`Closed` also comes while a reopen after a full disk failed;
+            // that is worth the warning below.)
+            Ok(Err(StoreError::Closed)) if store.is_closed() => {}
             // Waiters keep waiting for the next commit (or their deadline);
             // the next commit retries from the same point.
             Ok(Err(err)) => {

@@ -240,11 +240,15 @@ async fn run(
                 )
             });
             outcomes = back;
-            on_commit(CommitReport {
-                outcomes: outcomes.len(),
-                duration: took,
-                succeeded: result.is_ok(),
-            });
+            // A commit refused because the store was closed on purpose is
+            // no failure worth an alert.
+            if !matches!(result, Err(StoreError::Closed)) || !store.is_closed() {
+                on_commit(CommitReport {
+                    outcomes: outcomes.len(),
+                    duration: took,
+                    succeeded: result.is_ok(),
+                });
+            }
             match result {
                 // A full disk is waited out: nothing of the batch was written
                 // (redb commits all or nothing), so the same batch is retried

@@ -862,11 +862,18 @@ fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The headers of [`KEPT_HEADERS`], in that order.
+/// The headers of [`KEPT_HEADERS`], in that order; a header sent more than
+/// once (`Link`) gives one pair per value, in the order received.
 pub fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     KEPT_HEADERS
         .iter()
-        .filter_map(|name| header_value(headers, name).map(|v| ((*name).to_owned(), v)))
+        .flat_map(|name| {
+            headers
+                .get_all(*name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| ((*name).to_owned(), v.to_owned()))
+        })
         .collect()
 }
 
@@ -928,4 +935,26 @@ fn describe(url: &Url, err: &SendError) -> String {
     let message = format!("{url}: {}", transport::error_text(err));
     // A cause may name the URL (or its user info) too.
     redact::in_text(&message, url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_headers_keep_every_value_of_a_repeated_header() {
+        let mut headers = HeaderMap::new();
+        headers.append("link", HeaderValue::from_static("</a>; rel=next"));
+        headers.append("link", HeaderValue::from_static("</b>; rel=last"));
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.insert("set-cookie", HeaderValue::from_static("s=1"));
+        assert_eq!(
+            kept_headers(&headers),
+            [
+                ("content-type".to_owned(), "text/plain".to_owned()),
+                ("link".to_owned(), "</a>; rel=next".to_owned()),
+                ("link".to_owned(), "</b>; rel=last".to_owned()),
+            ]
+        );
+    }
 }

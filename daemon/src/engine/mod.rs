@@ -933,7 +933,11 @@ async fn forward(
                     Ok(commit) => pending.push(async move { (id, commit.await) }),
                     Err(err) => {
                         backlog.committed();
-                        metrics.store_error();
+                        // A refused outcome; not one per outcome after the
+                        // writer stopped (its failed commit was counted).
+                        if !matches!(err, StoreError::WriterStopped) {
+                            metrics.store_error();
+                        }
                         tracing::error!(watch = %id, error = %err, "outcome refused by the store");
                         let _ = failures.send(id);
                     }

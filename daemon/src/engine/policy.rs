@@ -17,7 +17,7 @@ pub enum Verdict {
     /// 304 or the same body: stretch the interval by `backoff`.
     Unchanged,
     /// Connect error, timeout, 5xx, 4xx, 410...: exponential backoff with
-    /// full jitter, never sooner than the current interval.
+    /// full jitter, never sooner than an interval watch's healthy wait.
     Failed,
     /// 429/503: wait at least what the server asked, else like an error.
     RateLimited,
@@ -118,13 +118,17 @@ pub fn decide(
         }
         Verdict::Failed | Verdict::RateLimited => {
             next.consecutive_errors = cadence.consecutive_errors.saturating_add(1);
-            // Never sooner than the watch's own cadence: full jitter alone
-            // would poll a failing server more often than a healthy one
-            // (down to `min_interval`), which is the opposite of polite.
-            (
-                error_backoff(policy, next.consecutive_errors, rng).max(cadence.interval),
-                "error backoff",
-            )
+            let backoff = error_backoff(policy, next.consecutive_errors, rng);
+            // An interval watch waits at least what a healthy poll would
+            // (its cadence, jittered as usual): full jitter alone would poll
+            // a failing server more often than a healthy one, down to
+            // `min_interval`. A cron watch keeps the plain backoff: its
+            // cadence interval is not what it waits between fires.
+            let delay = match schedule {
+                Schedule::Interval => backoff.max(jittered(cadence.interval, policy.jitter, rng)),
+                Schedule::Cron { .. } => backoff,
+            };
+            (delay, "error backoff")
         }
     };
     let own = own.max(policy.min_interval);
@@ -195,8 +199,8 @@ pub fn jittered(delay: Duration, jitter: f64, rng: &mut impl Rng) -> Duration {
 }
 
 /// Exponential backoff with full jitter: uniform in `[0, min(max_interval,
-/// interval * 2^errors)]` (the caller floors it at the watch's current
-/// interval).
+/// interval * 2^errors)]` (the caller floors it at the jittered current
+/// interval of an interval watch).
 fn error_backoff(policy: &Policy, errors: u32, rng: &mut impl Rng) -> Duration {
     let factor = 2f64.powi(errors.min(62) as i32);
     let cap = stretch(policy.interval, factor, policy.max_interval);
@@ -316,20 +320,25 @@ mod tests {
             cadence = d.cadence;
             assert_eq!(cadence.consecutive_errors, n);
             let cap = Duration::from_secs((60 * 2u64.pow(n)).min(600));
-            // Never sooner than the interval (60 s), though min_interval is 30 s.
+            // Never sooner than the healthy wait (60 s ± 10 %), though
+            // min_interval is 30 s.
             assert!(
-                d.delay >= Duration::from_secs(60) && d.delay <= cap,
+                d.delay >= Duration::from_secs(54) && d.delay <= cap,
                 "{n}: {:?}",
                 d.delay
             );
             max_seen = max_seen.max(d.delay);
         }
-        // A watch backed off to 10 min is not polled sooner for failing.
+        // A watch backed off to 10 min is not polled sooner for failing
+        // than its healthy wait (10 min less the policy's 10 % jitter at
+        // most), and the waits stay spread: watches of one failing host do
+        // not retry in lockstep.
         let backed_off = Cadence {
             interval: Duration::from_secs(600),
             backoff_level: 5,
             consecutive_errors: 0,
         };
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..50 {
             let d = run(
                 backed_off,
@@ -337,8 +346,10 @@ mod tests {
                 ServerDelay::default(),
                 &mut rng,
             );
-            assert!(d.delay >= Duration::from_secs(600), "{:?}", d.delay);
+            assert!(d.delay >= Duration::from_secs(540), "{:?}", d.delay);
+            seen.insert(d.delay);
         }
+        assert!(seen.len() > 40, "spread, not one instant: {seen:?}");
         assert!(
             max_seen > Duration::from_secs(120),
             "full jitter reaches the upper range"
@@ -404,7 +415,11 @@ mod tests {
             SystemTime::UNIX_EPOCH,
             &mut rng,
         );
-        assert!(d.delay <= Duration::from_secs(110));
+        // The server's floor is capped at 100 s; the delay is at most that
+        // plus its jitter, or the policy's own backoff after one error
+        // (up to 120 s), whichever is longer.
+        assert_eq!(d.server_floor, Some(Duration::from_secs(100)));
+        assert!(d.delay <= Duration::from_secs(120), "{:?}", d.delay);
         // A short server delay does not shorten the policy's own delay.
         let server = ServerDelay {
             requested: Some(Duration::from_secs(1)),
@@ -528,6 +543,28 @@ mod tests {
             first_delay(&p, &schedule, now, &mut rng),
             Duration::from_secs(420)
         );
+        // Unchanged polls stretch a cron watch's cadence interval too (to
+        // max_interval, 10 min here), which it does not wait by: one error
+        // then backs off from the base interval, as before, not from it.
+        let mut p = policy();
+        p.max_interval = Duration::from_secs(6 * 3600);
+        let stretched = Cadence {
+            interval: p.max_interval,
+            backoff_level: 20,
+            consecutive_errors: 0,
+        };
+        for _ in 0..50 {
+            let d = decide(
+                &p,
+                &schedule,
+                stretched,
+                Verdict::Failed,
+                ServerDelay::default(),
+                now,
+                &mut rng,
+            );
+            assert!(d.delay <= Duration::from_secs(120), "{:?}", d.delay);
+        }
     }
 
     #[test]
