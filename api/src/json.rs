@@ -65,7 +65,10 @@ pub(crate) struct WatchJson {
     /// Next scheduled poll (RFC 3339); null when not scheduled.
     #[schema(required = true)]
     pub(crate) next_poll: Option<String>,
-    /// Current interval in seconds.
+    /// Current interval in seconds: the cadence that unchanged polls
+    /// stretch by `backoff` and a change resets. Error backoff and server
+    /// requests (`Retry-After`) wait on top of it; `next_poll` is when the
+    /// next poll really is.
     pub(crate) interval_s: f64,
     /// Versions retained.
     pub(crate) versions: u64,
