@@ -280,6 +280,18 @@ async fn sighup_with_a_broken_file_keeps_the_old_list_and_an_edited_file_reconci
         "b is no longer polled"
     );
     assert!(polld.stop().success());
+    // Each watch the reload touched is named in the log.
+    let log = polld.log();
+    for (id, said) in [
+        ("c", "watch added to the list"),
+        ("b", "watch removed from the list"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(said) && l.contains(&format!("watch={id}"))),
+            "{said} for {id}; log:\n{log}"
+        );
+    }
 
     let store = polld.open_store();
     let b_state = store.watch("b").unwrap().expect("b's history is kept");

@@ -519,6 +519,7 @@ impl<P: Poller> Engine<P> {
                             None
                         }
                     };
+                    tracing::info!(watch = %id, resumed = previous.is_some(), "watch added to the list");
                     self.add(watch.clone(), previous, now);
                     summary.added += 1;
                 }
@@ -533,6 +534,12 @@ impl<P: Poller> Engine<P> {
                     let request_changed = entry.state.fingerprint != new_fingerprint;
                     let conditions_changed =
                         entry.watch.until != watch.until || entry.watch.fail_if != watch.fail_if;
+                    tracing::info!(
+                        watch = %id,
+                        request_changed,
+                        "watch settings changed{}",
+                        if request_changed { "; its request changed, so stored validators and cursor are dropped" } else { "" }
+                    );
                     if request_changed {
                         // The request changed: what the server validated no longer applies.
                         watch::reset_request_state(&mut entry.state, watch, new_fingerprint);
