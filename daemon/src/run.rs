@@ -42,9 +42,11 @@ pub enum RunError {
     Other(#[from] anyhow::Error),
 }
 
-/// `store PATH: why`, naming the path once (most open errors start with it).
+/// `store PATH: why: cause...`, naming the path once (most open errors
+/// start with it) and every cause (EACCES, EROFS...), which the error's own
+/// text leaves to its source chain.
 fn store_error_text(path: &Path, source: &StoreError) -> String {
-    let why = source.to_string();
+    let why = polld_store::error_chain(source);
     let path = path.display().to_string();
     if why.starts_with(&path) {
         format!("store {why}")
@@ -558,6 +560,20 @@ mod tests {
         assert_eq!(
             locked.to_string(),
             "store /var/lib/polld/polld.redb: already in use by another polld"
+        );
+        // The OS error behind it is named too (it is the error's source).
+        let denied = RunError::Store {
+            path: path.clone(),
+            source: StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::from_raw_os_error(13),
+            },
+        };
+        assert!(
+            denied
+                .to_string()
+                .starts_with("store /var/lib/polld/polld.redb: I/O error: Permission denied"),
+            "{denied}"
         );
         let stopped = RunError::Store {
             path,

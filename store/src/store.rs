@@ -1070,8 +1070,9 @@ impl Store {
     }
 }
 
-/// The error and its sources on one line, for the health text.
-pub(crate) fn error_chain(e: &StoreError) -> String {
+/// The error and its sources on one line (for the health text, and for
+/// messages that must name the OS error behind an open or commit).
+pub fn error_chain(e: &StoreError) -> String {
     let mut s = e.to_string();
     let mut source = std::error::Error::source(e);
     // Bounded: error chains are short, but a cycle must not hang health().

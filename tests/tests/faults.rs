@@ -430,9 +430,11 @@ struct Filled {
     exit: Option<std::process::ExitStatus>,
 }
 
-/// What polld does today on a full disk: the store writer fails its
-/// commit, polld exits non-zero (for systemd to restart it), and after
-/// space is freed a restart shows every change acknowledged before.
+/// Whatever polld does on a full disk (it keeps running and retries, see
+/// the next test; an exit would have to be non-zero, for systemd to
+/// restart it), nothing acknowledged is lost: after space is freed, a
+/// restart (after a SIGKILL if it kept running) shows every change
+/// acknowledged before, once.
 #[tokio::test(flavor = "multi_thread")]
 async fn disk_full_acknowledges_nothing_uncommitted_and_loses_nothing() {
     let Some(Filled {
