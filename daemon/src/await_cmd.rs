@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, header};
 use polld_config::{Condition, JsonPointer, ResponseView, parse_duration};
 use url::Url;
 
@@ -194,10 +194,14 @@ pub fn run(args: AwaitArgs) -> ExitCode {
     let ending = runtime.block_on(wait(&args, &plan));
     match ending {
         Ok(Ending::Done(body)) => {
-            if !args.quiet {
-                print_result(&plan, &body);
+            // `url=$(polld await ... --save json:/url)` must not go on with
+            // an empty value: a --save pointer missing from the final body
+            // is a failure.
+            if args.quiet || print_result(&plan, &body) {
+                exit::code(exit::OK)
+            } else {
+                exit::code(exit::FAILURE)
             }
-            exit::code(exit::OK)
         }
         Ok(Ending::Failed(message)) => {
             eprintln!("polld await: {message}");
@@ -214,26 +218,38 @@ pub fn run(args: AwaitArgs) -> ExitCode {
     }
 }
 
-fn print_result(plan: &Plan, body: &[u8]) {
+/// Prints the final body, or the value `--save` points at; false when that
+/// value is not in the body (said on stderr).
+fn print_result(plan: &Plan, body: &[u8]) -> bool {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = match &plan.save {
+    let printed = match &plan.save {
         Some(pointer) => {
             let value = serde_json::from_slice::<serde_json::Value>(body)
                 .ok()
                 .and_then(|doc| pointer.resolve(&doc).cloned());
             match value {
-                Some(serde_json::Value::String(s)) => writeln!(out, "{s}"),
-                Some(other) => writeln!(out, "{other}"),
+                Some(serde_json::Value::String(s)) => {
+                    let _ = writeln!(out, "{s}");
+                    true
+                }
+                Some(other) => {
+                    let _ = writeln!(out, "{other}");
+                    true
+                }
                 None => {
                     eprintln!("polld await: --save json:{pointer}: not in the final body");
-                    Ok(())
+                    false
                 }
             }
         }
-        None => out.write_all(body),
+        None => {
+            let _ = out.write_all(body);
+            true
+        }
     };
     let _ = out.flush();
+    printed
 }
 
 async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
@@ -334,6 +350,19 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
             }
             (Some(status), Ok(response)) => {
                 let code = status.as_u16();
+                // The body is read for every answer, within --timeout: the
+                // conditions judge every answer, also a running job's 202
+                // (`{"status":"failed"}`) and a 429/503.
+                let read = agent::body::read(Some(response), MAX_BODY, &final_url);
+                let payload = match tokio::time::timeout_at(deadline, read).await {
+                    Err(_) => {
+                        return Ok(Ending::TimedOut(format!(
+                            "attempt {attempt}, {method} {final_url}: body not complete before the timeout of {}",
+                            humantime::format_duration(args.timeout)
+                        )));
+                    }
+                    Ok(read) => read,
+                };
                 let job = if code == 202 {
                     agent::job_location(&headers, &final_url)
                 } else if code == 303 {
@@ -344,13 +373,35 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                 } else {
                     None
                 };
+                let waiting = job.is_some() || code == 429 || code == 503;
+                // A body that broke off on an answer that only says "wait"
+                // is judged as empty; on a final answer it is the error.
+                let payload = match payload {
+                    Ok(payload) => payload,
+                    Err(_) if waiting => bytes::Bytes::new(),
+                    Err(e) => return Err(format!("attempt {attempt}: {e}")),
+                };
+                let view = ResponseView::new(code, &headers, &payload);
+                if args.verbose {
+                    eprintln!(
+                        "polld await: attempt {attempt}, {method} {final_url} -> {code}, {} bytes",
+                        payload.len()
+                    );
+                }
+                if let Some(c) = plan.fail_if.iter().find(|c| c.holds(&view)) {
+                    return Ok(Ending::Failed(format!(
+                        "attempt {attempt}, {method} {final_url}: HTTP {code}: --fail-if {c} holds"
+                    )));
+                }
+                // Explicit --until conditions end the wait on any answer;
+                // without them, success is a final 2xx (not a job's 202).
+                if !plan.until.is_empty() && plan.until.iter().all(|c| c.holds(&view)) {
+                    return Ok(Ending::Done(payload.to_vec()));
+                }
                 if let Some(next) = job {
                     if args.verbose {
-                        eprintln!(
-                            "polld await: attempt {attempt}, {method} {final_url} -> {code}, status at {next}"
-                        );
+                        eprintln!("polld await: attempt {attempt}: status at {next}");
                     }
-                    drop(response);
                     url = next;
                     method = Method::GET;
                     body = None;
@@ -360,44 +411,13 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                         None if code == 303 => (Duration::ZERO, "303 See Other".to_owned()),
                         None => (interval, "interval".to_owned()),
                     }
-                } else if code == 429 || code == 503 {
-                    if args.verbose {
-                        eprintln!("polld await: attempt {attempt}, {method} {final_url} -> {code}");
-                    }
+                } else if waiting {
                     match server_wait {
                         Some(wait) => (wait, format!("Retry-After on {code}")),
                         None => (interval, format!("interval after {code}")),
                     }
                 } else {
-                    // The body too is read within --timeout, not only the answer.
-                    let read = agent::body::read(Some(response), MAX_BODY, &final_url);
-                    let payload = match tokio::time::timeout_at(deadline, read).await {
-                        Err(_) => {
-                            return Ok(Ending::TimedOut(format!(
-                                "attempt {attempt}, {method} {final_url}: body not complete before the timeout of {}",
-                                humantime::format_duration(args.timeout)
-                            )));
-                        }
-                        Ok(read) => read.map_err(|e| format!("attempt {attempt}: {e}"))?,
-                    };
-                    let view = ResponseView::new(code, &headers, &payload);
-                    if args.verbose {
-                        eprintln!(
-                            "polld await: attempt {attempt}, {method} {final_url} -> {code}, {} bytes",
-                            payload.len()
-                        );
-                    }
-                    if let Some(c) = plan.fail_if.iter().find(|c| c.holds(&view)) {
-                        return Ok(Ending::Failed(format!(
-                            "attempt {attempt}, {method} {final_url}: HTTP {code}: --fail-if {c} holds"
-                        )));
-                    }
-                    let done = if plan.until.is_empty() {
-                        status.is_success()
-                    } else {
-                        plan.until.iter().all(|c| c.holds(&view))
-                    };
-                    if done {
+                    if plan.until.is_empty() && status.is_success() {
                         return Ok(Ending::Done(payload.to_vec()));
                     }
                     if status.is_client_error() && !matches!(code, 408 | 425) {
@@ -406,7 +426,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                             status.canonical_reason().unwrap_or("")
                         )));
                     }
-                    let reason = if status == StatusCode::OK || status.is_success() {
+                    let reason = if status.is_success() {
                         "interval: conditions do not hold yet"
                     } else {
                         "interval after a server error"

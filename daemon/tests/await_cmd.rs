@@ -300,3 +300,90 @@ async fn permanent_error_and_bad_arguments() {
         "--help shows a worked example"
     );
 }
+
+/// The conditions judge every answer: a job's status URL that answers 202
+/// with a failure, and a 503, end with exit 1 at once instead of being
+/// waited out; an explicit `--until status=202` holds on the 202 itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn conditions_judge_a_running_jobs_202_and_a_503() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/jobs"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .insert_header("location", "/jobs/1")
+                .insert_header("retry-after", "1"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jobs/1"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .insert_header("location", "/jobs/1")
+                .insert_header("retry-after", "1")
+                .set_body_string(r#"{"status":"failed"}"#),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/down"))
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "1"))
+        .mount(&server)
+        .await;
+    let jobs = format!("{}/jobs", server.uri());
+    let started = Instant::now();
+    let run = polld_await(&[
+        "-X",
+        "POST",
+        "--until",
+        "json:/status=completed",
+        "--fail-if",
+        "json:/status=failed",
+        "--timeout",
+        "20s",
+        &jobs,
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("--fail-if"), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let down = format!("{}/down", server.uri());
+    let run = polld_await(&["--fail-if", "status=503", "--timeout", "20s", &down]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+
+    let run = polld_await(&[
+        "-X",
+        "POST",
+        "--until",
+        "status=202",
+        "--timeout",
+        "20s",
+        &jobs,
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+/// A `--save` pointer missing from the final body is a failure, not an
+/// empty success that a script would go on with.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_save_pointer_missing_from_the_body_fails() {
+    let server = MockServer::start().await;
+    Mock::given(path("/done"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"status":"completed"}"#))
+        .mount(&server)
+        .await;
+    let url = format!("{}/done", server.uri());
+    let run = polld_await(&["--save", "json:/result_url", &url]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr.contains("not in the final body"),
+        "{}",
+        run.stderr
+    );
+    let run = polld_await(&["--save", "json:/status", &url]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "completed\n");
+}
