@@ -1576,3 +1576,44 @@ async fn retry_after_past_dates_garbage_negative_fractional_and_huge_through_pol
         "one request each"
     );
 }
+
+#[tokio::test]
+async fn a_jobs_202_that_meets_fail_if_ends_the_poll_as_failed() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/run"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .insert_header("location", "/jobs/9")
+                .insert_header("retry-after", "1"),
+        )
+        .mount(&server)
+        .await;
+    // The job's status keeps answering 202, now saying it failed.
+    Mock::given(method("GET"))
+        .and(path("/jobs/9"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .insert_header("location", "/jobs/9")
+                .insert_header("retry-after", "1")
+                .set_body_string("{\"status\":\"failed\"}"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/run", server.uri()),
+        "method = \"POST\"\ntimeout = \"20s\"\nfail_if = [\"json:/status=failed\"]",
+    );
+    let started = Instant::now();
+    let out = poll(&w).await;
+    assert!(
+        matches!(&out.finished, Some(Finished::Failed { condition }) if condition.contains("failed")),
+        "{:?} {:?}",
+        out.kind,
+        out.finished
+    );
+    assert_eq!(out.status, Some(202));
+    // One status check, not checks until the timeout or the step cap.
+    assert_eq!(received(&server).await.len(), 2);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

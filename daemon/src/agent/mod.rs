@@ -333,7 +333,7 @@ impl Agent {
             } else {
                 None
             };
-            let exchange = match self
+            let mut exchange = match self
                 .exchange(request, &page_url, job, conditional, deadline)
                 .await
             {
@@ -374,9 +374,19 @@ impl Agent {
                 }
                 return self.non_success(request, exchange, bytes_received);
             }
-            let read =
-                body::read_counting(exchange.response_body, policy.max_body, &page_url, received)
-                    .await;
+            // A job's 202 that settled the watch comes with its body read.
+            let read = match exchange.body.take() {
+                Some(body) => Ok(body),
+                None => {
+                    body::read_counting(
+                        exchange.response_body.take(),
+                        policy.max_body,
+                        &page_url,
+                        received,
+                    )
+                    .await
+                }
+            };
             let body = match read {
                 Ok(body) => body,
                 Err(err) => {
@@ -703,11 +713,29 @@ impl Agent {
                         true,
                     ));
                 }
+                // A status answer that already settles the watch (a running
+                // job's 202 saying `{"status":"failed"}` to a `fail_if`) is
+                // the final answer, not a reason to check again and again.
+                if !watch.until.is_empty() || !watch.fail_if.is_empty() {
+                    let read = body::read(Some(response), watch.policy.max_body, &url).await;
+                    let body = read.unwrap_or_default();
+                    if conditions_hold(watch, status, &headers, &body) {
+                        return Ok(Exchange {
+                            status,
+                            headers,
+                            final_url: url,
+                            moved_permanently: moved,
+                            response_body: None,
+                            body: Some(body),
+                        });
+                    }
+                } else {
+                    drop(response);
+                }
                 let wait = hints::retry_after(&headers, SystemTime::now())
                     .unwrap_or(MIN_JOB_CHECK_GAP)
                     .min(watch.policy.max_retry_after)
                     .max(MIN_JOB_CHECK_GAP);
-                drop(response);
                 self.wait_until(request, wait, deadline)
                     .await
                     .map_err(|outcome| {
@@ -894,6 +922,14 @@ pub fn job_location(headers: &HeaderMap, base: &Url) -> Option<Url> {
         .find_map(|name| headers.get(*name))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| base.join(v.trim()).ok())
+}
+
+/// Whether any `fail_if`, or every `until` (when there are some), holds on
+/// an answer.
+fn conditions_hold(watch: &Watch, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
+    let view = ResponseView::new(status.as_u16(), headers, body);
+    watch.fail_if.iter().any(|c| c.holds(&view))
+        || (!watch.until.is_empty() && watch.until.iter().all(|c| c.holds(&view)))
 }
 
 /// Evaluates `fail_if` (any) then `until` (all) on a final response.
