@@ -79,8 +79,8 @@ pub struct AwaitArgs {
     /// Give up (exit 2) after this long in total.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
     pub timeout: Duration,
-    /// Give up (exit 2) after this many requests.
-    #[arg(long, value_name = "N")]
+    /// Give up (exit 2) after this many requests (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
     /// Cap on any delay the server asks for (Retry-After).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
@@ -442,7 +442,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
 
         if args.max_attempts.is_some_and(|max| attempt >= max) {
             return Ok(Ending::TimedOut(format!(
-                "attempt {attempt}, {method} {url}: --max-attempts {attempt} used up"
+                "attempt {attempt}, {method} {url}: all {attempt} attempts of --max-attempts used up"
             )));
         }
         // Jitter only adds; backoff grows the interval for the next time.

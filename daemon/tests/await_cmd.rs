@@ -294,6 +294,9 @@ async fn permanent_error_and_bad_arguments() {
     assert_eq!(run.code, Some(78), "a bad condition is a bad argument");
     let run = polld_await(&["-H", "no colon", &url]).await;
     assert_eq!(run.code, Some(78));
+    // Zero attempts would still make one request: refused.
+    let run = polld_await(&["--max-attempts", "0", &url]).await;
+    assert_eq!(run.code, Some(78), "{}", run.stderr);
     let help = polld_await(&["--help"]).await;
     assert!(
         help.stdout.contains("Example"),
