@@ -125,7 +125,9 @@ impl Condition {
                 value,
             } => match lookup(pointer) {
                 Some(found) => {
-                    value.as_ref() == Some(found) || found.as_str() == Some(raw.as_str())
+                    value.as_ref() == Some(found)
+                        || found.as_str() == Some(raw.as_str())
+                        || same_number(value.as_ref(), found)
                 }
                 None => false,
             },
@@ -138,6 +140,15 @@ impl Condition {
                 .any(|v| v.to_str().is_ok_and(|v| v.trim() == value)),
             Condition::HeaderExists(name) => response.headers.contains_key(name),
         }
+    }
+}
+
+/// Whether two JSON numbers are the same number written differently (`3`
+/// and `3.0`, `1e2` and `100`): serde_json tells integers from floats.
+fn same_number(expected: Option<&serde_json::Value>, found: &serde_json::Value) -> bool {
+    match (expected.and_then(serde_json::Value::as_f64), found.as_f64()) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
     }
 }
 
@@ -252,6 +263,11 @@ mod tests {
         assert!(holds("json:/status=\"completed\""));
         assert!(!holds("json:/status=failed"));
         assert!(holds("json:/count=3"));
+        // The same number written another way.
+        assert!(holds("json:/count=3.0"));
+        assert!(holds("json:/count=3e0"));
+        assert!(!holds("json:/count=3.5"));
+        assert!(!holds("json:/status=3"));
         assert!(holds("json:/done=true"));
         assert!(holds("json:/a~1b/~0"));
         assert!(holds("!json:/errors"));
