@@ -193,3 +193,31 @@ async fn a_second_polld_on_the_same_state_fails_at_once_and_the_first_keeps_runn
         .unwrap();
     assert_eq!(ok.status(), 200, "the first polld keeps running");
 }
+
+/// A database that cannot be opened for an OS reason (here the file is a
+/// directory) exits 74 at once, and the message names the file and the
+/// OS error behind it, not only "cannot open the database".
+#[test]
+fn a_store_that_cannot_be_opened_exits_74_naming_why() {
+    let polld = Polld::prepare_with("", "");
+    std::fs::create_dir_all(polld.db_path()).unwrap();
+    let started = Instant::now();
+    let output = std::process::Command::new(polld_tests::polld_bin())
+        .args(["run", "--config"])
+        .arg(polld.config_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(74), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "fails at once");
+    let path = polld.db_path().display().to_string();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("polld stopped"))
+        .unwrap_or_else(|| panic!("no stop line: {stderr}"));
+    assert_eq!(line.matches(&path).count(), 1, "the file once: {line}");
+    assert!(
+        line.contains("Is a directory") || line.contains("os error"),
+        "the OS cause: {line}"
+    );
+}
