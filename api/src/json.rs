@@ -191,16 +191,7 @@ pub(crate) fn header_map(headers: &[(String, String)]) -> BTreeMap<String, Strin
 /// The stored value of header `name` (lower case), repeated values joined
 /// as in [`header_map`]; `None` when it was not kept.
 pub(crate) fn stored_header(headers: &[(String, String)], name: &str) -> Option<String> {
-    let mut values = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str());
-    let first = values.next()?;
-    Some(values.fold(first.to_owned(), |mut joined, v| {
-        joined.push_str(", ");
-        joined.push_str(v);
-        joined
-    }))
+    header_map(headers).remove(name)
 }
 
 /// The versions of a watch.

@@ -325,12 +325,7 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             if errors_are_logged() {
-                for problem in err.problems() {
-                    tracing::error!(problem = %problem, "invalid watch list");
-                }
-                if err.problems().is_empty() {
-                    tracing::error!(error = %err, "cannot load the watch list");
-                }
+                crate::run::log_config_error(&err, "cannot load the watch list");
                 tracing::error!("polld not started");
             } else {
                 report_config_error(&err);

@@ -247,13 +247,7 @@ impl Metrics {
         if !self.per_watch {
             return;
         }
-        for result in [
-            "not_modified",
-            "unchanged",
-            "changed",
-            "error",
-            "rate_limited",
-        ] {
+        for result in RESULTS {
             self.polls.remove(&PollLabels {
                 watch: watch.to_owned(),
                 result,

@@ -466,22 +466,15 @@ pub async fn reload(
                     "these settings changed but apply only at the next restart (systemctl restart polld); the watch list is reloaded"
                 );
             }
-            match engine.reload(config).await {
-                // The engine logged what it added, removed and changed.
-                Some(summary) => Some(summary),
-                None => {
-                    tracing::warn!("reload not applied: the engine is stopping");
-                    None
-                }
+            // The engine logs what it added, removed and changed.
+            let applied = engine.reload(config).await;
+            if applied.is_none() {
+                tracing::warn!("reload not applied: the engine is stopping");
             }
+            applied
         }
         Ok(Err(err)) => {
-            for problem in err.problems() {
-                tracing::error!(problem = %problem, "invalid watch list");
-            }
-            if err.problems().is_empty() {
-                tracing::error!(error = %err, "cannot reload the watch list");
-            }
+            log_config_error(&err, "cannot reload the watch list");
             tracing::error!("reload refused: the running watch list stays as it was");
             None
         }
@@ -489,6 +482,17 @@ pub async fn reload(
             tracing::error!(error = %err, "reload panicked");
             None
         }
+    }
+}
+
+/// Logs every problem of an invalid watch list, or `what` with the error
+/// when it has none (the file could not be read).
+pub(crate) fn log_config_error(err: &polld_config::ConfigError, what: &str) {
+    for problem in err.problems() {
+        tracing::error!(problem = %problem, "invalid watch list");
+    }
+    if err.problems().is_empty() {
+        tracing::error!(error = %err, "{what}");
     }
 }
 

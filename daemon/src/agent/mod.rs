@@ -492,7 +492,12 @@ impl Agent {
         if cursor_now.as_deref() != request.cursor {
             outcome.cursor = cursor_now;
         }
-        outcome.finished = finished(watch, &last, last.body.as_deref().unwrap_or_default());
+        outcome.finished = finished(
+            watch,
+            last.status,
+            &last.headers,
+            last.body.as_deref().unwrap_or_default(),
+        );
         outcome.bytes_received = bytes_received;
         outcome
     }
@@ -538,7 +543,8 @@ impl Agent {
         if status != StatusCode::NOT_MODIFIED {
             outcome.finished = finished(
                 request.watch,
-                &exchange,
+                status,
+                &exchange.headers,
                 exchange.body.as_deref().unwrap_or_default(),
             );
         }
@@ -719,7 +725,7 @@ impl Agent {
                 if !watch.until.is_empty() || !watch.fail_if.is_empty() {
                     let read = body::read(Some(response), watch.policy.max_body, &url).await;
                     let body = read.unwrap_or_default();
-                    if conditions_hold(watch, status, &headers, &body) {
+                    if finished(watch, status, &headers, &body).is_some() {
                         return Ok(Exchange {
                             status,
                             headers,
@@ -924,20 +930,17 @@ pub fn job_location(headers: &HeaderMap, base: &Url) -> Option<Url> {
         .and_then(|v| base.join(v.trim()).ok())
 }
 
-/// Whether any `fail_if`, or every `until` (when there are some), holds on
-/// an answer.
-fn conditions_hold(watch: &Watch, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
-    let view = ResponseView::new(status.as_u16(), headers, body);
-    watch.fail_if.iter().any(|c| c.holds(&view))
-        || (!watch.until.is_empty() && watch.until.iter().all(|c| c.holds(&view)))
-}
-
-/// Evaluates `fail_if` (any) then `until` (all) on a final response.
-fn finished(watch: &Watch, exchange: &Exchange, body: &[u8]) -> Option<Finished> {
+/// Evaluates `fail_if` (any) then `until` (all) on a response.
+fn finished(
+    watch: &Watch,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Finished> {
     if watch.until.is_empty() && watch.fail_if.is_empty() {
         return None;
     }
-    let view = ResponseView::new(exchange.status.as_u16(), &exchange.headers, body);
+    let view = ResponseView::new(status.as_u16(), headers, body);
     if let Some(c) = watch.fail_if.iter().find(|c| c.holds(&view)) {
         return Some(Finished::Failed {
             condition: c.to_string(),
