@@ -469,7 +469,9 @@ pub async fn reload(
             // The engine logs what it added, removed and changed.
             let applied = engine.reload(config).await;
             if applied.is_none() {
-                tracing::warn!("reload not applied: the engine is stopping");
+                tracing::warn!(
+                    "reload not applied: the engine is stopping, or could not read the stored states (logged above)"
+                );
             }
             applied
         }

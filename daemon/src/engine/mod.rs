@@ -148,6 +148,25 @@ enum Command {
     PollNow(String, oneshot::Sender<bool>),
 }
 
+/// A reload with the stored states of the watches it adds, read off the
+/// engine loop.
+struct PreparedReload {
+    config: Box<Config>,
+    stored: HashMap<String, Result<Option<WatchState>, StoreError>>,
+    reply: oneshot::Sender<ReloadSummary>,
+}
+
+/// The pending reload read, or never when there is none (a disabled
+/// `select!` branch).
+async fn reload_read(
+    read: &mut Option<tokio::task::JoinHandle<PreparedReload>>,
+) -> Option<Result<PreparedReload, tokio::task::JoinError>> {
+    match read {
+        Some(handle) => Some(handle.await),
+        None => std::future::pending().await,
+    }
+}
+
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadSummary {
@@ -224,6 +243,9 @@ pub struct Engine<P: Poller = Agent> {
     resynced_tx: mpsc::UnboundedSender<(String, Option<WatchState>)>,
     resynced: mpsc::UnboundedReceiver<(String, Option<WatchState>)>,
     commands: mpsc::Receiver<Command>,
+    /// A reload whose added watches' stored states are being read off the
+    /// runtime; further commands wait until it is applied.
+    reload_read: Option<tokio::task::JoinHandle<PreparedReload>>,
     tracker: TaskTracker,
     poll_cancel: CancellationToken,
     progress: Arc<AtomicU64>,
@@ -343,6 +365,7 @@ impl<P: Poller> Engine<P> {
             resynced_tx,
             resynced,
             commands,
+            reload_read: None,
             tracker: TaskTracker::new(),
             poll_cancel: CancellationToken::new(),
             progress: progress.clone(),
@@ -400,7 +423,16 @@ impl<P: Poller> Engine<P> {
                 Some(completion) = self.completions.recv() => self.complete(completion),
                 Some(id) = self.commit_failures.recv() => self.commit_failed(id),
                 Some((id, stored)) = self.resynced.recv() => self.resync(&id, stored),
-                Some(command) = self.commands.recv() => self.command(command),
+                Some(command) = self.commands.recv(), if self.reload_read.is_none() => self.command(command),
+                Some(read) = reload_read(&mut self.reload_read) => {
+                    self.reload_read = None;
+                    match read {
+                        Ok(prepared) => self.apply_reload(prepared),
+                        // The reply is dropped: the caller learns that the
+                        // reload was not applied.
+                        Err(err) => tracing::error!(error = %err, "reading the stored states for a reload failed; the running watch list stays"),
+                    }
+                }
                 () = self.backlog.below.notified() => {}
                 Some(expired) = self.queue.next() => {
                     let id = expired.into_inner();
@@ -477,15 +509,55 @@ impl<P: Poller> Engine<P> {
                 };
                 let _ = reply.send(found);
             }
-            Command::Reload(config, reply) => {
-                let summary = self.reload(&config);
-                let _ = reply.send(summary);
-            }
+            Command::Reload(config, reply) => self.prepare_reload(config, reply),
         }
     }
 
-    /// Reconciles the running watches with a new, valid watch list.
-    fn reload(&mut self, config: &Config) -> ReloadSummary {
+    /// Starts a reload: the stored states of the watches it adds (a watch
+    /// removed earlier and now back resumes them) are read on the blocking
+    /// pool, not on the engine loop, which meanwhile keeps polling; the
+    /// reload is applied when they are in ([`Engine::apply_reload`]).
+    fn prepare_reload(&mut self, config: Box<Config>, reply: oneshot::Sender<ReloadSummary>) {
+        let added: Vec<String> = config
+            .watches
+            .iter()
+            .filter(|w| !self.entries.contains_key(w.id.as_str()))
+            .map(|w| w.id.as_str().to_owned())
+            .collect();
+        let store = self.store.clone();
+        self.reload_read = Some(tokio::task::spawn_blocking(move || {
+            let stored = added
+                .into_iter()
+                .map(|id| {
+                    let state = store.watch(&id);
+                    (id, state)
+                })
+                .collect();
+            PreparedReload {
+                config,
+                stored,
+                reply,
+            }
+        }));
+    }
+
+    fn apply_reload(&mut self, prepared: PreparedReload) {
+        let PreparedReload {
+            config,
+            mut stored,
+            reply,
+        } = prepared;
+        let summary = self.reload(&config, &mut stored);
+        let _ = reply.send(summary);
+    }
+
+    /// Reconciles the running watches with a new, valid watch list;
+    /// `stored` holds what the store had for each watch not running before.
+    fn reload(
+        &mut self,
+        config: &Config,
+        stored: &mut HashMap<String, Result<Option<WatchState>, StoreError>>,
+    ) -> ReloadSummary {
         let mut summary = ReloadSummary::default();
         let now = self.options.clock.now();
         let wanted: HashSet<&str> = config.watches.iter().map(|w| w.id.as_str()).collect();
@@ -512,7 +584,7 @@ impl<P: Poller> Engine<P> {
                     // A watch removed by an earlier reload and now back
                     // resumes its stored state (counters, validators, last
                     // hash), as it would after a restart.
-                    let previous = match self.store.watch(id) {
+                    let previous = match stored.remove(id).unwrap_or(Ok(None)) {
                         Ok(previous) => previous,
                         Err(err) => {
                             tracing::warn!(watch = %id, error = %err, "cannot read the stored state of an added watch; it starts afresh");

@@ -702,6 +702,48 @@ async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_watch_removed_and_re_added_by_reloads_resumes_its_stored_state() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\nbackoff = 1.0\njitter = 0.0";
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&some_of(defaults, &[0, 1]), &store, poller.clone()).await;
+    run_until(secs(100), || poller.times("w0").len() >= 3).await;
+    let summary = running.handle.reload(some_of(defaults, &[1])).await;
+    assert_eq!(summary.map(|s| s.removed), Some(1));
+    run_until(secs(10), || {
+        store
+            .watch("w0")
+            .unwrap()
+            .is_some_and(|s| s.status == WatchStatus::Removed)
+    })
+    .await;
+    let before = store.watch("w0").unwrap().expect("stored");
+    assert!(before.not_modified >= 3, "{before:?}");
+
+    // Back in the list: its stored state is read off the engine loop and
+    // resumed, so its counters go on from where they were.
+    let summary = running.handle.reload(some_of(defaults, &[0, 1])).await;
+    assert_eq!(summary.map(|s| s.added), Some(1));
+    let polls = poller.times("w0").len();
+    run_until(secs(100), || poller.times("w0").len() > polls).await;
+    run_until(secs(10), || {
+        store
+            .watch("w0")
+            .unwrap()
+            .is_some_and(|s| s.not_modified > before.not_modified)
+    })
+    .await;
+    running.stop().await;
+    let after = store.watch("w0").unwrap().expect("stored");
+    assert_eq!(after.status, WatchStatus::Ok);
+    assert_eq!(
+        after.polls,
+        before.polls + (poller.times("w0").len() - polls) as u64,
+        "counted on from the stored state: {after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_late_answer_for_a_removed_and_re_added_watch_is_not_recorded() {
     let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
     let (_dir, store) = open_store();
