@@ -237,7 +237,7 @@ const JSON_PATCH: &str = "application/json-patch+json";
             content((String = "text/x-diff"), (Vec<Object> = "application/json-patch+json"))),
         (status = 400, description = "Bad version number", body = ErrorJson),
         (status = 404, description = "No such watch or version, or fewer than two versions", body = ErrorJson),
-        (status = 406, description = "A JSON patch was asked for but a body is not JSON", body = ErrorJson),
+        (status = 406, description = "Only a JSON patch is acceptable, but a body is not JSON", body = ErrorJson),
     ))]
 pub(crate) async fn diff(
     State(state): State<ApiState>,
@@ -256,12 +256,7 @@ pub(crate) async fn diff(
     };
     let from = parse("from", q.from)?;
     let to = parse("to", q.to)?;
-    let want_patch = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(','))
-        .any(|t| t.trim().starts_with(JSON_PATCH));
+    let format = negotiate(&headers);
 
     let store = state.inner.store.clone();
     let key = id.clone();
@@ -312,15 +307,101 @@ pub(crate) async fn diff(
         .map_err(|_| ApiError::Internal("two bodies expected".into()))?;
     // Diffing megabytes is CPU work: keep it off the async workers.
     let id2 = id.clone();
-    tokio::task::spawn_blocking(move || {
-        if want_patch {
-            json_patch_response(&va, &a, &vb, &b)
-        } else {
-            Ok(text_diff_response(&id2, &va, &a, &vb, &b))
-        }
+    let answer = tokio::task::spawn_blocking(move || match format {
+        DiffFormat::Text => Ok(text_diff_response(&id2, &va, &a, &vb, &b)),
+        DiffFormat::Patch { or_text } => match json_patch_response(&va, &a, &vb, &b) {
+            Err(ApiError::NotAcceptable(_)) if or_text => {
+                Ok(text_diff_response(&id2, &va, &a, &vb, &b))
+            }
+            answer => answer,
+        },
     })
     .await
-    .map_err(|err| ApiError::Internal(format!("diff task failed: {err}")))?
+    .map_err(|err| ApiError::Internal(format!("diff task failed: {err}")))?;
+    // The representation depends on `Accept`: a shared cache must not
+    // hand one client's patch to another that asked for text.
+    let mut res = answer.unwrap_or_else(IntoResponse::into_response);
+    res.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    Ok(res)
+}
+
+/// What a diff request accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiffFormat {
+    /// A unified diff: without `Accept`, or when a patch is not preferred.
+    Text,
+    /// An RFC 6902 patch; when a body is not JSON, the unified diff if the
+    /// client accepts text too (`or_text`), else 406.
+    Patch { or_text: bool },
+}
+
+/// Negotiates the diff's format from `Accept` (RFC 9110 12.5.1): each
+/// type gets the q-value of the most specific range naming it, `q=0`
+/// refuses it, and a patch is sent when it is acceptable and at least as
+/// preferred as text. An `Accept` that accepts neither gets the text diff,
+/// as every other route answers in its one format whatever `Accept` says.
+fn negotiate(headers: &HeaderMap) -> DiffFormat {
+    // (type, subtype, q in thousandths)
+    let ranges: Vec<(String, String, u16)> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let (ty, sub) = parts.next()?.trim().split_once('/')?;
+            let mut q = Some(1000);
+            for param in parts {
+                if let Some((name, value)) = param.split_once('=')
+                    && name.trim().eq_ignore_ascii_case("q")
+                {
+                    q = parse_q(value.trim());
+                }
+            }
+            Some((
+                ty.trim().to_ascii_lowercase(),
+                sub.trim().to_ascii_lowercase(),
+                q?,
+            ))
+        })
+        .collect();
+    // The q of the most specific range that matches `ty/sub`; 0 when none.
+    let quality = |ty: &str, sub: &str| {
+        let specificity = |(t, s, _): &&(String, String, u16)| match (t.as_str(), s.as_str()) {
+            (t, s) if t == ty && s == sub => Some(2),
+            (t, "*") if t == ty => Some(1),
+            ("*", "*") => Some(0),
+            _ => None,
+        };
+        ranges
+            .iter()
+            .filter_map(|r| specificity(&r).map(|rank| (rank, r.2)))
+            .max_by_key(|&(rank, _)| rank)
+            .map_or(0, |(_, q)| q)
+    };
+    let (p_ty, p_sub) = JSON_PATCH.split_once('/').unwrap_or_default();
+    let patch = quality(p_ty, p_sub);
+    let text = quality("text", "x-diff");
+    if patch > 0 && patch >= text {
+        DiffFormat::Patch { or_text: text > 0 }
+    } else {
+        DiffFormat::Text
+    }
+}
+
+/// A qvalue (`0`, `0.5`, `1.000`, …) in thousandths; `None` when malformed.
+fn parse_q(raw: &str) -> Option<u16> {
+    let (int, frac) = raw.split_once('.').unwrap_or((raw, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_value = format!("{frac:0<3}").parse::<u16>().ok()?;
+    match int {
+        "0" => Some(frac_value),
+        "1" if frac_value == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 fn json_patch_response(
@@ -443,6 +524,22 @@ mod tests {
         assert!(is_binary(&version(None, 0), b"a\0b"));
         assert!(is_binary(&version(Some("text/plain"), 0), &[0xff, 0xfe]));
         assert!(is_binary(&version(Some("image/png"), 0), b"png"));
+    }
+
+    #[test]
+    fn q_values() {
+        assert_eq!(parse_q("1"), Some(1000));
+        assert_eq!(parse_q("1.000"), Some(1000));
+        assert_eq!(parse_q("0"), Some(0));
+        assert_eq!(parse_q("0.5"), Some(500));
+        assert_eq!(parse_q("0.05"), Some(50));
+        assert_eq!(parse_q("0.001"), Some(1));
+        // RFC 9110 12.4.2: `1.` and `0.` are well-formed too.
+        assert_eq!(parse_q("1."), Some(1000));
+        assert_eq!(parse_q("0."), Some(0));
+        for bad in ["", "1.5", "2", "0.0001", "-0", "0.x", "abc", ".5"] {
+            assert!(parse_q(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

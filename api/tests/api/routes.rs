@@ -456,6 +456,75 @@ async fn diffs() {
     );
 }
 
+/// `Accept` is negotiated as RFC 9110 12.5.1 says: q-values count (`q=0`
+/// refuses a type), the media type must match exactly (case-insensitive),
+/// and a client that also takes text gets the text diff when a body is not
+/// JSON instead of a 406. The answer depends on `Accept`, so it says
+/// `Vary: Accept`.
+#[tokio::test]
+async fn diff_negotiates_accept_by_q_value() {
+    let fx = fixture();
+    fx.commit("alpha", Some((b"a\n", "text/plain")), vec![]);
+    fx.commit("alpha", Some((b"b\n", "text/plain")), vec![]);
+    fx.commit("beta", Some((br#"{"n":1}"#, "application/json")), vec![]);
+    fx.commit("beta", Some((br#"{"n":2}"#, "application/json")), vec![]);
+    let r = fx.router();
+    let diff = |uri: &str, accept: &str| {
+        Request::get(uri)
+            .header("accept", accept)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let text = "text/x-diff; charset=utf-8";
+    let patch = "application/json-patch+json";
+    for (watch, accept, want) in [
+        // JSON bodies.
+        ("beta", "application/json-patch+json", patch),
+        ("beta", "APPLICATION/JSON-PATCH+JSON", patch),
+        ("beta", "*/*, application/json-patch+json", patch),
+        ("beta", "application/json-patch+json;q=0", text),
+        ("beta", "application/json-patch+json; q=0.0, */*", text),
+        (
+            "beta",
+            "text/x-diff, application/json-patch+json;q=0.5",
+            text,
+        ),
+        ("beta", "application/json-patch+jsonx", text),
+        ("beta", "application/json", text),
+        // Not JSON, but text is acceptable too: the text diff, not 406.
+        (
+            "alpha",
+            "application/json-patch+json, text/x-diff;q=0.5",
+            text,
+        ),
+        ("alpha", "application/json-patch+json, text/*;q=0.1", text),
+        ("alpha", "application/json-patch+json, */*;q=0.1", text),
+    ] {
+        let res = send(&r, diff(&format!("/v1/watches/{watch}/diff"), accept)).await;
+        assert_eq!(
+            res.status,
+            StatusCode::OK,
+            "{watch} {accept}: {:?}",
+            res.text()
+        );
+        assert_eq!(res.header("content-type"), Some(want), "{watch} {accept}");
+        assert_eq!(res.header("vary"), Some("accept"), "{watch} {accept}");
+    }
+    // Only a patch is acceptable, and a body is not JSON: 406, as documented.
+    for accept in [
+        "application/json-patch+json",
+        "application/json-patch+json, text/x-diff;q=0",
+    ] {
+        let msg = send(&r, diff("/v1/watches/alpha/diff", accept))
+            .await
+            .error(StatusCode::NOT_ACCEPTABLE);
+        assert!(msg.contains("not JSON"), "{accept}: {msg}");
+    }
+    let res = get(&r, "/v1/watches/alpha/diff").await;
+    assert_eq!(res.header("content-type"), Some(text));
+    assert_eq!(res.header("vary"), Some("accept"));
+}
+
 #[tokio::test]
 async fn token_guards_v1_only() {
     let mut opts = ApiOptions::new();
