@@ -2,6 +2,7 @@
 //! conditional-GET cache: strong `ETag`, `Last-Modified`, 304), and
 //! `/v1/watches/{id}/diff` (unified text diff or RFC 6902 patch).
 
+use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
@@ -424,49 +425,71 @@ fn json_patch_response(
     Ok(([(header::CONTENT_TYPE, JSON_PATCH)], body).into_response())
 }
 
-/// Whether a body is to be treated as binary: not UTF-8, or with NUL bytes
-/// (what git looks at), or a media type that is not text.
-fn is_binary(v: &Version, body: &[u8]) -> bool {
-    let textual_type = v.content_type.as_deref().is_none_or(|ct| {
-        let ct = ct.to_ascii_lowercase();
-        ct.starts_with("text/")
-            || ct.contains("json")
-            || ct.contains("xml")
-            || ct.contains("javascript")
-            || ct.contains("yaml")
-            || ct.contains("csv")
-            || ct.starts_with("application/x-www-form-urlencoded")
+/// The text of a body for the line diff, decoded from the charset a
+/// UTF-16 BOM names, else the one its `Content-Type` declares, else UTF-8;
+/// `None` when it is to be treated as binary: a media type that is not
+/// text, bytes that are not valid in that charset, or NUL characters (what
+/// git looks at).
+fn text_of<'a>(v: &Version, body: &'a [u8]) -> Option<Cow<'a, str>> {
+    let ct = v.content_type.as_deref().map(str::to_ascii_lowercase);
+    let mut params = ct.as_deref().unwrap_or("").split(';');
+    let essence = params.next().unwrap_or("").trim();
+    let textual_type = ct.is_none()
+        || essence.starts_with("text/")
+        || essence.contains("json")
+        || essence.contains("xml")
+        || essence.contains("javascript")
+        || essence.contains("yaml")
+        || essence.contains("csv")
+        || essence == "application/x-www-form-urlencoded";
+    if !textual_type {
+        return None;
+    }
+    let declared = params.find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        (name.trim() == "charset").then(|| value.trim().trim_matches('"'))
     });
-    !textual_type || body.contains(&0) || std::str::from_utf8(body).is_err()
+    let utf16_bom = encoding_rs::Encoding::for_bom(body)
+        .map(|(e, _)| e)
+        .filter(|e| *e != encoding_rs::UTF_8);
+    // An unknown label is tried as UTF-8, as a body without one is.
+    let encoding = utf16_bom
+        .or_else(|| declared.and_then(|l| encoding_rs::Encoding::for_label(l.as_bytes())))
+        .unwrap_or(encoding_rs::UTF_8);
+    let text = if encoding == encoding_rs::UTF_8 {
+        Cow::Borrowed(std::str::from_utf8(body).ok()?)
+    } else {
+        let (text, malformed) = encoding.decode_with_bom_removal(body);
+        if malformed {
+            return None;
+        }
+        text
+    };
+    (!text.contains('\0')).then_some(text)
 }
 
 fn text_diff_response(id: &str, va: &Version, a: &[u8], vb: &Version, b: &[u8]) -> Response {
     let old = format!("{id}@{}", va.number);
     let new = format!("{id}@{}", vb.number);
-    let text = if is_binary(va, a) || is_binary(vb, b) {
-        if va.hash == vb.hash {
-            String::new()
-        } else {
-            format!(
-                "Binary versions {old} and {new} differ ({} -> {} bytes, {} -> {})\n",
-                va.size,
-                vb.size,
-                short(&va.hash),
-                short(&vb.hash)
-            )
+    let text = match (text_of(va, a), text_of(vb, b)) {
+        (Some(a), Some(b)) => {
+            let diff = similar::TextDiff::configure()
+                .algorithm(similar::Algorithm::Myers)
+                .deadline(std::time::Instant::now() + DIFF_DEADLINE)
+                .diff_lines(a.as_ref(), b.as_ref());
+            diff.unified_diff()
+                .context_radius(3)
+                .header(&old, &new)
+                .to_string()
         }
-    } else {
-        // Both are valid UTF-8 (checked by is_binary).
-        let a = String::from_utf8_lossy(a);
-        let b = String::from_utf8_lossy(b);
-        let diff = similar::TextDiff::configure()
-            .algorithm(similar::Algorithm::Myers)
-            .deadline(std::time::Instant::now() + DIFF_DEADLINE)
-            .diff_lines(a.as_ref(), b.as_ref());
-        diff.unified_diff()
-            .context_radius(3)
-            .header(&old, &new)
-            .to_string()
+        _ if va.hash == vb.hash => String::new(),
+        _ => format!(
+            "Binary versions {old} and {new} differ ({} -> {} bytes, {} -> {})\n",
+            va.size,
+            vb.size,
+            short(&va.hash),
+            short(&vb.hash)
+        ),
     };
     ([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], text).into_response()
 }
@@ -519,11 +542,19 @@ mod tests {
 
     #[test]
     fn binary_detection() {
-        assert!(!is_binary(&version(Some("application/json"), 0), b"{}"));
-        assert!(!is_binary(&version(None, 0), b"plain"));
-        assert!(is_binary(&version(None, 0), b"a\0b"));
-        assert!(is_binary(&version(Some("text/plain"), 0), &[0xff, 0xfe]));
-        assert!(is_binary(&version(Some("image/png"), 0), b"png"));
+        let is_binary = |ct: Option<&str>, body: &[u8]| text_of(&version(ct, 0), body).is_none();
+        assert!(!is_binary(Some("application/json"), b"{}"));
+        assert!(!is_binary(None, b"plain"));
+        assert!(is_binary(None, b"a\0b"));
+        assert!(is_binary(Some("text/plain"), &[0xc3, 0x28]));
+        assert!(is_binary(Some("image/png"), b"png"));
+        assert!(is_binary(Some("image/png; charset=utf-8"), b"png"));
+        assert!(!is_binary(Some("Text/Plain; Charset=latin1"), &[0xe9]));
+        assert!(!is_binary(Some("text/plain; charset=no-such"), b"plain"));
+        assert!(is_binary(Some("text/plain; charset=no-such"), &[0xe9]));
+        // A UTF-16 BOM decides; its NUL bytes are not NUL characters.
+        assert!(!is_binary(Some("text/plain"), &[0xff, 0xfe, b'a', 0]));
+        assert!(is_binary(Some("text/plain"), &[0xff, 0xfe, 0, 0]));
     }
 
     #[test]
