@@ -2,6 +2,7 @@
 //! conditional-GET cache: strong `ETag`, `Last-Modified`, 304), and
 //! `/v1/watches/{id}/diff` (unified text diff or RFC 6902 patch).
 
+use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
@@ -237,7 +238,7 @@ const JSON_PATCH: &str = "application/json-patch+json";
             content((String = "text/x-diff"), (Vec<Object> = "application/json-patch+json"))),
         (status = 400, description = "Bad version number", body = ErrorJson),
         (status = 404, description = "No such watch or version, or fewer than two versions", body = ErrorJson),
-        (status = 406, description = "A JSON patch was asked for but a body is not JSON", body = ErrorJson),
+        (status = 406, description = "Only a JSON patch is acceptable, but a body is not JSON", body = ErrorJson),
     ))]
 pub(crate) async fn diff(
     State(state): State<ApiState>,
@@ -256,12 +257,7 @@ pub(crate) async fn diff(
     };
     let from = parse("from", q.from)?;
     let to = parse("to", q.to)?;
-    let want_patch = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(','))
-        .any(|t| t.trim().starts_with(JSON_PATCH));
+    let format = negotiate(&headers);
 
     let store = state.inner.store.clone();
     let key = id.clone();
@@ -312,15 +308,101 @@ pub(crate) async fn diff(
         .map_err(|_| ApiError::Internal("two bodies expected".into()))?;
     // Diffing megabytes is CPU work: keep it off the async workers.
     let id2 = id.clone();
-    tokio::task::spawn_blocking(move || {
-        if want_patch {
-            json_patch_response(&va, &a, &vb, &b)
-        } else {
-            Ok(text_diff_response(&id2, &va, &a, &vb, &b))
-        }
+    let answer = tokio::task::spawn_blocking(move || match format {
+        DiffFormat::Text => Ok(text_diff_response(&id2, &va, &a, &vb, &b)),
+        DiffFormat::Patch { or_text } => match json_patch_response(&va, &a, &vb, &b) {
+            Err(ApiError::NotAcceptable(_)) if or_text => {
+                Ok(text_diff_response(&id2, &va, &a, &vb, &b))
+            }
+            answer => answer,
+        },
     })
     .await
-    .map_err(|err| ApiError::Internal(format!("diff task failed: {err}")))?
+    .map_err(|err| ApiError::Internal(format!("diff task failed: {err}")))?;
+    // The representation depends on `Accept`: a shared cache must not
+    // hand one client's patch to another that asked for text.
+    let mut res = answer.unwrap_or_else(IntoResponse::into_response);
+    res.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    Ok(res)
+}
+
+/// What a diff request accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiffFormat {
+    /// A unified diff: without `Accept`, or when a patch is not preferred.
+    Text,
+    /// An RFC 6902 patch; when a body is not JSON, the unified diff if the
+    /// client accepts text too (`or_text`), else 406.
+    Patch { or_text: bool },
+}
+
+/// Negotiates the diff's format from `Accept` (RFC 9110 12.5.1): each
+/// type gets the q-value of the most specific range naming it, `q=0`
+/// refuses it, and a patch is sent when it is acceptable and at least as
+/// preferred as text. An `Accept` that accepts neither gets the text diff,
+/// as every other route answers in its one format whatever `Accept` says.
+fn negotiate(headers: &HeaderMap) -> DiffFormat {
+    // (type, subtype, q in thousandths)
+    let ranges: Vec<(String, String, u16)> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let (ty, sub) = parts.next()?.trim().split_once('/')?;
+            let mut q = Some(1000);
+            for param in parts {
+                if let Some((name, value)) = param.split_once('=')
+                    && name.trim().eq_ignore_ascii_case("q")
+                {
+                    q = parse_q(value.trim());
+                }
+            }
+            Some((
+                ty.trim().to_ascii_lowercase(),
+                sub.trim().to_ascii_lowercase(),
+                q?,
+            ))
+        })
+        .collect();
+    // The q of the most specific range that matches `ty/sub`; 0 when none.
+    let quality = |ty: &str, sub: &str| {
+        let specificity = |(t, s, _): &&(String, String, u16)| match (t.as_str(), s.as_str()) {
+            (t, s) if t == ty && s == sub => Some(2),
+            (t, "*") if t == ty => Some(1),
+            ("*", "*") => Some(0),
+            _ => None,
+        };
+        ranges
+            .iter()
+            .filter_map(|r| specificity(&r).map(|rank| (rank, r.2)))
+            .max_by_key(|&(rank, _)| rank)
+            .map_or(0, |(_, q)| q)
+    };
+    let (p_ty, p_sub) = JSON_PATCH.split_once('/').unwrap_or_default();
+    let patch = quality(p_ty, p_sub);
+    let text = quality("text", "x-diff");
+    if patch > 0 && patch >= text {
+        DiffFormat::Patch { or_text: text > 0 }
+    } else {
+        DiffFormat::Text
+    }
+}
+
+/// A qvalue (`0`, `0.5`, `1.000`, …) in thousandths; `None` when malformed.
+fn parse_q(raw: &str) -> Option<u16> {
+    let (int, frac) = raw.split_once('.').unwrap_or((raw, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_value = format!("{frac:0<3}").parse::<u16>().ok()?;
+    match int {
+        "0" => Some(frac_value),
+        "1" if frac_value == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 fn json_patch_response(
@@ -343,49 +425,71 @@ fn json_patch_response(
     Ok(([(header::CONTENT_TYPE, JSON_PATCH)], body).into_response())
 }
 
-/// Whether a body is to be treated as binary: not UTF-8, or with NUL bytes
-/// (what git looks at), or a media type that is not text.
-fn is_binary(v: &Version, body: &[u8]) -> bool {
-    let textual_type = v.content_type.as_deref().is_none_or(|ct| {
-        let ct = ct.to_ascii_lowercase();
-        ct.starts_with("text/")
-            || ct.contains("json")
-            || ct.contains("xml")
-            || ct.contains("javascript")
-            || ct.contains("yaml")
-            || ct.contains("csv")
-            || ct.starts_with("application/x-www-form-urlencoded")
+/// The text of a body for the line diff, decoded from the charset a
+/// UTF-16 BOM names, else the one its `Content-Type` declares, else UTF-8;
+/// `None` when it is to be treated as binary: a media type that is not
+/// text, bytes that are not valid in that charset, or NUL characters (what
+/// git looks at).
+fn text_of<'a>(v: &Version, body: &'a [u8]) -> Option<Cow<'a, str>> {
+    let ct = v.content_type.as_deref().map(str::to_ascii_lowercase);
+    let mut params = ct.as_deref().unwrap_or("").split(';');
+    let essence = params.next().unwrap_or("").trim();
+    let textual_type = ct.is_none()
+        || essence.starts_with("text/")
+        || essence.contains("json")
+        || essence.contains("xml")
+        || essence.contains("javascript")
+        || essence.contains("yaml")
+        || essence.contains("csv")
+        || essence == "application/x-www-form-urlencoded";
+    if !textual_type {
+        return None;
+    }
+    let declared = params.find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        (name.trim() == "charset").then(|| value.trim().trim_matches('"'))
     });
-    !textual_type || body.contains(&0) || std::str::from_utf8(body).is_err()
+    let utf16_bom = encoding_rs::Encoding::for_bom(body)
+        .map(|(e, _)| e)
+        .filter(|e| *e != encoding_rs::UTF_8);
+    // An unknown label is tried as UTF-8, as a body without one is.
+    let encoding = utf16_bom
+        .or_else(|| declared.and_then(|l| encoding_rs::Encoding::for_label(l.as_bytes())))
+        .unwrap_or(encoding_rs::UTF_8);
+    let text = if encoding == encoding_rs::UTF_8 {
+        Cow::Borrowed(std::str::from_utf8(body).ok()?)
+    } else {
+        let (text, malformed) = encoding.decode_with_bom_removal(body);
+        if malformed {
+            return None;
+        }
+        text
+    };
+    (!text.contains('\0')).then_some(text)
 }
 
 fn text_diff_response(id: &str, va: &Version, a: &[u8], vb: &Version, b: &[u8]) -> Response {
     let old = format!("{id}@{}", va.number);
     let new = format!("{id}@{}", vb.number);
-    let text = if is_binary(va, a) || is_binary(vb, b) {
-        if va.hash == vb.hash {
-            String::new()
-        } else {
-            format!(
-                "Binary versions {old} and {new} differ ({} -> {} bytes, {} -> {})\n",
-                va.size,
-                vb.size,
-                short(&va.hash),
-                short(&vb.hash)
-            )
+    let text = match (text_of(va, a), text_of(vb, b)) {
+        (Some(a), Some(b)) => {
+            let diff = similar::TextDiff::configure()
+                .algorithm(similar::Algorithm::Myers)
+                .deadline(std::time::Instant::now() + DIFF_DEADLINE)
+                .diff_lines(a.as_ref(), b.as_ref());
+            diff.unified_diff()
+                .context_radius(3)
+                .header(&old, &new)
+                .to_string()
         }
-    } else {
-        // Both are valid UTF-8 (checked by is_binary).
-        let a = String::from_utf8_lossy(a);
-        let b = String::from_utf8_lossy(b);
-        let diff = similar::TextDiff::configure()
-            .algorithm(similar::Algorithm::Myers)
-            .deadline(std::time::Instant::now() + DIFF_DEADLINE)
-            .diff_lines(a.as_ref(), b.as_ref());
-        diff.unified_diff()
-            .context_radius(3)
-            .header(&old, &new)
-            .to_string()
+        _ if va.hash == vb.hash => String::new(),
+        _ => format!(
+            "Binary versions {old} and {new} differ ({} -> {} bytes, {} -> {})\n",
+            va.size,
+            vb.size,
+            short(&va.hash),
+            short(&vb.hash)
+        ),
     };
     ([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], text).into_response()
 }
@@ -438,11 +542,35 @@ mod tests {
 
     #[test]
     fn binary_detection() {
-        assert!(!is_binary(&version(Some("application/json"), 0), b"{}"));
-        assert!(!is_binary(&version(None, 0), b"plain"));
-        assert!(is_binary(&version(None, 0), b"a\0b"));
-        assert!(is_binary(&version(Some("text/plain"), 0), &[0xff, 0xfe]));
-        assert!(is_binary(&version(Some("image/png"), 0), b"png"));
+        let is_binary = |ct: Option<&str>, body: &[u8]| text_of(&version(ct, 0), body).is_none();
+        assert!(!is_binary(Some("application/json"), b"{}"));
+        assert!(!is_binary(None, b"plain"));
+        assert!(is_binary(None, b"a\0b"));
+        assert!(is_binary(Some("text/plain"), &[0xc3, 0x28]));
+        assert!(is_binary(Some("image/png"), b"png"));
+        assert!(is_binary(Some("image/png; charset=utf-8"), b"png"));
+        assert!(!is_binary(Some("Text/Plain; Charset=latin1"), &[0xe9]));
+        assert!(!is_binary(Some("text/plain; charset=no-such"), b"plain"));
+        assert!(is_binary(Some("text/plain; charset=no-such"), &[0xe9]));
+        // A UTF-16 BOM decides; its NUL bytes are not NUL characters.
+        assert!(!is_binary(Some("text/plain"), &[0xff, 0xfe, b'a', 0]));
+        assert!(is_binary(Some("text/plain"), &[0xff, 0xfe, 0, 0]));
+    }
+
+    #[test]
+    fn q_values() {
+        assert_eq!(parse_q("1"), Some(1000));
+        assert_eq!(parse_q("1.000"), Some(1000));
+        assert_eq!(parse_q("0"), Some(0));
+        assert_eq!(parse_q("0.5"), Some(500));
+        assert_eq!(parse_q("0.05"), Some(50));
+        assert_eq!(parse_q("0.001"), Some(1));
+        // RFC 9110 12.4.2: `1.` and `0.` are well-formed too.
+        assert_eq!(parse_q("1."), Some(1000));
+        assert_eq!(parse_q("0."), Some(0));
+        for bad in ["", "1.5", "2", "0.0001", "-0", "0.x", "abc", ".5"] {
+            assert!(parse_q(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -456,6 +456,162 @@ async fn diffs() {
     );
 }
 
+/// `Accept` is negotiated as RFC 9110 12.5.1 says: q-values count (`q=0`
+/// refuses a type), the media type must match exactly (case-insensitive),
+/// and a client that also takes text gets the text diff when a body is not
+/// JSON instead of a 406. The answer depends on `Accept`, so it says
+/// `Vary: Accept`.
+#[tokio::test]
+async fn diff_negotiates_accept_by_q_value() {
+    let fx = fixture();
+    fx.commit("alpha", Some((b"a\n", "text/plain")), vec![]);
+    fx.commit("alpha", Some((b"b\n", "text/plain")), vec![]);
+    fx.commit("beta", Some((br#"{"n":1}"#, "application/json")), vec![]);
+    fx.commit("beta", Some((br#"{"n":2}"#, "application/json")), vec![]);
+    let r = fx.router();
+    let diff = |uri: &str, accept: &str| {
+        Request::get(uri)
+            .header("accept", accept)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let text = "text/x-diff; charset=utf-8";
+    let patch = "application/json-patch+json";
+    for (watch, accept, want) in [
+        // JSON bodies.
+        ("beta", "application/json-patch+json", patch),
+        ("beta", "APPLICATION/JSON-PATCH+JSON", patch),
+        ("beta", "*/*, application/json-patch+json", patch),
+        ("beta", "application/json-patch+json;q=0", text),
+        ("beta", "application/json-patch+json; q=0.0, */*", text),
+        (
+            "beta",
+            "text/x-diff, application/json-patch+json;q=0.5",
+            text,
+        ),
+        ("beta", "application/json-patch+jsonx", text),
+        ("beta", "application/json", text),
+        // Not JSON, but text is acceptable too: the text diff, not 406.
+        (
+            "alpha",
+            "application/json-patch+json, text/x-diff;q=0.5",
+            text,
+        ),
+        ("alpha", "application/json-patch+json, text/*;q=0.1", text),
+        ("alpha", "application/json-patch+json, */*;q=0.1", text),
+    ] {
+        let res = send(&r, diff(&format!("/v1/watches/{watch}/diff"), accept)).await;
+        assert_eq!(
+            res.status,
+            StatusCode::OK,
+            "{watch} {accept}: {:?}",
+            res.text()
+        );
+        assert_eq!(res.header("content-type"), Some(want), "{watch} {accept}");
+        assert_eq!(res.header("vary"), Some("accept"), "{watch} {accept}");
+    }
+    // Only a patch is acceptable, and a body is not JSON: 406, as documented.
+    for accept in [
+        "application/json-patch+json",
+        "application/json-patch+json, text/x-diff;q=0",
+    ] {
+        let msg = send(&r, diff("/v1/watches/alpha/diff", accept))
+            .await
+            .error(StatusCode::NOT_ACCEPTABLE);
+        assert!(msg.contains("not JSON"), "{accept}: {msg}");
+    }
+    let res = get(&r, "/v1/watches/alpha/diff").await;
+    assert_eq!(res.header("content-type"), Some(text));
+    assert_eq!(res.header("vary"), Some("accept"));
+}
+
+/// Text in the charset its `Content-Type` declares (or that a UTF-16 BOM
+/// names) is text: it is decoded and diffed line by line, the diff in
+/// UTF-8, not summarized as binary. Bytes that are not valid in the
+/// charset, or NULs, still make a body binary.
+#[tokio::test]
+async fn diffs_decode_the_declared_charset() {
+    let fx = fixture();
+    let r = fx.router();
+    let diff_of = |id: &str, old: &[u8], old_type: &str, new: &[u8], new_type: &str| {
+        fx.commit(id, Some((old, old_type)), vec![]);
+        fx.commit(id, Some((new, new_type)), vec![]);
+        let r = r.clone();
+        let uri = format!("/v1/watches/{id}/diff");
+        async move {
+            let res = get(&r, &uri).await;
+            assert_eq!(res.status, StatusCode::OK, "{uri}");
+            assert_eq!(
+                res.header("content-type"),
+                Some("text/x-diff; charset=utf-8")
+            );
+            res.text()
+        }
+    };
+    let latin1 = "text/html; charset=ISO-8859-1";
+    let text = diff_of(
+        "latin",
+        b"<p>caf\xe9</p>\nsame\n",
+        latin1,
+        b"<p>caf\xe8</p>\nsame\n",
+        latin1,
+    )
+    .await;
+    assert_eq!(
+        text,
+        "--- latin@1\n+++ latin@2\n@@ -1,2 +1,2 @@\n-<p>caf\u{e9}</p>\n+<p>caf\u{e8}</p>\n same\n"
+    );
+    // A quoted label, another family of charsets.
+    let sjis = "text/plain; charset=\"Shift_JIS\"";
+    let text = diff_of(
+        "sjis",
+        b"\x93\xfa\x96\x7b\n",
+        sjis,
+        b"\x93\xfa\x96\x7b\n\x8c\xea\n",
+        sjis,
+    )
+    .await;
+    assert!(text.ends_with(" \u{65e5}\u{672c}\n+\u{8a9e}\n"), "{text}");
+    // UTF-16 with its BOM, no charset declared.
+    let utf16 = |s: &str| {
+        let mut b = vec![0xff, 0xfe];
+        b.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+        b
+    };
+    let text = diff_of(
+        "wide",
+        &utf16("one\ntwo\n"),
+        "text/csv",
+        &utf16("one\n2\n"),
+        "text/csv",
+    )
+    .await;
+    assert!(text.ends_with(" one\n-two\n+2\n"), "{text}");
+    // A charset change alone is no change of the text.
+    let text = diff_of(
+        "moved",
+        b"caf\xe9\n",
+        latin1,
+        "caf\u{e9}\n".as_bytes(),
+        "text/html; charset=utf-8",
+    )
+    .await;
+    assert_eq!(text, "");
+
+    // Still binary: not UTF-8 with none declared, NULs, invalid in the charset.
+    for (id, old, ct) in [
+        ("raw", &b"caf\xe9\n"[..], "text/plain"),
+        ("nul", &b"a\0b\n"[..], latin1),
+        ("bad", &b"\x82\n"[..], "text/plain; charset=shift_jis"),
+    ] {
+        let text = diff_of(id, old, ct, b"plain\n", ct).await;
+        assert!(
+            text.starts_with(&format!("Binary versions {id}@1 and {id}@2 differ")),
+            "{id}: {text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn token_guards_v1_only() {
     let mut opts = ApiOptions::new();
