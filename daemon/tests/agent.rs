@@ -1617,3 +1617,40 @@ async fn a_jobs_202_that_meets_fail_if_ends_the_poll_as_failed() {
     assert_eq!(received(&server).await.len(), 2);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Spring Data REST's pages: a comma in the next URL's query, and a
+/// `rel=preload` link without a value before it. The next page used to be
+/// missed (the whole field was dropped), so only page one was ever stored.
+#[tokio::test]
+async fn a_link_next_with_a_comma_in_its_query_is_followed() {
+    let server = MockServer::start().await;
+    Mock::given(path("/items"))
+        .and(query_param("page", "1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header(
+                    "link",
+                    "</s.css>; as=style; crossorigin, </items?page=2&sort=name,asc>;rel=\"next\"",
+                )
+                .set_body_string("one"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/items"))
+        .and(query_param("page", "2"))
+        .and(query_param("sort", "name,asc"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("two"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/items?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"one\ntwo"),
+        other => panic!("{other:?}"),
+    }
+    let expected = format!("{}/items?page=2&sort=name,asc", server.uri());
+    assert_eq!(out.cursor.as_deref(), Some(expected.as_str()));
+}
