@@ -1654,3 +1654,85 @@ async fn a_link_next_with_a_comma_in_its_query_is_followed() {
     let expected = format!("{}/items?page=2&sort=name,asc", server.uri());
     assert_eq!(out.cursor.as_deref(), Some(expected.as_str()));
 }
+
+/// RFC 9110 §10.2.3: on a 3xx, `Retry-After` is the wait before the
+/// redirected request. A 302 / 307 asking for more than a poll may take
+/// used to end the poll as rate limited, and the next poll asked the
+/// original URL again, got the same answer, and so never reached the
+/// target: the watch stayed `rate_limited` for ever. Now the next poll,
+/// after that wait, requests the target, as after a 303.
+#[tokio::test]
+async fn a_302_or_307_retry_after_beyond_the_deadline_leaves_its_target_to_the_next_poll() {
+    for code in [302u16, 307] {
+        let server = MockServer::start().await;
+        Mock::given(path("/wait"))
+            .respond_with(
+                ResponseTemplate::new(code)
+                    .insert_header("location", "/later")
+                    .insert_header("retry-after", "30"),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(path("/later"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("there"))
+            .mount(&server)
+            .await;
+        let w = watch(&format!("{}/wait", server.uri()), "");
+        let started = Instant::now();
+        let out = poll(&w).await;
+        assert!(started.elapsed() < Duration::from_secs(2), "did not sleep");
+        let job = match &out.kind {
+            OutcomeKind::JobPending { job } => job.clone(),
+            other => panic!("{code}: {other:?}"),
+        };
+        assert_eq!(job.path(), "/later");
+        assert_eq!(out.status, Some(code));
+        assert_eq!(out.hints.retry_after, Some(Duration::from_secs(30)));
+        assert_eq!(received(&server).await.len(), 1, "/later not requested yet");
+        let out = agent()
+            .poll(PollRequest {
+                watch: &w,
+                url: &w.url,
+                etag: None,
+                last_modified: None,
+                cursor: None,
+                last_hash: None,
+                job: Some(job.as_str()),
+            })
+            .await;
+        match &out.kind {
+            OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"there"),
+            other => panic!("{code}: {other:?}"),
+        }
+        let requests = received(&server).await;
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].url.path(), "/later");
+    }
+}
+
+/// A 307 keeps a POST a POST: the next poll cannot resume it as a GET, so
+/// that answer stays a rate-limited wait at the configured URL.
+#[tokio::test]
+async fn a_307_after_post_with_a_long_retry_after_is_not_resumed_as_a_get() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/submit"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", "/other")
+                .insert_header("retry-after", "30"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/submit", server.uri()),
+        "method = \"POST\"\nbody = \"q=1\"",
+    );
+    let out = poll(&w).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::RateLimited),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(30)));
+}

@@ -148,8 +148,9 @@ pub enum OutcomeKind {
     },
     /// 410: the resource is gone.
     Gone,
-    /// An async job (202 + `Location`, or a 303 to its result) asked for a
-    /// wait longer than the poll may take: the next poll resumes at `job`.
+    /// An async job (202 + `Location`, or a 303 to its result), or a
+    /// redirect to be followed with a GET, asked for a wait longer than
+    /// the poll may take: the next poll resumes at `job`.
     JobPending {
         /// Where to GET next.
         job: Url,
@@ -685,14 +686,21 @@ impl Agent {
                 // Let the connection go before any wait: an unread response
                 // held across a Retry-After kept it out of the pool.
                 drop(response);
-                // A Retry-After on a 3xx is honoured before following; a
-                // 303 (a job's result) too long to wait for is where the
-                // next poll resumes.
-                let job_result = status == StatusCode::SEE_OTHER;
+                // A Retry-After on a 3xx is the wait before the redirected
+                // request (RFC 9110 §10.2.3): honoured before following. A
+                // target too long to wait for is where the next poll
+                // resumes, when that request is a GET (a 303, any redirect
+                // of a GET, a 301/302 after a POST), as a job's status is
+                // resumed. Ending it as rate limited instead (as all but
+                // the 303 did) sent the next poll to the original URL,
+                // which answered the same: the target was never reached.
+                // A 307/308 of a POST must stay a POST, which a resumed
+                // poll does not send: that one still ends rate limited.
+                let resumable = method == Method::GET;
                 self.wait_retry_after(request, &headers, deadline)
                     .await
                     .map_err(|outcome| {
-                        if job_result {
+                        if resumable {
                             PollOutcome::job_pending(request, &target, status, outcome.hints)
                         } else {
                             outcome
