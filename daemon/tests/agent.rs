@@ -1736,3 +1736,69 @@ async fn a_307_after_post_with_a_long_retry_after_is_not_resumed_as_a_get() {
     );
     assert_eq!(out.hints.not_before, Some(Duration::from_secs(30)));
 }
+
+/// GitHub's `/stats/*` answer a GET with `202 Accepted` and `{}` while
+/// they compute (RFC 9110 §15.3.3: accepted, not completed). That answer
+/// used to be stored as a version, and the real one as the next: a
+/// spurious `{}` version each time the server recomputed. Now it makes no
+/// version: the poll ends pending at the same URL, after its Retry-After.
+#[tokio::test]
+async fn a_get_answered_202_without_location_makes_no_version() {
+    let server = MockServer::start().await;
+    Mock::given(path("/stats"))
+        .respond_with(Sequence {
+            times: Arc::default(),
+            served: Default::default(),
+            responses: vec![
+                ResponseTemplate::new(202)
+                    .insert_header("retry-after", "20")
+                    .set_body_string("{}"),
+                ResponseTemplate::new(200).set_body_string("[1,2,3]"),
+            ],
+        })
+        .mount(&server)
+        .await;
+    let w = watch(&format!("{}/stats", server.uri()), "");
+    let out = poll(&w).await;
+    let job = match &out.kind {
+        OutcomeKind::JobPending { job } => job.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(job, w.url);
+    assert_eq!(out.status, Some(202));
+    assert_eq!(out.hints.retry_after, Some(Duration::from_secs(20)));
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(20)));
+    assert_eq!(received(&server).await.len(), 1, "one request per poll");
+    let out = agent()
+        .poll(PollRequest {
+            watch: &w,
+            url: &w.url,
+            etag: None,
+            last_modified: None,
+            cursor: None,
+            last_hash: None,
+            job: Some(job.as_str()),
+        })
+        .await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"[1,2,3]"),
+        other => panic!("{other:?}"),
+    }
+    // `until = ["status=202"]` still holds on such an answer.
+    let server = MockServer::start().await;
+    Mock::given(path("/stats"))
+        .respond_with(ResponseTemplate::new(202).set_body_string("{}"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/stats", server.uri()),
+        "until = [\"status=202\"]",
+    );
+    let out = poll(&w).await;
+    assert!(
+        matches!(out.finished, Some(Finished::Done { .. })),
+        "{:?} {:?}",
+        out.kind,
+        out.finished
+    );
+}

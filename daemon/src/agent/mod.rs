@@ -764,6 +764,38 @@ impl Agent {
                 continue;
             }
 
+            if status == StatusCode::ACCEPTED && method == Method::GET {
+                // A GET answered 202 without a status URL (GitHub's
+                // `/stats/*` while they compute): accepted, not completed
+                // (RFC 9110 §15.3.3), so no version of it. It used to be
+                // stored, and the real answer after it as another version.
+                // The poll ends pending at this URL, after its Retry-After,
+                // unless the answer settles the watch.
+                let read = body::read(Some(response), watch.policy.max_body, &url).await;
+                let body = read.unwrap_or_default();
+                if finished(watch, status, &headers, &body).is_some() {
+                    return Ok(Exchange {
+                        status,
+                        headers,
+                        final_url: url,
+                        moved_permanently: moved,
+                        response_body: None,
+                        body: Some(body),
+                    });
+                }
+                let now = SystemTime::now();
+                let cap = watch.policy.max_retry_after;
+                let mut hints = hints::hints(status.as_u16(), &headers, now, cap);
+                if let Some(wait) = hints::retry_after(&headers, now) {
+                    hints.retry_after = Some(wait);
+                    if hints.not_before.is_none_or(|n| n < wait.min(cap)) {
+                        hints.not_before = Some(wait.min(cap));
+                        hints.reason = Some("Retry-After");
+                    }
+                }
+                return Err(PollOutcome::job_pending(request, &url, status, hints));
+            }
+
             return Ok(Exchange {
                 status,
                 headers,
