@@ -1802,3 +1802,51 @@ async fn a_get_answered_202_without_location_makes_no_version() {
         out.finished
     );
 }
+
+/// A `rel=next` back to a page this poll already fetched (a server whose
+/// last page links to the first, or a page to itself) ends the pages: it
+/// used to be fetched again and again up to the page cap, its content
+/// joined into the version once per visit.
+#[tokio::test]
+async fn a_link_next_back_to_a_fetched_page_ends_the_pages() {
+    let server = MockServer::start().await;
+    for (page, next, body) in [("1", "2", "one"), ("2", "1", "two")] {
+        Mock::given(path("/ring"))
+            .and(query_param("page", page))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("link", format!("</ring?page={next}>; rel=next").as_str())
+                    .set_body_string(body),
+            )
+            .mount(&server)
+            .await;
+    }
+    Mock::given(path("/self"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", "</self>; rel=next")
+                .set_body_string("self"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/ring?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"one\ntwo"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(received(&server).await.len(), 2);
+    let w = watch(
+        &format!("{}/self", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"self"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(received(&server).await.len(), 3, "the page once");
+}

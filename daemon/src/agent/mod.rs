@@ -320,6 +320,8 @@ impl Agent {
         let mut bytes_received = 0u64;
         let mut cursor_now = request.cursor.map(str::to_owned);
         let mut page_url = first_url;
+        // Pages requested in this poll: a next page among them is a cycle.
+        let mut fetched: HashSet<Url> = HashSet::new();
         let mut first: Option<Exchange> = None;
         let mut last: Option<Exchange> = None;
         let mut nothing_new = false;
@@ -334,6 +336,7 @@ impl Agent {
             } else {
                 None
             };
+            fetched.insert(page_url.clone());
             let mut exchange = match self
                 .exchange(request, &page_url, job, conditional, deadline)
                 .await
@@ -444,6 +447,13 @@ impl Agent {
                     // one. It used to be followed (and stored) unchecked.
                     let from = last.as_ref().map_or(&page_url, |e| &e.final_url);
                     if redirect::refusal(from, &next_url, self.allow_private_redirects).is_some() {
+                        break;
+                    }
+                    // A next page this poll already fetched (a last page
+                    // linking to the first, a page to itself) ends the
+                    // pages; it used to be fetched again up to the cap,
+                    // joined into the version once per visit.
+                    if fetched.contains(&next_url) {
                         break;
                     }
                     page_url = next_url;
