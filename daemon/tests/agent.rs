@@ -532,6 +532,8 @@ impl Respond for EndlessPages {
                 "link",
                 format!("<{}/list?page={}>; rel=\"next\"", self.base, page + 1),
             )
+            .insert_header("etag", format!("\"e{page}\"").as_str())
+            .insert_header("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")
             .set_body_string(format!("page {page}"))
     }
 }
@@ -1849,4 +1851,85 @@ async fn a_link_next_back_to_a_fetched_page_ends_the_pages() {
         other => panic!("{other:?}"),
     }
     assert_eq!(received(&server).await.len(), 3, "the page once");
+}
+
+/// Answers `/v?page=N` with ETag "pN", and 304 when `If-None-Match` names
+/// it; page 1 links to page 2, the last.
+struct Validated;
+
+impl Respond for Validated {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let page = request
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "page")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let etag = format!("\"p{page}\"");
+        let sent = request
+            .headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok());
+        if sent == Some(etag.as_str()) {
+            return ResponseTemplate::new(304).insert_header("etag", etag.as_str());
+        }
+        let mut response = ResponseTemplate::new(200)
+            .insert_header("etag", etag.as_str())
+            .set_body_string(format!("page {page}"));
+        if page == "1" {
+            response = response.insert_header("link", "</v?page=2>; rel=next");
+        }
+        response
+    }
+}
+
+/// The validators stored are those of the page the next poll starts at
+/// (the stored cursor), not of the first page: the first page's ETag
+/// used to go to the last page, which could never answer 304, and its
+/// 200 made a version of a page already stored.
+#[tokio::test]
+async fn validators_stored_after_pages_are_those_of_where_the_next_poll_starts() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v"))
+        .respond_with(Validated)
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/v?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"page 1\npage 2"),
+        other => panic!("{other:?}"),
+    }
+    let cursor = out.cursor.clone().expect("the last next is stored");
+    assert_eq!(out.etag.as_deref(), Some("\"p2\""));
+    let out = poll_with(&w, out.etag.as_deref(), None, Some(&cursor)).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::NotModified),
+        "{:?}",
+        out.kind
+    );
+    // Pages cut at the cap: the next poll starts at a page not fetched
+    // yet, for which there are no validators.
+    let server = MockServer::start().await;
+    Mock::given(path("/list"))
+        .respond_with(EndlessPages { base: server.uri() })
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/list?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll_with(
+        &w,
+        Some("\"old\""),
+        Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+        None,
+    )
+    .await;
+    assert!(matches!(out.kind, OutcomeKind::Changed { .. }));
+    assert_eq!(out.etag, None);
+    assert_eq!(out.last_modified, None);
 }

@@ -324,6 +324,8 @@ impl Agent {
         let mut fetched: HashSet<Url> = HashSet::new();
         let mut first: Option<Exchange> = None;
         let mut last: Option<Exchange> = None;
+        // The URL `last` was requested at.
+        let mut last_url: Option<Url> = None;
         let mut nothing_new = false;
         // A job URL that no longer parses is dropped: the poll starts anew.
         let pending_job = request.job.and_then(|j| Url::parse(j).ok());
@@ -425,6 +427,7 @@ impl Agent {
                     && next.is_some()
                     && next == cursor_now
             });
+            last_url = Some(page_url.clone());
             if no_progress {
                 if page == 0 {
                     nothing_new = true;
@@ -489,9 +492,16 @@ impl Agent {
         };
         let mut outcome = PollOutcome::new(kind, request);
         outcome.status = Some(first.status.as_u16());
-        // A 200 replaces the validators: a representation without an ETag has none.
-        outcome.etag = header_value(&first.headers, "etag");
-        outcome.last_modified = header_value(&first.headers, "last-modified");
+        // A 200 replaces the validators: a representation without an ETag
+        // has none. They are sent where the next poll starts, which after
+        // pages is the stored cursor's page: the validators of the page
+        // fetched there, or none when it was not fetched (pages cut at the
+        // cap, a later page that failed). The first page's used to be
+        // kept, and went to another page, which could never answer 304.
+        let next_start = cursor::request_url(watch, request.url, cursor_now.as_deref());
+        let validated = (last_url.as_ref() == Some(&next_start)).then_some(&last.headers);
+        outcome.etag = validated.and_then(|h| header_value(h, "etag"));
+        outcome.last_modified = validated.and_then(|h| header_value(h, "last-modified"));
         outcome.headers = kept_headers(&first.headers);
         outcome.hints = hints::hints(
             last.status.as_u16(),
