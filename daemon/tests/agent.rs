@@ -532,6 +532,8 @@ impl Respond for EndlessPages {
                 "link",
                 format!("<{}/list?page={}>; rel=\"next\"", self.base, page + 1),
             )
+            .insert_header("etag", format!("\"e{page}\"").as_str())
+            .insert_header("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")
             .set_body_string(format!("page {page}"))
     }
 }
@@ -1616,4 +1618,318 @@ async fn a_jobs_202_that_meets_fail_if_ends_the_poll_as_failed() {
     // One status check, not checks until the timeout or the step cap.
     assert_eq!(received(&server).await.len(), 2);
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Spring Data REST's pages: a comma in the next URL's query, and a
+/// `rel=preload` link without a value before it. The next page used to be
+/// missed (the whole field was dropped), so only page one was ever stored.
+#[tokio::test]
+async fn a_link_next_with_a_comma_in_its_query_is_followed() {
+    let server = MockServer::start().await;
+    Mock::given(path("/items"))
+        .and(query_param("page", "1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header(
+                    "link",
+                    "</s.css>; as=style; crossorigin, </items?page=2&sort=name,asc>;rel=\"next\"",
+                )
+                .set_body_string("one"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/items"))
+        .and(query_param("page", "2"))
+        .and(query_param("sort", "name,asc"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("two"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/items?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"one\ntwo"),
+        other => panic!("{other:?}"),
+    }
+    let expected = format!("{}/items?page=2&sort=name,asc", server.uri());
+    assert_eq!(out.cursor.as_deref(), Some(expected.as_str()));
+}
+
+/// RFC 9110 §10.2.3: on a 3xx, `Retry-After` is the wait before the
+/// redirected request. A 302 / 307 asking for more than a poll may take
+/// used to end the poll as rate limited, and the next poll asked the
+/// original URL again, got the same answer, and so never reached the
+/// target: the watch stayed `rate_limited` for ever. Now the next poll,
+/// after that wait, requests the target, as after a 303.
+#[tokio::test]
+async fn a_302_or_307_retry_after_beyond_the_deadline_leaves_its_target_to_the_next_poll() {
+    for code in [302u16, 307] {
+        let server = MockServer::start().await;
+        Mock::given(path("/wait"))
+            .respond_with(
+                ResponseTemplate::new(code)
+                    .insert_header("location", "/later")
+                    .insert_header("retry-after", "30"),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(path("/later"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("there"))
+            .mount(&server)
+            .await;
+        let w = watch(&format!("{}/wait", server.uri()), "");
+        let started = Instant::now();
+        let out = poll(&w).await;
+        assert!(started.elapsed() < Duration::from_secs(2), "did not sleep");
+        let job = match &out.kind {
+            OutcomeKind::JobPending { job } => job.clone(),
+            other => panic!("{code}: {other:?}"),
+        };
+        assert_eq!(job.path(), "/later");
+        assert_eq!(out.status, Some(code));
+        assert_eq!(out.hints.retry_after, Some(Duration::from_secs(30)));
+        assert_eq!(received(&server).await.len(), 1, "/later not requested yet");
+        let out = agent()
+            .poll(PollRequest {
+                watch: &w,
+                url: &w.url,
+                etag: None,
+                last_modified: None,
+                cursor: None,
+                last_hash: None,
+                job: Some(job.as_str()),
+            })
+            .await;
+        match &out.kind {
+            OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"there"),
+            other => panic!("{code}: {other:?}"),
+        }
+        let requests = received(&server).await;
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].url.path(), "/later");
+    }
+}
+
+/// A 307 keeps a POST a POST: the next poll cannot resume it as a GET, so
+/// that answer stays a rate-limited wait at the configured URL.
+#[tokio::test]
+async fn a_307_after_post_with_a_long_retry_after_is_not_resumed_as_a_get() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/submit"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", "/other")
+                .insert_header("retry-after", "30"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/submit", server.uri()),
+        "method = \"POST\"\nbody = \"q=1\"",
+    );
+    let out = poll(&w).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::RateLimited),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(30)));
+}
+
+/// GitHub's `/stats/*` answer a GET with `202 Accepted` and `{}` while
+/// they compute (RFC 9110 §15.3.3: accepted, not completed). That answer
+/// used to be stored as a version, and the real one as the next: a
+/// spurious `{}` version each time the server recomputed. Now it makes no
+/// version: the poll ends pending at the same URL, after its Retry-After.
+#[tokio::test]
+async fn a_get_answered_202_without_location_makes_no_version() {
+    let server = MockServer::start().await;
+    Mock::given(path("/stats"))
+        .respond_with(Sequence {
+            times: Arc::default(),
+            served: Default::default(),
+            responses: vec![
+                ResponseTemplate::new(202)
+                    .insert_header("retry-after", "20")
+                    .set_body_string("{}"),
+                ResponseTemplate::new(200).set_body_string("[1,2,3]"),
+            ],
+        })
+        .mount(&server)
+        .await;
+    let w = watch(&format!("{}/stats", server.uri()), "");
+    let out = poll(&w).await;
+    let job = match &out.kind {
+        OutcomeKind::JobPending { job } => job.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(job, w.url);
+    assert_eq!(out.status, Some(202));
+    assert_eq!(out.hints.retry_after, Some(Duration::from_secs(20)));
+    assert_eq!(out.hints.not_before, Some(Duration::from_secs(20)));
+    assert_eq!(received(&server).await.len(), 1, "one request per poll");
+    let out = agent()
+        .poll(PollRequest {
+            watch: &w,
+            url: &w.url,
+            etag: None,
+            last_modified: None,
+            cursor: None,
+            last_hash: None,
+            job: Some(job.as_str()),
+        })
+        .await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"[1,2,3]"),
+        other => panic!("{other:?}"),
+    }
+    // `until = ["status=202"]` still holds on such an answer.
+    let server = MockServer::start().await;
+    Mock::given(path("/stats"))
+        .respond_with(ResponseTemplate::new(202).set_body_string("{}"))
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/stats", server.uri()),
+        "until = [\"status=202\"]",
+    );
+    let out = poll(&w).await;
+    assert!(
+        matches!(out.finished, Some(Finished::Done { .. })),
+        "{:?} {:?}",
+        out.kind,
+        out.finished
+    );
+}
+
+/// A `rel=next` back to a page this poll already fetched (a server whose
+/// last page links to the first, or a page to itself) ends the pages: it
+/// used to be fetched again and again up to the page cap, its content
+/// joined into the version once per visit.
+#[tokio::test]
+async fn a_link_next_back_to_a_fetched_page_ends_the_pages() {
+    let server = MockServer::start().await;
+    for (page, next, body) in [("1", "2", "one"), ("2", "1", "two")] {
+        Mock::given(path("/ring"))
+            .and(query_param("page", page))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("link", format!("</ring?page={next}>; rel=next").as_str())
+                    .set_body_string(body),
+            )
+            .mount(&server)
+            .await;
+    }
+    Mock::given(path("/self"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", "</self>; rel=next")
+                .set_body_string("self"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/ring?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"one\ntwo"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(received(&server).await.len(), 2);
+    let w = watch(
+        &format!("{}/self", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"self"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(received(&server).await.len(), 3, "the page once");
+}
+
+/// Answers `/v?page=N` with ETag "pN", and 304 when `If-None-Match` names
+/// it; page 1 links to page 2, the last.
+struct Validated;
+
+impl Respond for Validated {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let page = request
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "page")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let etag = format!("\"p{page}\"");
+        let sent = request
+            .headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok());
+        if sent == Some(etag.as_str()) {
+            return ResponseTemplate::new(304).insert_header("etag", etag.as_str());
+        }
+        let mut response = ResponseTemplate::new(200)
+            .insert_header("etag", etag.as_str())
+            .set_body_string(format!("page {page}"));
+        if page == "1" {
+            response = response.insert_header("link", "</v?page=2>; rel=next");
+        }
+        response
+    }
+}
+
+/// The validators stored are those of the page the next poll starts at
+/// (the stored cursor), not of the first page: the first page's ETag
+/// used to go to the last page, which could never answer 304, and its
+/// 200 made a version of a page already stored.
+#[tokio::test]
+async fn validators_stored_after_pages_are_those_of_where_the_next_poll_starts() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v"))
+        .respond_with(Validated)
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/v?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll(&w).await;
+    match &out.kind {
+        OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"page 1\npage 2"),
+        other => panic!("{other:?}"),
+    }
+    let cursor = out.cursor.clone().expect("the last next is stored");
+    assert_eq!(out.etag.as_deref(), Some("\"p2\""));
+    let out = poll_with(&w, out.etag.as_deref(), None, Some(&cursor)).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::NotModified),
+        "{:?}",
+        out.kind
+    );
+    // Pages cut at the cap: the next poll starts at a page not fetched
+    // yet, for which there are no validators.
+    let server = MockServer::start().await;
+    Mock::given(path("/list"))
+        .respond_with(EndlessPages { base: server.uri() })
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/list?page=1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let out = poll_with(
+        &w,
+        Some("\"old\""),
+        Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+        None,
+    )
+    .await;
+    assert!(matches!(out.kind, OutcomeKind::Changed { .. }));
+    assert_eq!(out.etag, None);
+    assert_eq!(out.last_modified, None);
 }

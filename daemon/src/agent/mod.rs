@@ -148,8 +148,9 @@ pub enum OutcomeKind {
     },
     /// 410: the resource is gone.
     Gone,
-    /// An async job (202 + `Location`, or a 303 to its result) asked for a
-    /// wait longer than the poll may take: the next poll resumes at `job`.
+    /// An async job (202 + `Location`, or a 303 to its result), or a
+    /// redirect to be followed with a GET, asked for a wait longer than
+    /// the poll may take: the next poll resumes at `job`.
     JobPending {
         /// Where to GET next.
         job: Url,
@@ -319,8 +320,12 @@ impl Agent {
         let mut bytes_received = 0u64;
         let mut cursor_now = request.cursor.map(str::to_owned);
         let mut page_url = first_url;
+        // Pages requested in this poll: a next page among them is a cycle.
+        let mut fetched: HashSet<Url> = HashSet::new();
         let mut first: Option<Exchange> = None;
         let mut last: Option<Exchange> = None;
+        // The URL `last` was requested at.
+        let mut last_url: Option<Url> = None;
         let mut nothing_new = false;
         // A job URL that no longer parses is dropped: the poll starts anew.
         let pending_job = request.job.and_then(|j| Url::parse(j).ok());
@@ -333,6 +338,7 @@ impl Agent {
             } else {
                 None
             };
+            fetched.insert(page_url.clone());
             let mut exchange = match self
                 .exchange(request, &page_url, job, conditional, deadline)
                 .await
@@ -421,6 +427,7 @@ impl Agent {
                     && next.is_some()
                     && next == cursor_now
             });
+            last_url = Some(page_url.clone());
             if no_progress {
                 if page == 0 {
                     nothing_new = true;
@@ -443,6 +450,13 @@ impl Agent {
                     // one. It used to be followed (and stored) unchecked.
                     let from = last.as_ref().map_or(&page_url, |e| &e.final_url);
                     if redirect::refusal(from, &next_url, self.allow_private_redirects).is_some() {
+                        break;
+                    }
+                    // A next page this poll already fetched (a last page
+                    // linking to the first, a page to itself) ends the
+                    // pages; it used to be fetched again up to the cap,
+                    // joined into the version once per visit.
+                    if fetched.contains(&next_url) {
                         break;
                     }
                     page_url = next_url;
@@ -478,9 +492,16 @@ impl Agent {
         };
         let mut outcome = PollOutcome::new(kind, request);
         outcome.status = Some(first.status.as_u16());
-        // A 200 replaces the validators: a representation without an ETag has none.
-        outcome.etag = header_value(&first.headers, "etag");
-        outcome.last_modified = header_value(&first.headers, "last-modified");
+        // A 200 replaces the validators: a representation without an ETag
+        // has none. They are sent where the next poll starts, which after
+        // pages is the stored cursor's page: the validators of the page
+        // fetched there, or none when it was not fetched (pages cut at the
+        // cap, a later page that failed). The first page's used to be
+        // kept, and went to another page, which could never answer 304.
+        let next_start = cursor::request_url(watch, request.url, cursor_now.as_deref());
+        let validated = (last_url.as_ref() == Some(&next_start)).then_some(&last.headers);
+        outcome.etag = validated.and_then(|h| header_value(h, "etag"));
+        outcome.last_modified = validated.and_then(|h| header_value(h, "last-modified"));
         outcome.headers = kept_headers(&first.headers);
         outcome.hints = hints::hints(
             last.status.as_u16(),
@@ -685,14 +706,21 @@ impl Agent {
                 // Let the connection go before any wait: an unread response
                 // held across a Retry-After kept it out of the pool.
                 drop(response);
-                // A Retry-After on a 3xx is honoured before following; a
-                // 303 (a job's result) too long to wait for is where the
-                // next poll resumes.
-                let job_result = status == StatusCode::SEE_OTHER;
+                // A Retry-After on a 3xx is the wait before the redirected
+                // request (RFC 9110 §10.2.3): honoured before following. A
+                // target too long to wait for is where the next poll
+                // resumes, when that request is a GET (a 303, any redirect
+                // of a GET, a 301/302 after a POST), as a job's status is
+                // resumed. Ending it as rate limited instead (as all but
+                // the 303 did) sent the next poll to the original URL,
+                // which answered the same: the target was never reached.
+                // A 307/308 of a POST must stay a POST, which a resumed
+                // poll does not send: that one still ends rate limited.
+                let resumable = method == Method::GET;
                 self.wait_retry_after(request, &headers, deadline)
                     .await
                     .map_err(|outcome| {
-                        if job_result {
+                        if resumable {
                             PollOutcome::job_pending(request, &target, status, outcome.hints)
                         } else {
                             outcome
@@ -754,6 +782,38 @@ impl Agent {
                 seen.clear();
                 url = target;
                 continue;
+            }
+
+            if status == StatusCode::ACCEPTED && method == Method::GET {
+                // A GET answered 202 without a status URL (GitHub's
+                // `/stats/*` while they compute): accepted, not completed
+                // (RFC 9110 §15.3.3), so no version of it. It used to be
+                // stored, and the real answer after it as another version.
+                // The poll ends pending at this URL, after its Retry-After,
+                // unless the answer settles the watch.
+                let read = body::read(Some(response), watch.policy.max_body, &url).await;
+                let body = read.unwrap_or_default();
+                if finished(watch, status, &headers, &body).is_some() {
+                    return Ok(Exchange {
+                        status,
+                        headers,
+                        final_url: url,
+                        moved_permanently: moved,
+                        response_body: None,
+                        body: Some(body),
+                    });
+                }
+                let now = SystemTime::now();
+                let cap = watch.policy.max_retry_after;
+                let mut hints = hints::hints(status.as_u16(), &headers, now, cap);
+                if let Some(wait) = hints::retry_after(&headers, now) {
+                    hints.retry_after = Some(wait);
+                    if hints.not_before.is_none_or(|n| n < wait.min(cap)) {
+                        hints.not_before = Some(wait.min(cap));
+                        hints.reason = Some("Retry-After");
+                    }
+                }
+                return Err(PollOutcome::job_pending(request, &url, status, hints));
             }
 
             return Ok(Exchange {

@@ -119,7 +119,7 @@ pub(crate) fn apply(
             // stays; the job's Retry-After is the floor of the next delay.
             state.unchanged += 1;
             if state.pending_job.as_deref() != Some(job.as_str()) {
-                tracing::info!(watch = %id, job = %redact::url(job), "async job still running; the next poll resumes it");
+                tracing::info!(watch = %id, job = %redact::url(job), "async job still running (or a redirect asked for a long wait); the next poll resumes there");
             }
             (Verdict::Pending, "unchanged", WatchStatus::Ok)
         }
