@@ -1771,6 +1771,7 @@ async fn a_get_answered_202_without_location_makes_no_version() {
     assert_eq!(out.hints.retry_after, Some(Duration::from_secs(20)));
     assert_eq!(out.hints.not_before, Some(Duration::from_secs(20)));
     assert_eq!(received(&server).await.len(), 1, "one request per poll");
+    assert_eq!(out.bytes_received, 2, "the 202's body was received too");
     let out = agent()
         .poll(PollRequest {
             watch: &w,
@@ -1786,6 +1787,7 @@ async fn a_get_answered_202_without_location_makes_no_version() {
         OutcomeKind::Changed { body, .. } => assert_eq!(&body[..], b"[1,2,3]"),
         other => panic!("{other:?}"),
     }
+    assert_eq!(out.bytes_received, 7);
     // `until = ["status=202"]` still holds on such an answer.
     let server = MockServer::start().await;
     Mock::given(path("/stats"))

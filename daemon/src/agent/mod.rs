@@ -289,20 +289,19 @@ impl Agent {
                 .await
             {
                 Ok(outcome) => outcome,
-                Err(_) => {
-                    let mut outcome = PollOutcome::failed(
-                        &request,
-                        format!(
-                            "{}: no complete answer within the timeout of {}",
-                            redact::url(request.url),
-                            humantime::format_duration(request.watch.policy.timeout)
-                        ),
-                        true,
-                    );
-                    outcome.bytes_received = received.load(Ordering::Relaxed);
-                    outcome
-                }
+                Err(_) => PollOutcome::failed(
+                    &request,
+                    format!(
+                        "{}: no complete answer within the timeout of {}",
+                        redact::url(request.url),
+                        humantime::format_duration(request.watch.policy.timeout)
+                    ),
+                    true,
+                ),
             };
+        // Every body read of the poll counts, as it arrives: pages, job
+        // status answers, and reads cut short by an error or the timeout.
+        outcome.bytes_received = received.load(Ordering::Relaxed);
         outcome.elapsed = started.elapsed();
         outcome
     }
@@ -317,7 +316,6 @@ impl Agent {
         let policy = &watch.policy;
         let first_url = cursor::request_url(watch, request.url, request.cursor);
         let mut pages: Vec<Bytes> = Vec::new();
-        let mut bytes_received = 0u64;
         let mut cursor_now = request.cursor.map(str::to_owned);
         let mut page_url = first_url;
         // Pages requested in this poll: a next page among them is a cycle.
@@ -340,7 +338,7 @@ impl Agent {
             };
             fetched.insert(page_url.clone());
             let mut exchange = match self
-                .exchange(request, &page_url, job, conditional, deadline)
+                .exchange(request, &page_url, job, conditional, deadline, received)
                 .await
             {
                 Ok(exchange) => exchange,
@@ -349,10 +347,7 @@ impl Agent {
                 // does: the earlier pages are kept. It used to fail the
                 // whole poll and lose them.
                 Err(_) if page > 0 => break,
-                Err(mut outcome) => {
-                    outcome.bytes_received = bytes_received;
-                    return outcome;
-                }
+                Err(outcome) => return outcome,
             };
             let status = exchange.status;
             if page > 0 && !status.is_success() {
@@ -378,7 +373,7 @@ impl Agent {
                     .unwrap_or_default();
                     exchange.body = Some(body);
                 }
-                return self.non_success(request, exchange, bytes_received);
+                return self.non_success(request, exchange);
             }
             // A job's 202 that settled the watch comes with its body read.
             let read = match exchange.body.take() {
@@ -399,12 +394,9 @@ impl Agent {
                     let mut outcome =
                         PollOutcome::failed(request, err.to_string(), err.retryable());
                     outcome.status = Some(status.as_u16());
-                    // Earlier pages and what came of this one before it failed.
-                    outcome.bytes_received = received.load(Ordering::Relaxed);
                     return outcome;
                 }
             };
-            bytes_received += body.len() as u64;
             let next = watch.cursor.as_ref().and_then(|c| {
                 cursor::next_cursor(c, &exchange.final_url, &exchange.headers, &body)
             });
@@ -519,17 +511,11 @@ impl Agent {
             &last.headers,
             last.body.as_deref().unwrap_or_default(),
         );
-        outcome.bytes_received = bytes_received;
         outcome
     }
 
     /// The outcome of a final non-2xx answer.
-    fn non_success(
-        &self,
-        request: &PollRequest<'_>,
-        exchange: Exchange,
-        bytes_received: u64,
-    ) -> PollOutcome {
+    fn non_success(&self, request: &PollRequest<'_>, exchange: Exchange) -> PollOutcome {
         let status = exchange.status;
         let policy = &request.watch.policy;
         let kind = match status.as_u16() {
@@ -569,8 +555,6 @@ impl Agent {
                 exchange.body.as_deref().unwrap_or_default(),
             );
         }
-        outcome.bytes_received =
-            bytes_received + exchange.body.as_ref().map_or(0, |b| b.len() as u64);
         outcome.moved_permanently = exchange.moved_permanently;
         if status == StatusCode::NOT_MODIFIED {
             // RFC 9111 §4.3.4: the 304's validators update the stored ones;
@@ -599,6 +583,7 @@ impl Agent {
         job: Option<&Url>,
         conditional: bool,
         deadline: tokio::time::Instant,
+        received: &AtomicU64,
     ) -> Result<Exchange, PollOutcome> {
         let watch = request.watch;
         let origin = request.url.clone();
@@ -751,7 +736,9 @@ impl Agent {
                 // job's 202 saying `{"status":"failed"}` to a `fail_if`) is
                 // the final answer, not a reason to check again and again.
                 if !watch.until.is_empty() || !watch.fail_if.is_empty() {
-                    let read = body::read(Some(response), watch.policy.max_body, &url).await;
+                    let read =
+                        body::read_counting(Some(response), watch.policy.max_body, &url, received)
+                            .await;
                     let body = read.unwrap_or_default();
                     if finished(watch, status, &headers, &body).is_some() {
                         return Ok(Exchange {
@@ -791,7 +778,9 @@ impl Agent {
                 // stored, and the real answer after it as another version.
                 // The poll ends pending at this URL, after its Retry-After,
                 // unless the answer settles the watch.
-                let read = body::read(Some(response), watch.policy.max_body, &url).await;
+                let read =
+                    body::read_counting(Some(response), watch.policy.max_body, &url, received)
+                        .await;
                 let body = read.unwrap_or_default();
                 if finished(watch, status, &headers, &body).is_some() {
                     return Ok(Exchange {
