@@ -44,9 +44,14 @@ impl Config {
     /// Reads and validates the watch list at `path`, substituting `${VAR}`
     /// from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        })?;
+        // TOML is UTF-8: a file saved in another encoding is named with
+        // the place of each byte that is not, like any other problem.
+        let text = String::from_utf8(bytes).map_err(|err| ConfigError::Invalid {
+            problems: crate::source::encoding_problems(path, err.as_bytes()),
         })?;
         Config::from_str_with_env(path, &text, |name| std::env::var(name).ok())
     }

@@ -87,6 +87,27 @@ fn missing_file_is_a_config_error() {
     );
 }
 
+/// A watch list saved as Latin-1: the byte that is not UTF-8 is named at
+/// its FILE:LINE:COLUMN, like every other problem, not as a bare read error.
+#[test]
+fn a_file_that_is_not_utf8_names_the_place_of_the_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.toml");
+    std::fs::write(
+        &path,
+        b"[[watch]]\nid = \"a\"\nurl = \"https://example.org/caf\xe9\"\n",
+    )
+    .unwrap();
+    let output = check(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:3:31: byte 0xE9 is not UTF-8", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 problem found"), "{stderr}");
+}
+
 #[test]
 fn config_path_comes_from_polld_config_env() {
     let dir = tempfile::tempdir().unwrap();
