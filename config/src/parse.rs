@@ -299,7 +299,7 @@ impl<'a> Walker<'a> {
             defaults_layer = self.policy_layer(&fields);
             defaults_layer.apply(&mut defaults);
             let fallback = self.src.absolute(item.span());
-            self.check_policy(&defaults, &[&defaults_layer], fallback);
+            self.check_policy(&defaults, &[&defaults_layer], fallback, true);
         }
         TopLevel {
             daemon,
@@ -741,9 +741,15 @@ impl<'a> Walker<'a> {
 
     /// Cross-checks of an effective policy; `layers` are searched, most
     /// specific first, for the place to blame.
-    fn check_policy(&mut self, policy: &Policy, layers: &[&PolicyLayer], fallback: Range<usize>) {
+    fn check_policy(
+        &mut self,
+        policy: &Policy,
+        layers: &[&PolicyLayer],
+        fallback: Range<usize>,
+        on_interval: bool,
+    ) {
         let human = |d: Duration| humantime::format_duration(d).to_string();
-        if policy.min_interval > policy.max_interval {
+        if on_interval && policy.min_interval > policy.max_interval {
             let span = span_of(layers, |l| &l.min_interval)
                 .or_else(|| span_of(layers, |l| &l.max_interval))
                 .unwrap_or(fallback.clone());
@@ -755,7 +761,9 @@ impl<'a> Walker<'a> {
                     human(policy.max_interval)
                 ),
             );
-        } else if policy.interval < policy.min_interval || policy.interval > policy.max_interval {
+        } else if on_interval
+            && (policy.interval < policy.min_interval || policy.interval > policy.max_interval)
+        {
             let span = span_of(layers, |l| &l.interval)
                 .or_else(|| span_of(layers, |l| &l.min_interval))
                 .or_else(|| span_of(layers, |l| &l.max_interval))
@@ -851,10 +859,11 @@ impl<'a> Walker<'a> {
             }
             None => Some(Schedule::Interval),
         };
-        if matches!(schedule, Some(Schedule::Interval)) {
-            let fallback = self.src.absolute(span.clone());
-            self.check_policy(&policy, &[&layer, defaults_layer], fallback);
-        }
+        // The interval keys only matter to a watch on an interval; the
+        // timeouts to every watch.
+        let on_interval = !fields.items.contains_key("schedule");
+        let fallback = self.src.absolute(span.clone());
+        self.check_policy(&policy, &[&layer, defaults_layer], fallback, on_interval);
 
         let method = match fields.get("method") {
             Some(item) => self.method(item),
@@ -901,19 +910,25 @@ impl<'a> Walker<'a> {
     fn cron(&mut self, item: &Item<'_>) -> Option<Schedule> {
         let expr = self.string(item, "schedule")?;
         match cron::Schedule::from_str(&expr) {
-            Ok(schedule) => Some(Schedule::Cron {
-                expr,
-                schedule: Box::new(schedule),
-            }),
+            Ok(schedule) => {
+                // A day that does not exist (30 February) or a year gone
+                // by parses, but would leave the watch polled only by the
+                // fallback of max_interval, never at a time it names.
+                if schedule.after(&chrono::Utc::now()).next().is_none() {
+                    self.src.report(
+                        item.span(),
+                        format!("`schedule` {expr:?} never fires: no time from now on matches it"),
+                    );
+                    return None;
+                }
+                Some(Schedule::Cron {
+                    expr,
+                    schedule: Box::new(schedule),
+                })
+            }
             Err(err) => {
-                // The cron crate's message repeats the expression and a
-                // caret line before the reason: keep the reason, one line.
-                let err = err.to_string();
-                let reason = err.lines().last().unwrap_or_default().trim();
-                self.src.report(
-                    item.span(),
-                    format!("`schedule` {expr:?} is not a cron expression ({reason}); expected 6 fields with seconds first, e.g. \"0 */10 * * * *\""),
-                );
+                self.src
+                    .report(item.span(), cron_problem(&expr, &err.to_string()));
                 None
             }
         }
@@ -1083,6 +1098,40 @@ impl<'a> Walker<'a> {
             })
             .collect()
     }
+}
+
+/// What is wrong with cron expression `expr`, from the cron crate's error
+/// `err`: the expression, a caret line under the place, then the reason,
+/// which is missing for a wrong number of fields or text it cannot read.
+fn cron_problem(expr: &str, err: &str) -> String {
+    const EXPECTED: &str =
+        "expected 6 fields (7 with a year) with seconds first, e.g. \"0 */10 * * * *\"";
+    let mut lines = err.lines();
+    let (_, caret) = (lines.next(), lines.next().unwrap_or_default());
+    let reason = lines.collect::<Vec<_>>().join(" ");
+    let reason = reason.trim();
+    if !reason.is_empty() {
+        return format!("`schedule` {expr:?} is not a cron expression ({reason}); {EXPECTED}");
+    }
+    let fields = expr.split_whitespace().count();
+    if !(6..=7).contains(&fields) && !expr.trim_start().starts_with('@') {
+        // The five fields of crontab(5): the same times, from second 0.
+        let hint = if fields == 5 {
+            let with_seconds = format!("0 {}", expr.trim());
+            cron::Schedule::from_str(&with_seconds)
+                .map(|_| format!("; for crontab's 5 fields from second 0 write {with_seconds:?}"))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        return format!("`schedule` {expr:?} has {fields} fields; {EXPECTED}{hint}");
+    }
+    let at = caret.find('^').unwrap_or(0);
+    let rest: String = expr.chars().skip(at).collect();
+    format!(
+        "`schedule` {expr:?} is not a cron expression (cannot read {rest:?} at character {}); {EXPECTED}",
+        at + 1
+    )
 }
 
 /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`; the first entry

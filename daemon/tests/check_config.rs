@@ -221,6 +221,35 @@ const CASES: &[Case] = &[
         errors: &[(4, 12, "is not a cron expression (Hours must be")],
     },
     Case {
+        name: "crontab's five fields, without seconds",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"*/10 * * * *\"\n",
+        errors: &[(
+            4,
+            12,
+            "`schedule` \"*/10 * * * *\" has 5 fields; expected 6 fields (7 with a year) with seconds first, e.g. \"0 */10 * * * *\"; for crontab's 5 fields from second 0 write \"0 */10 * * * *\"",
+        )],
+    },
+    Case {
+        name: "cron text that cannot be read",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 1-x * * * *\"\n",
+        errors: &[(4, 12, "(cannot read \"-x * * * *\" at character 4)")],
+    },
+    Case {
+        name: "cron that never fires",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 0 0 30 2 *\"\n",
+        errors: &[(4, 12, "`schedule` \"0 0 0 30 2 *\" never fires")],
+    },
+    Case {
+        name: "cron in a year gone by",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 0 0 1 1 * 2020\"\n",
+        errors: &[(4, 12, "never fires")],
+    },
+    Case {
+        name: "connect timeout above timeout on a cron watch",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 * * * * *\"\nconnect_timeout = \"1m\"\n",
+        errors: &[(5, 19, "connect_timeout 1m is longer than timeout 30s")],
+    },
+    Case {
         name: "jitter of one",
         text: "[defaults]\njitter = 1.0\n",
         errors: &[(2, 10, "expected a fraction in [0, 1)")],
