@@ -44,15 +44,7 @@ impl Config {
     /// Reads and validates the watch list at `path`, substituting `${VAR}`
     /// from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        // TOML is UTF-8: a file saved in another encoding is named with
-        // the place of each byte that is not, like any other problem.
-        let text = String::from_utf8(bytes).map_err(|err| ConfigError::Invalid {
-            problems: crate::source::encoding_problems(path, err.as_bytes()),
-        })?;
+        let text = read(path)?;
         Config::from_str_with_env(path, &text, |name| std::env::var(name).ok())
     }
 
@@ -63,28 +55,30 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        Config::parse(path, text, &env, segments::watch_headers(text))
+        Config::parse(path, text, &env, segments::watch_headers(text), false)
     }
 
     /// `text` parsed whole, as if it could not be split: what the split
     /// parse must agree with.
     #[cfg(test)]
     pub(crate) fn parse_whole(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        Config::parse(path, text, &|_| None, None)
+        Config::parse(path, text, &|_| None, None, false)
     }
 
     /// `text` parsed in pieces starting at `starts` (see [`segments`]), or
-    /// whole.
+    /// whole; only its `[daemon]` if `daemon_only`.
     fn parse(
         path: &Path,
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
         starts: Option<Vec<usize>>,
+        daemon_only: bool,
     ) -> Result<Config, ConfigError> {
         let mut walker = Walker {
             src: Source::new(path, text),
             text,
             env,
+            daemon_only,
         };
         let config = match starts {
             Some(starts) => walker.split_document(path, text, &starts),
@@ -119,12 +113,50 @@ impl Config {
     }
 }
 
+impl DaemonConfig {
+    /// Reads only `[daemon]` of the watch list at `path`, for the API
+    /// clients (`polld status`, `diff`, `changes`), which need its `listen`
+    /// and `api_token_file` and nothing else: a problem elsewhere in the
+    /// file, such as a watch's `${VAR}` that is set in the daemon's
+    /// environment but not in the operator's shell, does not stop them.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = read(path)?;
+        DaemonConfig::from_str_with_env(path, &text, |name| std::env::var(name).ok())
+    }
+
+    /// [`DaemonConfig::load`] of watch-list `text` named `path` in
+    /// messages, looking variables up with `env`.
+    pub fn from_str_with_env(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<DaemonConfig, ConfigError> {
+        Config::parse(path, text, &env, segments::watch_headers(text), true)
+            .map(|config| config.daemon)
+    }
+}
+
+/// The text of the file at `path`.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    // TOML is UTF-8: a file saved in another encoding is named with the
+    // place of each byte that is not, like any other problem.
+    String::from_utf8(bytes).map_err(|err| ConfigError::Invalid {
+        problems: crate::source::encoding_problems(path, err.as_bytes()),
+    })
+}
+
 struct Walker<'a> {
     src: Source<'a>,
     /// The text being walked (the whole file or the piece being parsed):
     /// the spans of the tree are offsets into it.
     text: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// Only `[daemon]` is read and checked (see [`DaemonConfig::load`]).
+    daemon_only: bool,
 }
 
 /// Everything but the watches.
@@ -226,7 +258,9 @@ impl<'a> Walker<'a> {
         let top = self.top_level(&root);
         let mut watches = Vec::new();
         let mut seen = HashMap::new();
-        if let Some(item) = root.remove("watch") {
+        if let Some(item) = root.remove("watch")
+            && !self.daemon_only
+        {
             self.watch_array(item, &top, &mut seen, &mut watches);
         }
         top.into_config(path, watches)
@@ -242,8 +276,10 @@ impl<'a> Walker<'a> {
             (start, &text[start..end])
         });
         let Some(root) = self.piece(&text[..starts[0]], 0) else {
-            for (start, piece) in pieces {
-                self.piece(piece, start);
+            if !self.daemon_only {
+                for (start, piece) in pieces {
+                    self.piece(piece, start);
+                }
             }
             return None;
         };
@@ -255,6 +291,9 @@ impl<'a> Walker<'a> {
         }
         let top = self.top_level(&root);
         drop(root);
+        if self.daemon_only {
+            return Some(top.into_config(path, Vec::new()));
+        }
         let mut watches = Vec::with_capacity(starts.len());
         let mut seen = HashMap::with_capacity(starts.len());
         for (start, piece) in pieces {
@@ -272,6 +311,16 @@ impl<'a> Walker<'a> {
 
     /// `[daemon]`, `[telemetry]` and `[defaults]`, and unknown top-level keys.
     fn top_level(&mut self, root: &DeTable<'_>) -> TopLevel {
+        if self.daemon_only {
+            let item = root.get("daemon");
+            let table = item.and_then(|item| self.table(item, "[daemon]"));
+            return TopLevel {
+                daemon: self.daemon(table.unwrap_or(&DeTable::new()), item),
+                telemetry: TelemetryConfig::default(),
+                defaults: Policy::default(),
+                defaults_layer: PolicyLayer::default(),
+            };
+        }
         let top = self.fields(
             root,
             0..0,
