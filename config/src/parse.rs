@@ -590,8 +590,13 @@ impl<'a> Walker<'a> {
         .unwrap_or_else(|| Listen::Tcp(DEFAULT_LISTEN.parse().expect("valid default")));
         let state_dir = fields
             .get("state_dir")
-            .and_then(|item| self.string(item, "state_dir"))
-            .map(PathBuf::from)
+            .and_then(|item| {
+                self.path(
+                    item,
+                    "state_dir",
+                    "remove the key for the default ($STATE_DIRECTORY, else ./polld-state)",
+                )
+            })
             .unwrap_or_else(|| default_state_dir(self.env));
         let concurrency = fields
             .get("concurrency")
@@ -601,10 +606,13 @@ impl<'a> Walker<'a> {
             .get("per_host")
             .and_then(|item| self.integer(item, "per_host", 1..10_001))
             .unwrap_or(4) as usize;
-        let api_token_file = fields
-            .get("api_token_file")
-            .and_then(|item| self.string(item, "api_token_file"))
-            .map(PathBuf::from);
+        let api_token_file = fields.get("api_token_file").and_then(|item| {
+            self.path(
+                item,
+                "api_token_file",
+                "remove the key for an API without a token",
+            )
+        });
         let user_agent = match fields.get("user_agent") {
             Some(item) => self.user_agent(item),
             None => None,
@@ -636,6 +644,19 @@ impl<'a> Walker<'a> {
             metrics_per_watch,
             allowed_hosts,
         }
+    }
+
+    /// A file or directory: an empty one (`"${VAR:-}"` with VAR unset, say)
+    /// would pass here and fail only when polld starts, or quietly mean the
+    /// working directory. `instead` says what to write for the default.
+    fn path(&mut self, item: &Item<'_>, key: &str, instead: &str) -> Option<PathBuf> {
+        let text = self.string(item, key)?;
+        if text.trim().is_empty() {
+            self.src
+                .report(item.span(), format!("`{key}` is empty; {instead}"));
+            return None;
+        }
+        Some(PathBuf::from(text))
     }
 
     fn listen(&mut self, item: &Item<'_>) -> Option<Listen> {

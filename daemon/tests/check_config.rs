@@ -309,6 +309,22 @@ const CASES: &[Case] = &[
         errors: &[(2, 10, "is not IP:PORT or unix:PATH")],
     },
     Case {
+        name: "empty paths, e.g. from an unset variable with an empty fallback",
+        text: "[daemon]\nstate_dir = \"${POLLD_TEST_UNSET_DIR:-}\"\napi_token_file = \"\"\n",
+        errors: &[
+            (
+                2,
+                13,
+                "`state_dir` is empty; remove the key for the default",
+            ),
+            (
+                3,
+                18,
+                "`api_token_file` is empty; remove the key for an API without a token",
+            ),
+        ],
+    },
+    Case {
         name: "zero concurrency",
         text: "[daemon]\nconcurrency = 0\n",
         errors: &[(2, 15, "`concurrency` must be an integer from 1 to 100000")],
