@@ -44,10 +44,7 @@ impl Config {
     /// Reads and validates the watch list at `path`, substituting `${VAR}`
     /// from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read(path)?;
         Config::from_str_with_env(path, &text, |name| std::env::var(name).ok())
     }
 
@@ -58,28 +55,30 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        Config::parse(path, text, &env, segments::watch_headers(text))
+        Config::parse(path, text, &env, segments::watch_headers(text), false)
     }
 
     /// `text` parsed whole, as if it could not be split: what the split
     /// parse must agree with.
     #[cfg(test)]
     pub(crate) fn parse_whole(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        Config::parse(path, text, &|_| None, None)
+        Config::parse(path, text, &|_| None, None, false)
     }
 
     /// `text` parsed in pieces starting at `starts` (see [`segments`]), or
-    /// whole.
+    /// whole; only its `[daemon]` if `daemon_only`.
     fn parse(
         path: &Path,
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
         starts: Option<Vec<usize>>,
+        daemon_only: bool,
     ) -> Result<Config, ConfigError> {
         let mut walker = Walker {
             src: Source::new(path, text),
             text,
             env,
+            daemon_only,
         };
         let config = match starts {
             Some(starts) => walker.split_document(path, text, &starts),
@@ -114,12 +113,50 @@ impl Config {
     }
 }
 
+impl DaemonConfig {
+    /// Reads only `[daemon]` of the watch list at `path`, for the API
+    /// clients (`polld status`, `diff`, `changes`), which need its `listen`
+    /// and `api_token_file` and nothing else: a problem elsewhere in the
+    /// file, such as a watch's `${VAR}` that is set in the daemon's
+    /// environment but not in the operator's shell, does not stop them.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = read(path)?;
+        DaemonConfig::from_str_with_env(path, &text, |name| std::env::var(name).ok())
+    }
+
+    /// [`DaemonConfig::load`] of watch-list `text` named `path` in
+    /// messages, looking variables up with `env`.
+    pub fn from_str_with_env(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<DaemonConfig, ConfigError> {
+        Config::parse(path, text, &env, segments::watch_headers(text), true)
+            .map(|config| config.daemon)
+    }
+}
+
+/// The text of the file at `path`.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    // TOML is UTF-8: a file saved in another encoding is named with the
+    // place of each byte that is not, like any other problem.
+    String::from_utf8(bytes).map_err(|err| ConfigError::Invalid {
+        problems: crate::source::encoding_problems(path, err.as_bytes()),
+    })
+}
+
 struct Walker<'a> {
     src: Source<'a>,
     /// The text being walked (the whole file or the piece being parsed):
     /// the spans of the tree are offsets into it.
     text: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// Only `[daemon]` is read and checked (see [`DaemonConfig::load`]).
+    daemon_only: bool,
 }
 
 /// Everything but the watches.
@@ -221,7 +258,9 @@ impl<'a> Walker<'a> {
         let top = self.top_level(&root);
         let mut watches = Vec::new();
         let mut seen = HashMap::new();
-        if let Some(item) = root.remove("watch") {
+        if let Some(item) = root.remove("watch")
+            && !self.daemon_only
+        {
             self.watch_array(item, &top, &mut seen, &mut watches);
         }
         top.into_config(path, watches)
@@ -237,8 +276,10 @@ impl<'a> Walker<'a> {
             (start, &text[start..end])
         });
         let Some(root) = self.piece(&text[..starts[0]], 0) else {
-            for (start, piece) in pieces {
-                self.piece(piece, start);
+            if !self.daemon_only {
+                for (start, piece) in pieces {
+                    self.piece(piece, start);
+                }
             }
             return None;
         };
@@ -250,6 +291,9 @@ impl<'a> Walker<'a> {
         }
         let top = self.top_level(&root);
         drop(root);
+        if self.daemon_only {
+            return Some(top.into_config(path, Vec::new()));
+        }
         let mut watches = Vec::with_capacity(starts.len());
         let mut seen = HashMap::with_capacity(starts.len());
         for (start, piece) in pieces {
@@ -267,6 +311,16 @@ impl<'a> Walker<'a> {
 
     /// `[daemon]`, `[telemetry]` and `[defaults]`, and unknown top-level keys.
     fn top_level(&mut self, root: &DeTable<'_>) -> TopLevel {
+        if self.daemon_only {
+            let item = root.get("daemon");
+            let table = item.and_then(|item| self.table(item, "[daemon]"));
+            return TopLevel {
+                daemon: self.daemon(table.unwrap_or(&DeTable::new()), item),
+                telemetry: TelemetryConfig::default(),
+                defaults: Policy::default(),
+                defaults_layer: PolicyLayer::default(),
+            };
+        }
         let top = self.fields(
             root,
             0..0,
@@ -294,7 +348,7 @@ impl<'a> Walker<'a> {
             defaults_layer = self.policy_layer(&fields);
             defaults_layer.apply(&mut defaults);
             let fallback = self.src.absolute(item.span());
-            self.check_policy(&defaults, &[&defaults_layer], fallback);
+            self.check_policy(&defaults, &[&defaults_layer], fallback, true);
         }
         TopLevel {
             daemon,
@@ -536,8 +590,13 @@ impl<'a> Walker<'a> {
         .unwrap_or_else(|| Listen::Tcp(DEFAULT_LISTEN.parse().expect("valid default")));
         let state_dir = fields
             .get("state_dir")
-            .and_then(|item| self.string(item, "state_dir"))
-            .map(PathBuf::from)
+            .and_then(|item| {
+                self.path(
+                    item,
+                    "state_dir",
+                    "remove the key for the default ($STATE_DIRECTORY, else ./polld-state)",
+                )
+            })
             .unwrap_or_else(|| default_state_dir(self.env));
         let concurrency = fields
             .get("concurrency")
@@ -547,10 +606,13 @@ impl<'a> Walker<'a> {
             .get("per_host")
             .and_then(|item| self.integer(item, "per_host", 1..10_001))
             .unwrap_or(4) as usize;
-        let api_token_file = fields
-            .get("api_token_file")
-            .and_then(|item| self.string(item, "api_token_file"))
-            .map(PathBuf::from);
+        let api_token_file = fields.get("api_token_file").and_then(|item| {
+            self.path(
+                item,
+                "api_token_file",
+                "remove the key for an API without a token",
+            )
+        });
         let user_agent = match fields.get("user_agent") {
             Some(item) => self.user_agent(item),
             None => None,
@@ -582,6 +644,19 @@ impl<'a> Walker<'a> {
             metrics_per_watch,
             allowed_hosts,
         }
+    }
+
+    /// A file or directory: an empty one (`"${VAR:-}"` with VAR unset, say)
+    /// would pass here and fail only when polld starts, or quietly mean the
+    /// working directory. `instead` says what to write for the default.
+    fn path(&mut self, item: &Item<'_>, key: &str, instead: &str) -> Option<PathBuf> {
+        let text = self.string(item, key)?;
+        if text.trim().is_empty() {
+            self.src
+                .report(item.span(), format!("`{key}` is empty; {instead}"));
+            return None;
+        }
+        Some(PathBuf::from(text))
     }
 
     fn listen(&mut self, item: &Item<'_>) -> Option<Listen> {
@@ -736,9 +811,15 @@ impl<'a> Walker<'a> {
 
     /// Cross-checks of an effective policy; `layers` are searched, most
     /// specific first, for the place to blame.
-    fn check_policy(&mut self, policy: &Policy, layers: &[&PolicyLayer], fallback: Range<usize>) {
+    fn check_policy(
+        &mut self,
+        policy: &Policy,
+        layers: &[&PolicyLayer],
+        fallback: Range<usize>,
+        on_interval: bool,
+    ) {
         let human = |d: Duration| humantime::format_duration(d).to_string();
-        if policy.min_interval > policy.max_interval {
+        if on_interval && policy.min_interval > policy.max_interval {
             let span = span_of(layers, |l| &l.min_interval)
                 .or_else(|| span_of(layers, |l| &l.max_interval))
                 .unwrap_or(fallback.clone());
@@ -750,7 +831,9 @@ impl<'a> Walker<'a> {
                     human(policy.max_interval)
                 ),
             );
-        } else if policy.interval < policy.min_interval || policy.interval > policy.max_interval {
+        } else if on_interval
+            && (policy.interval < policy.min_interval || policy.interval > policy.max_interval)
+        {
             let span = span_of(layers, |l| &l.interval)
                 .or_else(|| span_of(layers, |l| &l.min_interval))
                 .or_else(|| span_of(layers, |l| &l.max_interval))
@@ -846,10 +929,11 @@ impl<'a> Walker<'a> {
             }
             None => Some(Schedule::Interval),
         };
-        if matches!(schedule, Some(Schedule::Interval)) {
-            let fallback = self.src.absolute(span.clone());
-            self.check_policy(&policy, &[&layer, defaults_layer], fallback);
-        }
+        // The interval keys only matter to a watch on an interval; the
+        // timeouts to every watch.
+        let on_interval = !fields.items.contains_key("schedule");
+        let fallback = self.src.absolute(span.clone());
+        self.check_policy(&policy, &[&layer, defaults_layer], fallback, on_interval);
 
         let method = match fields.get("method") {
             Some(item) => self.method(item),
@@ -896,19 +980,25 @@ impl<'a> Walker<'a> {
     fn cron(&mut self, item: &Item<'_>) -> Option<Schedule> {
         let expr = self.string(item, "schedule")?;
         match cron::Schedule::from_str(&expr) {
-            Ok(schedule) => Some(Schedule::Cron {
-                expr,
-                schedule: Box::new(schedule),
-            }),
+            Ok(schedule) => {
+                // A day that does not exist (30 February) or a year gone
+                // by parses, but would leave the watch polled only by the
+                // fallback of max_interval, never at a time it names.
+                if schedule.after(&chrono::Utc::now()).next().is_none() {
+                    self.src.report(
+                        item.span(),
+                        format!("`schedule` {expr:?} never fires: no time from now on matches it"),
+                    );
+                    return None;
+                }
+                Some(Schedule::Cron {
+                    expr,
+                    schedule: Box::new(schedule),
+                })
+            }
             Err(err) => {
-                // The cron crate's message repeats the expression and a
-                // caret line before the reason: keep the reason, one line.
-                let err = err.to_string();
-                let reason = err.lines().last().unwrap_or_default().trim();
-                self.src.report(
-                    item.span(),
-                    format!("`schedule` {expr:?} is not a cron expression ({reason}); expected 6 fields with seconds first, e.g. \"0 */10 * * * *\""),
-                );
+                self.src
+                    .report(item.span(), cron_problem(&expr, &err.to_string()));
                 None
             }
         }
@@ -1078,6 +1168,40 @@ impl<'a> Walker<'a> {
             })
             .collect()
     }
+}
+
+/// What is wrong with cron expression `expr`, from the cron crate's error
+/// `err`: the expression, a caret line under the place, then the reason,
+/// which is missing for a wrong number of fields or text it cannot read.
+fn cron_problem(expr: &str, err: &str) -> String {
+    const EXPECTED: &str =
+        "expected 6 fields (7 with a year) with seconds first, e.g. \"0 */10 * * * *\"";
+    let mut lines = err.lines();
+    let (_, caret) = (lines.next(), lines.next().unwrap_or_default());
+    let reason = lines.collect::<Vec<_>>().join(" ");
+    let reason = reason.trim();
+    if !reason.is_empty() {
+        return format!("`schedule` {expr:?} is not a cron expression ({reason}); {EXPECTED}");
+    }
+    let fields = expr.split_whitespace().count();
+    if !(6..=7).contains(&fields) && !expr.trim_start().starts_with('@') {
+        // The five fields of crontab(5): the same times, from second 0.
+        let hint = if fields == 5 {
+            let with_seconds = format!("0 {}", expr.trim());
+            cron::Schedule::from_str(&with_seconds)
+                .map(|_| format!("; for crontab's 5 fields from second 0 write {with_seconds:?}"))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        return format!("`schedule` {expr:?} has {fields} fields; {EXPECTED}{hint}");
+    }
+    let at = caret.find('^').unwrap_or(0);
+    let rest: String = expr.chars().skip(at).collect();
+    format!(
+        "`schedule` {expr:?} is not a cron expression (cannot read {rest:?} at character {}); {EXPECTED}",
+        at + 1
+    )
 }
 
 /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`; the first entry

@@ -67,8 +67,8 @@ pub struct AwaitArgs {
     /// A condition that ends the wait with failure (repeatable; any).
     #[arg(long = "fail-if", value_name = "CONDITION")]
     pub fail_if: Vec<String>,
-    /// Wait between checks when the server names none.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    /// Wait between checks when the server names none (longer than zero).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = positive_duration)]
     pub interval: Duration,
     /// Multiply the wait by this after each check (>= 1).
     #[arg(long, default_value_t = 1.0)]
@@ -99,6 +99,16 @@ pub struct AwaitArgs {
 
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
+}
+
+/// A zero --interval would check as fast as the network allows, for the
+/// whole --timeout, wherever the server names no wait (and --backoff cannot
+/// grow it): refused.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be longer than zero, e.g. \"2s\"".to_owned()),
+        d => Ok(d),
+    }
 }
 
 /// The validated request and conditions.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use polld_config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use polld_config::{Config, ConfigError, DEFAULT_CONFIG_PATH, DaemonConfig};
 
 use crate::exit;
 use crate::logging::LogFormat;
@@ -164,9 +164,12 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let needs_config = args.api.is_none() || args.token_file.is_none();
-    let config = if needs_config {
-        match Config::load(&args.config.config) {
-            Ok(config) => Some(config),
+    // Only `[daemon]` is read: the clients need its `listen` and
+    // `api_token_file`, and a watch's `${VAR}` that only the daemon's
+    // environment sets must not stop them.
+    let daemon = if needs_config {
+        match DaemonConfig::load(&args.config.config) {
+            Ok(daemon) => Some(daemon),
             Err(err) if args.api.is_none() => {
                 report_config_error(&err);
                 eprintln!(
@@ -203,13 +206,12 @@ where
                 return exit::code(exit::CONFIG);
             }
         },
-        None => crate::client::api_url(&config.as_ref().expect("loaded above").daemon.listen),
+        None => crate::client::api_url(&daemon.as_ref().expect("loaded above").listen),
     };
-    let token_file = args.token_file.clone().or_else(|| {
-        config
-            .as_ref()
-            .and_then(|c| c.daemon.api_token_file.clone())
-    });
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| daemon.as_ref().and_then(|d| d.api_token_file.clone()));
     let token = match token_file {
         Some(path) => match read_token(&path, follower) {
             Ok(text) => Some(text.trim().to_owned()),

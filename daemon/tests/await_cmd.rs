@@ -297,6 +297,13 @@ async fn permanent_error_and_bad_arguments() {
     // Zero attempts would still make one request: refused.
     let run = polld_await(&["--max-attempts", "0", &url]).await;
     assert_eq!(run.code, Some(78), "{}", run.stderr);
+    // A zero interval would check a job that names no wait (and a server
+    // that is down) as fast as the network allows, until --timeout.
+    let requests = server.received_requests().await.unwrap().len();
+    let run = polld_await(&["--interval", "0s", "--timeout", "1s", &url]).await;
+    assert_eq!(run.code, Some(78), "{}", run.stderr);
+    assert!(run.stderr.contains("--interval"), "{}", run.stderr);
+    assert_eq!(server.received_requests().await.unwrap().len(), requests);
     let help = polld_await(&["--help"]).await;
     assert!(
         help.stdout.contains("Example"),

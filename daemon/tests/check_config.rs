@@ -87,6 +87,27 @@ fn missing_file_is_a_config_error() {
     );
 }
 
+/// A watch list saved as Latin-1: the byte that is not UTF-8 is named at
+/// its FILE:LINE:COLUMN, like every other problem, not as a bare read error.
+#[test]
+fn a_file_that_is_not_utf8_names_the_place_of_the_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.toml");
+    std::fs::write(
+        &path,
+        b"[[watch]]\nid = \"a\"\nurl = \"https://example.org/caf\xe9\"\n",
+    )
+    .unwrap();
+    let output = check(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:3:31: byte 0xE9 is not UTF-8", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 problem found"), "{stderr}");
+}
+
 #[test]
 fn config_path_comes_from_polld_config_env() {
     let dir = tempfile::tempdir().unwrap();
@@ -200,6 +221,35 @@ const CASES: &[Case] = &[
         errors: &[(4, 12, "is not a cron expression (Hours must be")],
     },
     Case {
+        name: "crontab's five fields, without seconds",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"*/10 * * * *\"\n",
+        errors: &[(
+            4,
+            12,
+            "`schedule` \"*/10 * * * *\" has 5 fields; expected 6 fields (7 with a year) with seconds first, e.g. \"0 */10 * * * *\"; for crontab's 5 fields from second 0 write \"0 */10 * * * *\"",
+        )],
+    },
+    Case {
+        name: "cron text that cannot be read",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 1-x * * * *\"\n",
+        errors: &[(4, 12, "(cannot read \"-x * * * *\" at character 4)")],
+    },
+    Case {
+        name: "cron that never fires",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 0 0 30 2 *\"\n",
+        errors: &[(4, 12, "`schedule` \"0 0 0 30 2 *\" never fires")],
+    },
+    Case {
+        name: "cron in a year gone by",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 0 0 1 1 * 2020\"\n",
+        errors: &[(4, 12, "never fires")],
+    },
+    Case {
+        name: "connect timeout above timeout on a cron watch",
+        text: "[[watch]]\nid = \"a\"\nurl = \"https://example.org/\"\nschedule = \"0 * * * * *\"\nconnect_timeout = \"1m\"\n",
+        errors: &[(5, 19, "connect_timeout 1m is longer than timeout 30s")],
+    },
+    Case {
         name: "jitter of one",
         text: "[defaults]\njitter = 1.0\n",
         errors: &[(2, 10, "expected a fraction in [0, 1)")],
@@ -257,6 +307,22 @@ const CASES: &[Case] = &[
         name: "bad listen",
         text: "[daemon]\nlisten = \"localhost:8377\"\n",
         errors: &[(2, 10, "is not IP:PORT or unix:PATH")],
+    },
+    Case {
+        name: "empty paths, e.g. from an unset variable with an empty fallback",
+        text: "[daemon]\nstate_dir = \"${POLLD_TEST_UNSET_DIR:-}\"\napi_token_file = \"\"\n",
+        errors: &[
+            (
+                2,
+                13,
+                "`state_dir` is empty; remove the key for the default",
+            ),
+            (
+                3,
+                18,
+                "`api_token_file` is empty; remove the key for an API without a token",
+            ),
+        ],
     },
     Case {
         name: "zero concurrency",

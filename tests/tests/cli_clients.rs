@@ -267,6 +267,45 @@ async fn changes_follow_does_not_retry_a_wrong_token() {
     assert!(!stderr.contains("retrying"), "{stderr}");
 }
 
+/// The clients read `listen` and `api_token_file` from the watch list but
+/// nothing else of it: a watch's `${VAR}` that only the daemon's unit sets
+/// (a secret in its EnvironmentFile) does not make `polld status` in the
+/// operator's shell fail as an invalid watch list.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reads_only_the_daemon_table_of_the_watch_list() {
+    use wiremock::matchers::header;
+    let api = MockServer::start().await;
+    Mock::given(path("/v1/watches"))
+        .and(header("authorization", "Bearer t0ken"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "watches": [{"id": "gh", "state": "ok", "last_status": 200}],
+            "next": null,
+        })))
+        .mount(&api)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let config = dir.path().join("watchlist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"{}\"\napi_token_file = \"{}\"\n[[watch]]\nid = \"gh\"\nurl = \"https://api.github.com/events\"\nheaders = {{ Authorization = \"Bearer ${{POLLD_TEST_UNSET_GH_TOKEN}}\" }}\n",
+            api.address(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let out = polld(&["status", "--config", &config.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.lines().nth(1).is_some_and(|l| l.starts_with("gh ")),
+        "{stdout}"
+    );
+}
+
 /// A mistyped `--api` is a bad argument (78), named with what to write.
 #[test]
 fn a_mistyped_api_url_is_a_bad_argument() {
