@@ -1,7 +1,7 @@
 //! `polld await`: the polite agent as a one-shot command for async jobs.
 //! Sends a request, follows `202 Accepted` / `303 See Other` + `Location`
-//! (or `Operation-Location` / `Azure-AsyncOperation`) with GETs, honours
-//! `Retry-After` everywhere, and stops when `--until` conditions hold
+//! (or `Operation-Location` / `Azure-AsyncOperation`) with GETs, asks a
+//! GET answered 202 without one again, honours `Retry-After` everywhere, and stops when `--until` conditions hold
 //! (exit 0), a `--fail-if` condition holds or a permanent error comes (1),
 //! or the time or attempts run out (2). Needs no daemon and no store.
 
@@ -383,7 +383,14 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                 } else {
                     None
                 };
-                let waiting = job.is_some() || code == 429 || code == 503;
+                // A GET answered 202 without a status URL (GitHub's
+                // `/stats/*` while they compute) is accepted, not done
+                // (RFC 9110 §15.3.3): asked again, at the same URL, as the
+                // daemon's agent does.
+                let waiting = job.is_some()
+                    || code == 429
+                    || code == 503
+                    || (code == 202 && method == Method::GET);
                 // A body that broke off on an answer that only says "wait"
                 // is judged as empty; on a final answer it is the error.
                 let payload = match payload {

@@ -397,3 +397,41 @@ async fn a_save_pointer_missing_from_the_body_fails() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout, "completed\n");
 }
+
+/// A GET answered 202 without a `Location` (GitHub's `/stats/*` while
+/// they compute) is asked again after its `Retry-After`, not taken as the
+/// result.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_answered_202_without_location_is_asked_again() {
+    let server = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    {
+        let times = times.clone();
+        Mock::given(method("GET"))
+            .and(path("/stats"))
+            .respond_with(move |_: &Request| {
+                let mut times = times.lock().unwrap();
+                times.push(Instant::now());
+                if times.len() == 1 {
+                    ResponseTemplate::new(202)
+                        .insert_header("retry-after", "1")
+                        .set_body_string("{}")
+                } else {
+                    ResponseTemplate::new(200).set_body_string("[1,2,3]")
+                }
+            })
+            .mount(&server)
+            .await;
+    }
+    let url = format!("{}/stats", server.uri());
+    let run = polld_await(&[&url, "--timeout", "30s"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "[1,2,3]");
+    let times = times.lock().unwrap();
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(900),
+        "the 202's Retry-After was waited out: {:?}",
+        times[1] - times[0]
+    );
+}
