@@ -101,11 +101,12 @@ impl Config {
             .iter()
             .filter(|w| matches!(w.schedule, Schedule::Cron { .. }))
             .count();
+        let n = self.watches.len();
         format!(
-            "{}: ok, {} watches ({} on an interval, {} on a cron schedule), API on {}, state in {}",
+            "{}: ok, {n} watch{} ({} on an interval, {} on a cron schedule), API on {}, state in {}",
             self.path.display(),
-            self.watches.len(),
-            self.watches.len() - cron,
+            if n == 1 { "" } else { "es" },
+            n - cron,
             cron,
             self.daemon.listen,
             self.daemon.state_dir.display(),

@@ -178,7 +178,19 @@ where
                 );
                 return exit::code(exit::CONFIG);
             }
-            Err(_) => None,
+            // `--api` given: the watch list was only wanted for its token.
+            // Absent is fine (an API without one, or a machine that is not
+            // the daemon's); present but broken is said, so that a 401 that
+            // follows is not a mystery.
+            Err(err) => {
+                if args.config.config.exists() {
+                    report_config_error(&err);
+                    eprintln!(
+                        "polld: so no API token is read from it; pass --token-file if the API needs one"
+                    );
+                }
+                None
+            }
         }
     } else {
         None

@@ -226,11 +226,18 @@ fn retry_delay(err: anyhow::Error, failures: &mut u32) -> anyhow::Result<Duratio
     if *failures >= MAX_FAILURES {
         return Err(err.context(format!("{failures} failed requests in a row")));
     }
-    let delay = retry_after.map_or(Duration::from_secs(1 << (*failures).min(5)), |s| {
-        Duration::from_secs(s.min(60))
+    let delay = retry_after.map_or(Duration::from_secs(1 << (*failures).min(5)), |wait| {
+        wait.min(Duration::from_secs(60))
     });
     eprintln!("polld: {err:#}; retrying in {} s", delay.as_secs());
     Ok(delay)
+}
+
+/// The wait an answer's `Retry-After` asks for, in any of its forms
+/// (seconds or an HTTP date; a proxy in front of the API may send either),
+/// read as the agent reads it.
+fn server_wait(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    crate::agent::hints::retry_after(headers, std::time::SystemTime::now())
 }
 
 /// Sleeps `delay`; true when the reader of stdout went meanwhile.
@@ -344,7 +351,7 @@ impl Out {
 struct ApiFailure {
     status: u16,
     message: String,
-    retry_after: Option<u64>,
+    retry_after: Option<Duration>,
 }
 
 /// A request that got no answer. Names the API as the user gave it (for a
@@ -438,11 +445,7 @@ impl Client {
         if status.is_success() {
             return Ok(res);
         }
-        let retry_after = res
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let retry_after = server_wait(res.headers());
         let body = res.bytes().await.unwrap_or_default();
         let message = serde_json::from_slice::<Value>(&body)
             .ok()
@@ -489,6 +492,23 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_both_forms() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(server_wait(&headers), Some(Duration::from_secs(7)));
+        let at = std::time::SystemTime::now() + Duration::from_secs(30);
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            httpdate::fmt_http_date(at).parse().unwrap(),
+        );
+        let wait = server_wait(&headers).expect("an HTTP date is a wait too");
+        assert!(
+            (Duration::from_secs(28)..=Duration::from_secs(30)).contains(&wait),
+            "{wait:?}"
+        );
+    }
 
     #[test]
     fn api_urls() {

@@ -123,7 +123,7 @@ fn config_path_comes_from_polld_config_env() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("ok, 1 watches"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok, 1 watch (1 on an interval"));
 }
 
 #[test]

@@ -306,6 +306,40 @@ async fn status_reads_only_the_daemon_table_of_the_watch_list() {
     );
 }
 
+/// With `--api` and no `--token-file`, the watch list is read for its
+/// token only: a broken one is named (the 401 that follows is no mystery),
+/// an absent one is not an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_with_a_broken_watch_list_says_why_no_token_was_sent() {
+    let api = MockServer::start().await;
+    Mock::given(path("/v1/watches"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "error": "missing or wrong bearer token",
+        })))
+        .mount(&api)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("watchlist.toml");
+    std::fs::write(
+        &config,
+        "[daemon]
+concurrency = \"many\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let out = polld(&["status", "--api", &api.uri(), "--config", &config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{config}:2:")), "{stderr}");
+    assert!(stderr.contains("no API token is read from it"), "{stderr}");
+    assert!(stderr.contains("pass --token-file"), "{stderr}");
+
+    let absent = dir.path().join("absent.toml").display().to_string();
+    let out = polld(&["status", "--api", &api.uri(), "--config", &absent]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(&absent), "{stderr}");
+}
+
 /// A mistyped `--api` is a bad argument (78), named with what to write.
 #[test]
 fn a_mistyped_api_url_is_a_bad_argument() {
