@@ -137,12 +137,31 @@ impl DaemonConfig {
     }
 }
 
+/// The largest watch list read: a million watches of a few lines each fit
+/// many times over; `--config /dev/zero` (or a log file named by mistake)
+/// is refused instead of growing memory until the machine gives out.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// The text of the file at `path`.
 fn read(path: &Path) -> Result<String, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+    use std::io::Read as _;
+    let failed = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(failed)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(failed(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "larger than {} MiB: not a watch list",
+                MAX_FILE_BYTES / 1024 / 1024
+            ),
+        )));
+    }
     // TOML is UTF-8: a file saved in another encoding is named with the
     // place of each byte that is not, like any other problem.
     String::from_utf8(bytes).map_err(|err| ConfigError::Invalid {

@@ -126,6 +126,19 @@ fn config_path_comes_from_polld_config_env() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("ok, 1 watch (1 on an interval"));
 }
 
+/// A file with no end (or a huge one named by mistake) is refused at a
+/// bound, not read until memory runs out.
+#[test]
+fn an_endless_file_is_refused_at_a_bound() {
+    let output = check(std::path::Path::new("/dev/zero"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero: larger than 256 MiB"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn empty_watch_list_is_valid() {
     let dir = tempfile::tempdir().unwrap();
