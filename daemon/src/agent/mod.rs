@@ -319,7 +319,9 @@ impl Agent {
         let mut cursor_now = request.cursor.map(str::to_owned);
         let mut page_url = first_url;
         // Pages requested in this poll: a next page among them is a cycle.
-        let mut fetched: HashSet<Url> = HashSet::new();
+        // Only a watch with a cursor has pages (at most MAX_PAGES): a plain
+        // poll neither allocates nor hashes for this.
+        let mut fetched: Vec<Url> = Vec::new();
         let mut first: Option<Exchange> = None;
         let mut last: Option<Exchange> = None;
         // The URL `last` was requested at.
@@ -336,7 +338,9 @@ impl Agent {
             } else {
                 None
             };
-            fetched.insert(page_url.clone());
+            if watch.cursor.is_some() {
+                fetched.push(page_url.clone());
+            }
             let mut exchange = match self
                 .exchange(request, &page_url, job, conditional, deadline, received)
                 .await
