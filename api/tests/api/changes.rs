@@ -167,6 +167,47 @@ async fn a_commit_wakes_a_held_long_poll() {
     assert_eq!(fx.state.waiters(), 0, "the waiter slot is given back");
 }
 
+/// A client that follows the feed while polld commits is never told its
+/// cursor is "ahead of this feed": every `next` handed out is one the feed
+/// accepts back. (A commit is readable a moment before the store publishes
+/// its seq; a page read from the store in that moment must not reach past
+/// the published seq.) Bounded by the committer's 500 commits; without the
+/// bound on the store read a run saw 2 to 5 such 410s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cursor_handed_out_is_never_refused_as_ahead() {
+    let fx = fixture();
+    fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
+    let r = fx.router();
+    let store = fx.store.clone();
+    let committer = tokio::task::spawn_blocking(move || {
+        for _ in 0..500 {
+            store
+                .apply_blocking(vec![polld_store::Outcome {
+                    state: crate::common::state("alpha"),
+                    new_version: None,
+                    events: vec![ChangeKind::ErrorStarted],
+                    keep_versions: 10,
+                }])
+                .unwrap();
+        }
+    });
+    let mut cursor = "1".to_owned();
+    let mut seen = 1;
+    while !committer.is_finished() {
+        let res = get(&r, &format!("/v1/changes?after={cursor}")).await;
+        assert_eq!(res.status, StatusCode::OK, "after={cursor}: {}", res.text());
+        let page = res.json();
+        for seq in seqs(&page) {
+            assert_eq!(seq, seen + 1, "a change skipped or repeated");
+            seen = seq;
+        }
+        cursor = page["next"].as_str().unwrap().to_owned();
+    }
+    committer.await.unwrap();
+    let rest = get(&r, &format!("/v1/changes?after={cursor}&limit=1000")).await;
+    assert_eq!(seqs(&rest.json()).last().copied().unwrap_or(seen), 501);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_tail_is_read_from_the_store() {
     let fx = fixture();
