@@ -358,6 +358,9 @@ async fn sse_stream_resumes_with_last_event_id() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
+    // Not cached, and not buffered by a proxy such as nginx.
+    assert_eq!(res.headers()["cache-control"], "no-cache");
+    assert_eq!(res.headers()["x-accel-buffering"], "no");
     let mut body = res.into_body();
     assert_eq!(read_events(&mut body, 2).await, [1, 2]);
     // A change committed while the stream is open arrives on it.
@@ -389,6 +392,55 @@ async fn sse_stream_resumes_with_last_event_id() {
     .await
     .expect("stream kept open after close");
     assert!(end);
+}
+
+/// A stream whose cursor falls out of retention ends with an `error` event
+/// carrying the 410 body, `resync_after` included, so that the client can
+/// resync as a long-poll client would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falling_out_of_retention_mid_stream_sends_the_410_body() {
+    let fx = fixture_with(ApiOptions::new(), 3);
+    fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
+    let r = fx.router();
+    let res = r
+        .clone()
+        .oneshot(
+            Request::get("/v1/changes/stream?after=1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    // Ten changes in one commit, three kept (9, 10, 11): 2 to 8 are gone.
+    fx.commit("alpha", None, vec![ChangeKind::ErrorStarted; 10]);
+    let text = tokio::time::timeout(HANG, async {
+        let mut text = String::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+        text
+    })
+    .await
+    .expect("stream kept open");
+    let event = &text[text.find("event: error\n").expect(&text)..];
+    let data = event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect(event);
+    let json: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("re-read /v1/watches"),
+        "{json}"
+    );
+    assert_eq!(json["resync_after"], "8", "{json}");
+    assert_eq!(fx.state.waiters(), 0);
 }
 
 /// Closing the store, not the API, also ends the feed: a held long poll
