@@ -401,7 +401,13 @@ impl Feed {
     async fn read_store(&self, after: u64, limit: usize) -> Result<Vec<ChangeJson>, ApiError> {
         let store = self.store.clone();
         let read = blocking(move || {
-            let changes = store.changes_after(after, limit)?;
+            // Only changes `last_seq` already counts: a commit is readable a
+            // moment before the store publishes its seq, and a cursor past
+            // the published seq would come back as "ahead of this feed"
+            // (410). What is cut off arrives with the commit's wake.
+            let last = store.last_seq();
+            let mut changes = store.changes_after(after, limit)?;
+            changes.truncate(changes.partition_point(|c| c.seq <= last));
             // Checked after the read: `oldest_seq` only grows, so if nothing
             // after `after` was pruned now, the read saw no gap either.
             let oldest = store.oldest_seq();

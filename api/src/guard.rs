@@ -220,7 +220,7 @@ fn host_of(headers: &HeaderMap) -> Option<String> {
 
 /// Whether `host` (as sent, with or without a port) may be served.
 pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
-    let name = strip_port(host);
+    let name = name_of(host);
     if name.eq_ignore_ascii_case("localhost") {
         return true;
     }
@@ -230,7 +230,14 @@ pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
     }
     allowed
         .iter()
-        .any(|a| strip_port(a).eq_ignore_ascii_case(name))
+        .any(|a| name_of(a).eq_ignore_ascii_case(name))
+}
+
+/// The host name of a `Host` value, without the port and without the one
+/// trailing dot of a fully qualified name (`localhost.` is `localhost`).
+fn name_of(host: &str) -> &str {
+    let name = strip_port(host);
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -335,6 +342,12 @@ mod tests {
             "10.1.2.3:80",
             "polld.internal",
             "polld.internal:8377",
+            // Fully qualified: the same names.
+            "localhost.",
+            "localhost.:8377",
+            "polld.internal.",
+            "POLLD.internal.:8377",
+            "127.0.0.1.:8377",
         ] {
             assert!(host_allowed(ok, &allowed), "{ok} should pass");
         }
@@ -344,10 +357,18 @@ mod tests {
             "localhost.evil.example",
             "127.0.0.1.nip.io",
             "polld.internal.evil",
+            "evil.example.",
+            "localhost..",
+            ".",
             "",
             "\u{fffd}",
         ] {
             assert!(!host_allowed(bad, &allowed), "{bad} should be rejected");
         }
+        // A configured name written fully qualified matches too.
+        let dotted = vec!["polld.lan.".to_owned()];
+        assert!(host_allowed("polld.lan:8377", &dotted));
+        assert!(host_allowed("polld.lan.", &dotted));
+        assert!(!host_allowed("evil.lan", &dotted));
     }
 }

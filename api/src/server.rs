@@ -212,7 +212,7 @@ pub async fn serve(
 }
 
 impl Listener {
-    /// Serves `router` until `shutdown` resolves, then stops accepting,
+    /// Serves `router` until `shutdown` resolves, then stops listening,
     /// lets in-flight requests finish for up to `limits.drain_timeout`
     /// (kept-alive connections close after their current request), drops
     /// what remains, and removes a Unix socket file. Call
@@ -255,6 +255,21 @@ impl Listener {
                 serve_connection(io, service, limits, draining).await;
             });
         }
+        // Stop listening before the drain: a client that connects meanwhile
+        // is refused at once and can retry, instead of waiting in the
+        // backlog until the drain ends and then being reset. (A socket
+        // systemd passed stays open in systemd, which queues new clients
+        // for the next start.)
+        let socket_file = match self {
+            Listener::Unix(listener, path) => {
+                drop(listener);
+                path
+            }
+            Listener::Tcp(listener) => {
+                drop(listener);
+                None
+            }
+        };
         draining.cancel();
         let drained = tokio::time::timeout(limits.drain_timeout, async {
             while conns.join_next().await.is_some() {}
@@ -267,7 +282,7 @@ impl Listener {
             );
             conns.shutdown().await;
         }
-        if let Listener::Unix(_, Some(path)) = &self {
+        if let Some(path) = socket_file {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -159,7 +159,7 @@ pub(crate) struct StreamQuery {
 /// The same feed as Server-Sent Events: one `change` event per change, its
 /// `id` the cursor; reconnecting with `Last-Event-ID` resumes after it. A
 /// cursor that falls out of retention mid-stream ends it with an `error`
-/// event.
+/// event whose data is the 410 body (`error`, `resync_after`).
 #[utoipa::path(get, path = "/v1/changes/stream", tag = "changes",
     params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses(
@@ -188,9 +188,14 @@ pub(crate) async fn sse(
         .await?;
     let slot = slot.into_owned(&state);
     let events = events(state, first, slot);
-    Ok(Sse::new(events)
+    let mut res = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+        .into_response();
+    // nginx buffers proxied answers unless told not to: events would reach
+    // the client only once a buffer filled.
+    res.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(res)
 }
 
 struct StreamState {
@@ -253,13 +258,25 @@ fn events(
             Err(_) if st.feed.is_closed() => None,
             Err(err) => {
                 st.done = true;
-                let body = serde_json::json!({ "error": err.to_string() });
-                let event = Event::default().event("error").data(body.to_string());
+                // Boxed: rare, and a held stream keeps its future allocated.
+                let data = Box::pin(error_data(err)).await;
+                let event = Event::default().event("error").data(data);
                 Some((vec![Ok(event)], st))
             }
         }
     })
     .flat_map(stream::iter)
+}
+
+/// The data of an `error` event: the JSON body the same error gets as an
+/// HTTP answer (410's `resync_after` included, internal details left out),
+/// logged as that answer would be.
+async fn error_data(err: ApiError) -> String {
+    let body = err.into_response().into_body();
+    let json = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    String::from_utf8_lossy(&json).into_owned()
 }
 
 fn batch(changes: Vec<crate::json::ChangeJson>) -> Vec<Result<Event, Infallible>> {

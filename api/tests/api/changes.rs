@@ -167,6 +167,47 @@ async fn a_commit_wakes_a_held_long_poll() {
     assert_eq!(fx.state.waiters(), 0, "the waiter slot is given back");
 }
 
+/// A client that follows the feed while polld commits is never told its
+/// cursor is "ahead of this feed": every `next` handed out is one the feed
+/// accepts back. (A commit is readable a moment before the store publishes
+/// its seq; a page read from the store in that moment must not reach past
+/// the published seq.) Bounded by the committer's 500 commits; without the
+/// bound on the store read a run saw 2 to 5 such 410s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cursor_handed_out_is_never_refused_as_ahead() {
+    let fx = fixture();
+    fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
+    let r = fx.router();
+    let store = fx.store.clone();
+    let committer = tokio::task::spawn_blocking(move || {
+        for _ in 0..500 {
+            store
+                .apply_blocking(vec![polld_store::Outcome {
+                    state: crate::common::state("alpha"),
+                    new_version: None,
+                    events: vec![ChangeKind::ErrorStarted],
+                    keep_versions: 10,
+                }])
+                .unwrap();
+        }
+    });
+    let mut cursor = "1".to_owned();
+    let mut seen = 1;
+    while !committer.is_finished() {
+        let res = get(&r, &format!("/v1/changes?after={cursor}")).await;
+        assert_eq!(res.status, StatusCode::OK, "after={cursor}: {}", res.text());
+        let page = res.json();
+        for seq in seqs(&page) {
+            assert_eq!(seq, seen + 1, "a change skipped or repeated");
+            seen = seq;
+        }
+        cursor = page["next"].as_str().unwrap().to_owned();
+    }
+    committer.await.unwrap();
+    let rest = get(&r, &format!("/v1/changes?after={cursor}&limit=1000")).await;
+    assert_eq!(seqs(&rest.json()).last().copied().unwrap_or(seen), 501);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_tail_is_read_from_the_store() {
     let fx = fixture();
@@ -317,6 +358,9 @@ async fn sse_stream_resumes_with_last_event_id() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
+    // Not cached, and not buffered by a proxy such as nginx.
+    assert_eq!(res.headers()["cache-control"], "no-cache");
+    assert_eq!(res.headers()["x-accel-buffering"], "no");
     let mut body = res.into_body();
     assert_eq!(read_events(&mut body, 2).await, [1, 2]);
     // A change committed while the stream is open arrives on it.
@@ -348,6 +392,55 @@ async fn sse_stream_resumes_with_last_event_id() {
     .await
     .expect("stream kept open after close");
     assert!(end);
+}
+
+/// A stream whose cursor falls out of retention ends with an `error` event
+/// carrying the 410 body, `resync_after` included, so that the client can
+/// resync as a long-poll client would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falling_out_of_retention_mid_stream_sends_the_410_body() {
+    let fx = fixture_with(ApiOptions::new(), 3);
+    fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
+    let r = fx.router();
+    let res = r
+        .clone()
+        .oneshot(
+            Request::get("/v1/changes/stream?after=1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    // Ten changes in one commit, three kept (9, 10, 11): 2 to 8 are gone.
+    fx.commit("alpha", None, vec![ChangeKind::ErrorStarted; 10]);
+    let text = tokio::time::timeout(HANG, async {
+        let mut text = String::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+        text
+    })
+    .await
+    .expect("stream kept open");
+    let event = &text[text.find("event: error\n").expect(&text)..];
+    let data = event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect(event);
+    let json: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("re-read /v1/watches"),
+        "{json}"
+    );
+    assert_eq!(json["resync_after"], "8", "{json}");
+    assert_eq!(fx.state.waiters(), 0);
 }
 
 /// Closing the store, not the API, also ends the feed: a held long poll

@@ -693,6 +693,8 @@ async fn foreign_hosts_are_rejected_and_no_cors() {
         "[::1]:8377",
         "polld.lan",
         "polld.lan:80",
+        "localhost.:8377",
+        "polld.lan.",
     ] {
         let res = send(&r, with_host(good)).await;
         assert_eq!(res.status, StatusCode::OK, "{good}");

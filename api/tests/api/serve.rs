@@ -254,3 +254,58 @@ async fn shutdown_answers_held_long_polls_and_drains() {
         .expect("no drain")
         .unwrap();
 }
+
+/// Once shutdown begins the server stops listening: a client that connects
+/// while in-flight requests drain is refused at once (and retries), rather
+/// than left in the listen backlog until the drain ends and then reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_clients_are_refused_while_draining() {
+    let fx = fixture();
+    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
+        panic!("not TCP")
+    };
+    let mut limits = ServeLimits::default();
+    limits.drain_timeout = Duration::from_secs(60);
+    let (stop, stopped) = oneshot::channel::<()>();
+    // The API is not closed at shutdown here: the held long poll keeps the
+    // drain going until the test closes it.
+    let server = tokio::spawn(listener.serve(fx.router(), limits, async {
+        let _ = stopped.await;
+    }));
+    let poll = tokio::spawn(async move {
+        exchange(
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            "/v1/changes?after=0&wait=50s",
+        )
+        .await
+    });
+    for _ in 0..1_000_000 {
+        if fx.state.waiters() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fx.state.waiters(), 1);
+    stop.send(()).unwrap();
+    // The server learns of the shutdown at its next turn; bounded.
+    let mut refused = false;
+    for _ in 0..1000 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(refused, "still accepting connections while draining");
+    assert!(!server.is_finished(), "the drain waits for the long poll");
+    fx.state.close();
+    let answer = tokio::time::timeout(HANG, poll).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    tokio::time::timeout(HANG, server)
+        .await
+        .expect("no drain")
+        .unwrap();
+}
