@@ -604,6 +604,8 @@ impl<P: Poller> Engine<P> {
                     let stopped = entry.key.is_none() && entry.in_flight.is_none() && !entry.queued;
                     let new_fingerprint = fingerprint(watch);
                     let request_changed = entry.state.fingerprint != new_fingerprint;
+                    let schedule_changed =
+                        watch::schedule_text(&entry.watch) != watch::schedule_text(watch);
                     let conditions_changed =
                         entry.watch.until != watch.until || entry.watch.fail_if != watch.fail_if;
                     tracing::info!(
@@ -621,16 +623,35 @@ impl<P: Poller> Engine<P> {
                     let policy = &watch.policy;
                     let (interval, _) = watch::adopt_interval(&mut entry.state, policy);
                     entry.watch = watch.clone();
-                    // A shorter interval takes effect now rather than after the old wait.
+                    // The wait under way, if it must change; never before
+                    // what the server last asked for.
                     let remaining = entry.due.saturating_duration_since(Instant::now());
-                    if remaining > interval
-                        && waits_by_policy(&entry.state)
+                    let hold = server_hold(&entry.state, now);
+                    let by_policy = waits_by_policy(&entry.state);
+                    let wait = match &watch.schedule {
+                        // A new cron schedule: its own next fire, sooner
+                        // or later than the old one's.
+                        polld_config::Schedule::Cron { .. } if schedule_changed && by_policy => {
+                            Some(
+                                policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
+                                    .max(hold),
+                            )
+                        }
+                        // A shorter interval takes effect now rather than
+                        // after the old wait. (A cron watch waits for its
+                        // fire, not for its interval.)
+                        polld_config::Schedule::Interval if by_policy && remaining > interval => {
+                            Some(
+                                policy::jittered(interval, policy.jitter, &mut self.rng)
+                                    .min(interval)
+                                    .max(hold),
+                            )
+                        }
+                        _ => None,
+                    };
+                    if let Some(delay) = wait
                         && let Some(key) = &entry.key
                     {
-                        // Never before what the server last asked for.
-                        let delay = policy::jittered(interval, policy.jitter, &mut self.rng)
-                            .min(interval)
-                            .max(server_hold(&entry.state, now));
                         self.queue.reset(key, delay.min(MAX_TIMER));
                         entry.due = Instant::now() + delay;
                         // Stored too: a restart before that poll keeps it.
@@ -694,6 +715,7 @@ impl<P: Poller> Engine<P> {
                 let delay = match state.next_due_ms {
                     Some(due) => policy::resume_delay(
                         policy,
+                        &watch.schedule,
                         SystemTime::UNIX_EPOCH + Duration::from_millis(due),
                         now,
                         self.options.resume_window,

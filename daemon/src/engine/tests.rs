@@ -289,14 +289,20 @@ fn open_store() -> (tempfile::TempDir, Store) {
 }
 
 /// Lets virtual time run until `done` holds (checked every 100 ms of it).
-async fn run_until(limit: Duration, mut done: impl FnMut() -> bool) {
+async fn run_until(limit: Duration, done: impl FnMut() -> bool) {
+    run_until_every(limit, Duration::from_millis(100), done).await;
+}
+
+/// Lets virtual time run until `done` holds, checked every `step` of it
+/// (a long step for a test that waits days of virtual time).
+async fn run_until_every(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(
             Instant::now() < deadline,
             "not reached within {limit:?} of virtual time"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(step).await;
     }
 }
 
@@ -1308,4 +1314,86 @@ async fn a_restart_brings_back_each_watchs_304_ratio_before_it_polls() {
         let line = format!("polld_not_modified_ratio{{watch=\"{id}\"}} 0.5");
         assert!(text.contains(&line), "{line} missing in:\n{text}");
     }
+}
+
+/// Midnight UTC, 2023-11-15.
+const MIDNIGHT: u64 = 1_700_006_400;
+
+/// One watch `w0` on a cron `schedule`, with `extra` in `[defaults]`.
+fn cron_watch(schedule: &str, extra: &str) -> Config {
+    config(&format!(
+        "[defaults]\njitter = 0.0\n{extra}\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\nschedule = \"{schedule}\"\n"
+    ))
+}
+
+/// Milliseconds past the last multiple of `period` of a poll's wall time.
+fn past(seen: &Seen, period: Duration) -> u128 {
+    let ms = seen
+        .wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    ms % period.as_millis()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_a_daily_cron_watch_on_its_fire() {
+    // Ten minutes past midnight: the next fire is 23 h 50 min away, far
+    // beyond max_interval (6 h by default).
+    let daily = cron_watch("0 0 0 * * *", "");
+    let (_dir, store) = open_store();
+    let first = Scripted::new(wall_clock(MIDNIGHT + 600), |_, _| Reply::NotModified);
+    let running = start(&daily, &store, first.clone()).await;
+    tokio::time::sleep(secs(60)).await;
+    running.stop().await;
+    assert!(first.times("w0").is_empty());
+
+    let second = Scripted::new(first.clock, |_, _| Reply::NotModified);
+    let running = start(&daily, &store, second.clone()).await;
+    run_until_every(secs(25 * 3_600), secs(60), || second.times("w0").len() == 1).await;
+    running.stop().await;
+    let polled = &second.polls("w0")[0];
+    assert!(
+        past(polled, secs(86_400)) <= 2,
+        "polled {} s past midnight, not at the fire",
+        past(polled, secs(86_400)) / 1000
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_a_cron_watch_on_its_fires() {
+    // Five minutes past the hour; an hourly cron and the default 5 min
+    // interval (which a cron watch does not wait by).
+    let hourly = |extra: &str| cron_watch("0 0 * * * *", extra);
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(MIDNIGHT + 300), |_, _| Reply::NotModified);
+    let running = start(&hourly(""), &store, poller.clone()).await;
+    tokio::time::sleep(secs(60)).await;
+    // Another setting of the watch changes: its wait for the fire stays.
+    let summary = running.handle.reload(hourly("timeout = \"20s\"")).await;
+    assert_eq!(summary.map(|s| s.changed), Some(1));
+    run_until_every(secs(3_600), secs(10), || poller.times("w0").len() == 1).await;
+    let polled = &poller.polls("w0")[0];
+    assert!(
+        past(polled, secs(3_600)) <= 2,
+        "polled {} s past the hour, not at the fire",
+        past(polled, secs(3_600)) / 1000
+    );
+
+    // The schedule itself changes: the next poll is at the new one's fire.
+    tokio::time::sleep(secs(300)).await;
+    let summary = running
+        .handle
+        .reload(cron_watch("0 30 * * * *", "timeout = \"20s\""))
+        .await;
+    assert_eq!(summary.map(|s| s.changed), Some(1));
+    run_until_every(secs(3_600), secs(10), || poller.times("w0").len() == 2).await;
+    running.stop().await;
+    let polled = &poller.polls("w0")[1];
+    let minutes = past(polled, secs(3_600));
+    assert!(
+        minutes.abs_diff(1_800_000) <= 2,
+        "polled {} s past the hour, not at half past",
+        minutes / 1000
+    );
 }

@@ -41,7 +41,7 @@ pub(crate) fn same_settings(a: &Watch, b: &Watch) -> bool {
         && schedule_text(a) == schedule_text(b)
 }
 
-fn schedule_text(watch: &Watch) -> Option<&str> {
+pub(crate) fn schedule_text(watch: &Watch) -> Option<&str> {
     match &watch.schedule {
         polld_config::Schedule::Interval => None,
         polld_config::Schedule::Cron { expr, .. } => Some(expr),
