@@ -631,12 +631,22 @@ impl<P: Poller> Engine<P> {
                     let wait = match &watch.schedule {
                         // A new cron schedule: its own next fire, sooner
                         // or later than the old one's.
-                        polld_config::Schedule::Cron { .. } if schedule_changed && by_policy => {
+                        polld_config::Schedule::Cron { .. }
+                            if schedule_changed && (by_policy || request_changed) =>
+                        {
                             Some(
                                 policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
                                     .max(hold),
                             )
                         }
+                        // A new request: polled like a new watch (the wait
+                        // was for the old one's answers), never later.
+                        _ if request_changed => Some(
+                            remaining.min(
+                                policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
+                                    .max(hold),
+                            ),
+                        ),
                         // A shorter interval takes effect now rather than
                         // after the old wait. (A cron watch waits for its
                         // fire, not for its interval.)
@@ -696,7 +706,8 @@ impl<P: Poller> Engine<P> {
         let (state, delay, events, write) = match previous {
             Some(mut state) => {
                 let mut events = Vec::new();
-                if state.fingerprint != fp {
+                let request_changed = state.fingerprint != fp;
+                if request_changed {
                     watch::reset_request_state(&mut state, &watch, fp);
                 }
                 if state.status == WatchStatus::Removed {
@@ -728,7 +739,15 @@ impl<P: Poller> Engine<P> {
                 // error backoff is kept. Spread like a new list's first
                 // polls: many watches edited at once must not come back as
                 // a herd.
-                let delay = if base_changed && waits_by_policy(&state) {
+                let delay = if request_changed {
+                    // Edited while polld was stopped: polled like a new
+                    // watch (its stored wait was for the old request), yet
+                    // never later than it was due.
+                    delay.min(
+                        policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
+                            .max(server_hold(&state, now)),
+                    )
+                } else if base_changed && waits_by_policy(&state) {
                     delay.min(
                         policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
                             .max(server_hold(&state, now)),

@@ -1397,3 +1397,82 @@ async fn a_reload_keeps_a_cron_watch_on_its_fires() {
         minutes / 1000
     );
 }
+
+/// `w0` at `url`, an hourly interval doubled by every 304.
+fn at_url(url: &str) -> Config {
+    config(&format!(
+        "[defaults]\ninterval = \"1h\"\nmin_interval = \"1s\"\nmax_interval = \"1d\"\nmax_retry_after = \"1d\"\nbackoff = 2.0\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"{url}\"\n"
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_edited_url_is_polled_within_its_interval_not_after_the_old_backoff() {
+    let (_dir, store) = open_store();
+    // Three 304s: the old URL's wait grew to 8 h.
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&at_url("http://127.0.0.1:9/a"), &store, poller.clone()).await;
+    run_until_every(secs(8 * 3_600), secs(10), || poller.times("w0").len() == 3).await;
+    tokio::time::sleep(secs(60)).await;
+    let edited = poller.start.elapsed();
+
+    running
+        .handle
+        .reload(at_url("http://127.0.0.1:9/b"))
+        .await
+        .expect("reloaded");
+    run_until_every(secs(2 * 3_600), secs(10), || poller.times("w0").len() == 4).await;
+    let waited = poller.times("w0")[3] - edited;
+    assert!(
+        waited <= secs(3_600) + secs(1),
+        "the edited URL waited {waited:?}, more than its 1 h interval"
+    );
+    // Its backoff starts afresh: a 304 doubles 1 h, not 8 h.
+    run_until_every(secs(3 * 3_600), secs(10), || poller.times("w0").len() == 5).await;
+    running.stop().await;
+    let times = poller.times("w0");
+    assert_near(times[4] - times[3], secs(2 * 3_600), "1 h doubled once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_url_moved_off_a_rate_limiting_host_does_not_wait_for_it() {
+    let (_dir, store) = open_store();
+    // The old host asks for a day; the list then points the watch elsewhere.
+    let poller = Scripted::new(
+        wall_clock(1_700_000_000),
+        first_then_304(Reply::RateLimited(secs(86_400))),
+    );
+    let running = start(&at_url("http://127.0.0.1:9/a"), &store, poller.clone()).await;
+    run_until_every(secs(3_600), secs(10), || poller.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(60)).await;
+    running.stop().await;
+
+    // Edited while polld was stopped, to another host: polled within its
+    // interval after the restart.
+    let second = Scripted::new(poller.clock, |_, _| Reply::NotModified);
+    let running = start(&at_url("http://localhost:9/a"), &store, second.clone()).await;
+    run_until_every(secs(3_610), secs(10), || second.times("w0").len() == 1).await;
+    running.stop().await;
+    assert!(
+        second.times("w0")[0] <= secs(3_600) + Duration::from_millis(2),
+        "polled {:?} after the restart",
+        second.times("w0")[0]
+    );
+
+    // Back to the same host as the 429, by reload: its day is still kept.
+    let third = Scripted::new(second.clock, |_, _| Reply::RateLimited(secs(86_400)));
+    let running = start(&at_url("http://localhost:9/a"), &store, third.clone()).await;
+    run_until_every(secs(2 * 3_600), secs(10), || third.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(60)).await;
+    running
+        .handle
+        .reload(at_url("http://localhost:9/b"))
+        .await
+        .expect("reloaded");
+    tokio::time::sleep(secs(12 * 3_600)).await;
+    assert_eq!(
+        third.times("w0").len(),
+        1,
+        "the same host's Retry-After was cut by an edit of the path"
+    );
+    running.stop().await;
+}
