@@ -491,10 +491,27 @@ impl<P: Poller> Engine<P> {
     fn command(&mut self, command: Command) {
         match command {
             Command::PollNow(id, reply) => {
+                let now = self.options.clock.now();
                 let found = match self.entries.get_mut(&id) {
                     // A poll under way (or one already due and queued)
                     // answers the request: a second one would be impolite.
                     Some(entry) if entry.in_flight.is_some() || entry.queued => true,
+                    // Rate limited (its last answer a 429/503): polled as
+                    // soon as the server's wait ends, not against it.
+                    Some(entry)
+                        if entry.state.status == WatchStatus::RateLimited
+                            && !server_hold(&entry.state, now).is_zero() =>
+                    {
+                        let hold = server_hold(&entry.state, now);
+                        let remaining = entry.due.saturating_duration_since(Instant::now());
+                        if let Some(key) = &entry.key
+                            && remaining > hold
+                        {
+                            self.queue.reset(key, hold.min(MAX_TIMER));
+                            entry.due = Instant::now() + hold;
+                        }
+                        true
+                    }
                     // Waiting for its next poll: that poll moves to now.
                     Some(entry) if entry.key.is_some() => {
                         if let Some(key) = entry.key.take() {

@@ -1476,3 +1476,38 @@ async fn a_url_moved_off_a_rate_limiting_host_does_not_wait_for_it() {
     );
     running.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn poll_now_waits_out_a_rate_limit_and_polls_when_it_ends() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\nmax_interval = \"1h\"\nmax_retry_after = \"1h\"\nbackoff = 1.0\njitter = 0.0";
+    let (_dir, store) = open_store();
+    // 429 + Retry-After: 300, then 304s; error backoff after the 429 may
+    // wait longer than the 300 s (up to 20 s x 2 here, so not here).
+    let poller = Scripted::new(
+        wall_clock(1_700_000_000),
+        first_then_304(Reply::RateLimited(secs(300))),
+    );
+    let running = start(&watch_list(defaults, 1), &store, poller.clone()).await;
+    run_until(secs(20), || poller.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(10)).await;
+    assert!(running.handle.poll_now("w0").await, "the poll is queued");
+    run_until(secs(600), || poller.times("w0").len() == 2).await;
+    let times = poller.times("w0");
+    assert!(
+        times[1] - times[0] >= secs(300),
+        "polled {:?} after a 429 that asked for 300 s",
+        times[1] - times[0]
+    );
+    assert!(
+        times[1] - times[0] <= secs(330),
+        "not polled when the 429's wait ended: {:?}",
+        times[1] - times[0]
+    );
+    // Not rate limited any more: poll now is now.
+    tokio::time::sleep(secs(1)).await;
+    let asked = poller.start.elapsed();
+    assert!(running.handle.poll_now("w0").await);
+    run_until(secs(5), || poller.times("w0").len() == 3).await;
+    assert_near(poller.times("w0")[2], asked, "poll now");
+    running.stop().await;
+}
