@@ -491,10 +491,27 @@ impl<P: Poller> Engine<P> {
     fn command(&mut self, command: Command) {
         match command {
             Command::PollNow(id, reply) => {
+                let now = self.options.clock.now();
                 let found = match self.entries.get_mut(&id) {
                     // A poll under way (or one already due and queued)
                     // answers the request: a second one would be impolite.
                     Some(entry) if entry.in_flight.is_some() || entry.queued => true,
+                    // Rate limited (its last answer a 429/503): polled as
+                    // soon as the server's wait ends, not against it.
+                    Some(entry)
+                        if entry.state.status == WatchStatus::RateLimited
+                            && !server_hold(&entry.state, now).is_zero() =>
+                    {
+                        let hold = server_hold(&entry.state, now);
+                        let remaining = entry.due.saturating_duration_since(Instant::now());
+                        if let Some(key) = &entry.key
+                            && remaining > hold
+                        {
+                            self.queue.reset(key, hold.min(MAX_TIMER));
+                            entry.due = Instant::now() + hold;
+                        }
+                        true
+                    }
                     // Waiting for its next poll: that poll moves to now.
                     Some(entry) if entry.key.is_some() => {
                         if let Some(key) = entry.key.take() {
@@ -604,6 +621,8 @@ impl<P: Poller> Engine<P> {
                     let stopped = entry.key.is_none() && entry.in_flight.is_none() && !entry.queued;
                     let new_fingerprint = fingerprint(watch);
                     let request_changed = entry.state.fingerprint != new_fingerprint;
+                    let schedule_changed =
+                        watch::schedule_text(&entry.watch) != watch::schedule_text(watch);
                     let conditions_changed =
                         entry.watch.until != watch.until || entry.watch.fail_if != watch.fail_if;
                     tracing::info!(
@@ -621,16 +640,45 @@ impl<P: Poller> Engine<P> {
                     let policy = &watch.policy;
                     let (interval, _) = watch::adopt_interval(&mut entry.state, policy);
                     entry.watch = watch.clone();
-                    // A shorter interval takes effect now rather than after the old wait.
+                    // The wait under way, if it must change; never before
+                    // what the server last asked for.
                     let remaining = entry.due.saturating_duration_since(Instant::now());
-                    if remaining > interval
-                        && waits_by_policy(&entry.state)
+                    let hold = server_hold(&entry.state, now);
+                    let by_policy = waits_by_policy(&entry.state);
+                    let wait = match &watch.schedule {
+                        // A new cron schedule: its own next fire, sooner
+                        // or later than the old one's.
+                        polld_config::Schedule::Cron { .. }
+                            if schedule_changed && (by_policy || request_changed) =>
+                        {
+                            Some(
+                                policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
+                                    .max(hold),
+                            )
+                        }
+                        // A new request: polled like a new watch (the wait
+                        // was for the old one's answers), never later.
+                        _ if request_changed => Some(
+                            remaining.min(
+                                policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
+                                    .max(hold),
+                            ),
+                        ),
+                        // A shorter interval takes effect now rather than
+                        // after the old wait. (A cron watch waits for its
+                        // fire, not for its interval.)
+                        polld_config::Schedule::Interval if by_policy && remaining > interval => {
+                            Some(
+                                policy::jittered(interval, policy.jitter, &mut self.rng)
+                                    .min(interval)
+                                    .max(hold),
+                            )
+                        }
+                        _ => None,
+                    };
+                    if let Some(delay) = wait
                         && let Some(key) = &entry.key
                     {
-                        // Never before what the server last asked for.
-                        let delay = policy::jittered(interval, policy.jitter, &mut self.rng)
-                            .min(interval)
-                            .max(server_hold(&entry.state, now));
                         self.queue.reset(key, delay.min(MAX_TIMER));
                         entry.due = Instant::now() + delay;
                         // Stored too: a restart before that poll keeps it.
@@ -675,7 +723,8 @@ impl<P: Poller> Engine<P> {
         let (state, delay, events, write) = match previous {
             Some(mut state) => {
                 let mut events = Vec::new();
-                if state.fingerprint != fp {
+                let request_changed = state.fingerprint != fp;
+                if request_changed {
                     watch::reset_request_state(&mut state, &watch, fp);
                 }
                 if state.status == WatchStatus::Removed {
@@ -694,6 +743,7 @@ impl<P: Poller> Engine<P> {
                 let delay = match state.next_due_ms {
                     Some(due) => policy::resume_delay(
                         policy,
+                        &watch.schedule,
                         SystemTime::UNIX_EPOCH + Duration::from_millis(due),
                         now,
                         self.options.resume_window,
@@ -706,7 +756,15 @@ impl<P: Poller> Engine<P> {
                 // error backoff is kept. Spread like a new list's first
                 // polls: many watches edited at once must not come back as
                 // a herd.
-                let delay = if base_changed && waits_by_policy(&state) {
+                let delay = if request_changed {
+                    // Edited while polld was stopped: polled like a new
+                    // watch (its stored wait was for the old request), yet
+                    // never later than it was due.
+                    delay.min(
+                        policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
+                            .max(server_hold(&state, now)),
+                    )
+                } else if base_changed && waits_by_policy(&state) {
                     delay.min(
                         policy::first_delay(policy, &watch.schedule, now, &mut self.rng)
                             .max(server_hold(&state, now)),

@@ -182,11 +182,15 @@ fn scheduled(
         Schedule::Interval => jittered(interval, policy.jitter, rng),
         Schedule::Cron { schedule, .. } => {
             let gap = until_next_fire(schedule, now).unwrap_or(policy.max_interval);
-            gap + gap
-                .mul_f64(policy.jitter * rng.random::<f64>())
-                .min(Duration::from_secs(60))
+            gap + cron_jitter_cap(policy, gap).mul_f64(rng.random::<f64>())
         }
     }
+}
+
+/// The most a cron fire `gap` ahead is delayed by jitter: `jitter` of the
+/// gap, at most a minute.
+fn cron_jitter_cap(policy: &Policy, gap: Duration) -> Duration {
+    gap.mul_f64(policy.jitter).min(Duration::from_secs(60))
 }
 
 /// `delay` moved by a uniform factor in `[1 - jitter, 1 + jitter]`.
@@ -234,6 +238,7 @@ pub fn first_delay(
 /// ahead, else (it is late) a uniform spread over `min(interval, window)`.
 pub fn resume_delay(
     policy: &Policy,
+    schedule: &Schedule,
     due: SystemTime,
     now: SystemTime,
     window: Duration,
@@ -241,11 +246,18 @@ pub fn resume_delay(
 ) -> Duration {
     // The longest delay a decision can make: a server's delay up to
     // `max_retry_after`, or the policy's up to `max_interval`, plus jitter
-    // on top. A stored due time beyond that is from an older, looser list.
-    let longest = policy
+    // on top; for a cron watch also its next fire (a daily one is further
+    // than `max_interval`), plus its forward jitter. A stored due time
+    // beyond that is from an older, looser list.
+    let mut longest = policy
         .max_interval
         .max(policy.max_retry_after)
         .mul_f64(1.0 + policy.jitter);
+    if let Schedule::Cron { schedule, .. } = schedule
+        && let Some(gap) = until_next_fire(schedule, now)
+    {
+        longest = longest.max(gap + cron_jitter_cap(policy, gap));
+    }
     match due.duration_since(now) {
         Ok(ahead) => ahead.min(longest),
         Err(_) => policy.interval.min(window).mul_f64(rng.random::<f64>()),
@@ -568,6 +580,58 @@ mod tests {
     }
 
     #[test]
+    fn daily_cron_fires_are_spread_over_their_jitter_not_stacked_at_its_cap() {
+        let daily = Schedule::Cron {
+            expr: "0 0 0 * * *".into(),
+            schedule: Box::new(cron::Schedule::from_str("0 0 0 * * *").unwrap()),
+        };
+        // 00:10 UTC: the next fire is 23 h 50 min ahead; 10 % of that is
+        // far above the one-minute cap.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(600);
+        let gap = Duration::from_secs(86_400 - 600);
+        let mut rng = StdRng::seed_from_u64(9);
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| {
+                decide(
+                    &policy(),
+                    &daily,
+                    Cadence::initial(&policy()),
+                    Verdict::Unchanged,
+                    ServerDelay::default(),
+                    now,
+                    &mut rng,
+                )
+                .delay
+            })
+            .collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= gap && *d <= gap + Duration::from_secs(60))
+        );
+        let at_cap = delays
+            .iter()
+            .filter(|d| **d == gap + Duration::from_secs(60))
+            .count();
+        assert!(at_cap < 10, "{at_cap} of 200 fires stacked at the cap");
+        assert!(delays.iter().any(|d| *d < gap + Duration::from_secs(30)));
+        // A restart keeps its stored due time, the fire, though it is
+        // beyond max_interval (10 min here).
+        let due = now + gap + Duration::from_secs(30);
+        assert_eq!(
+            resume_delay(
+                &policy(),
+                &daily,
+                due,
+                now,
+                Duration::from_secs(20),
+                &mut rng
+            ),
+            gap + Duration::from_secs(30)
+        );
+    }
+
+    #[test]
     fn first_start_spreads_and_restart_resumes() {
         let mut rng = StdRng::seed_from_u64(7);
         let p = policy();
@@ -593,7 +657,14 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let ahead = now + Duration::from_secs(45);
         assert_eq!(
-            resume_delay(&p, ahead, now, Duration::from_secs(20), &mut rng),
+            resume_delay(
+                &p,
+                &Schedule::Interval,
+                ahead,
+                now,
+                Duration::from_secs(20),
+                &mut rng
+            ),
             Duration::from_secs(45)
         );
         // A server's Retry-After beyond max_interval survives a restart
@@ -602,17 +673,40 @@ mod tests {
         let mut p2 = p.clone();
         p2.max_retry_after = Duration::from_secs(6 * 3600);
         assert_eq!(
-            resume_delay(&p2, asked, now, Duration::from_secs(20), &mut rng),
+            resume_delay(
+                &p2,
+                &Schedule::Interval,
+                asked,
+                now,
+                Duration::from_secs(20),
+                &mut rng
+            ),
             Duration::from_secs(3 * 3600)
         );
         let absurd = now + Duration::from_secs(100 * 3600);
         assert_eq!(
-            resume_delay(&p2, absurd, now, Duration::from_secs(20), &mut rng),
+            resume_delay(
+                &p2,
+                &Schedule::Interval,
+                absurd,
+                now,
+                Duration::from_secs(20),
+                &mut rng
+            ),
             Duration::from_secs(6 * 3600).mul_f64(1.0 + p2.jitter)
         );
         let late = now - Duration::from_secs(500);
         let spread: Vec<Duration> = (0..200)
-            .map(|_| resume_delay(&p, late, now, Duration::from_secs(20), &mut rng))
+            .map(|_| {
+                resume_delay(
+                    &p,
+                    &Schedule::Interval,
+                    late,
+                    now,
+                    Duration::from_secs(20),
+                    &mut rng,
+                )
+            })
             .collect();
         assert!(spread.iter().all(|d| *d < Duration::from_secs(20)));
         assert!(

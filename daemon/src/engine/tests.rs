@@ -289,14 +289,20 @@ fn open_store() -> (tempfile::TempDir, Store) {
 }
 
 /// Lets virtual time run until `done` holds (checked every 100 ms of it).
-async fn run_until(limit: Duration, mut done: impl FnMut() -> bool) {
+async fn run_until(limit: Duration, done: impl FnMut() -> bool) {
+    run_until_every(limit, Duration::from_millis(100), done).await;
+}
+
+/// Lets virtual time run until `done` holds, checked every `step` of it
+/// (a long step for a test that waits days of virtual time).
+async fn run_until_every(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(
             Instant::now() < deadline,
             "not reached within {limit:?} of virtual time"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(step).await;
     }
 }
 
@@ -1308,4 +1314,200 @@ async fn a_restart_brings_back_each_watchs_304_ratio_before_it_polls() {
         let line = format!("polld_not_modified_ratio{{watch=\"{id}\"}} 0.5");
         assert!(text.contains(&line), "{line} missing in:\n{text}");
     }
+}
+
+/// Midnight UTC, 2023-11-15.
+const MIDNIGHT: u64 = 1_700_006_400;
+
+/// One watch `w0` on a cron `schedule`, with `extra` in `[defaults]`.
+fn cron_watch(schedule: &str, extra: &str) -> Config {
+    config(&format!(
+        "[defaults]\njitter = 0.0\n{extra}\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\nschedule = \"{schedule}\"\n"
+    ))
+}
+
+/// Milliseconds past the last multiple of `period` of a poll's wall time.
+fn past(seen: &Seen, period: Duration) -> u128 {
+    let ms = seen
+        .wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    ms % period.as_millis()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_a_daily_cron_watch_on_its_fire() {
+    // Ten minutes past midnight: the next fire is 23 h 50 min away, far
+    // beyond max_interval (6 h by default).
+    let daily = cron_watch("0 0 0 * * *", "");
+    let (_dir, store) = open_store();
+    let first = Scripted::new(wall_clock(MIDNIGHT + 600), |_, _| Reply::NotModified);
+    let running = start(&daily, &store, first.clone()).await;
+    tokio::time::sleep(secs(60)).await;
+    running.stop().await;
+    assert!(first.times("w0").is_empty());
+
+    let second = Scripted::new(first.clock, |_, _| Reply::NotModified);
+    let running = start(&daily, &store, second.clone()).await;
+    run_until_every(secs(25 * 3_600), secs(60), || second.times("w0").len() == 1).await;
+    running.stop().await;
+    let polled = &second.polls("w0")[0];
+    assert!(
+        past(polled, secs(86_400)) <= 2,
+        "polled {} s past midnight, not at the fire",
+        past(polled, secs(86_400)) / 1000
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_a_cron_watch_on_its_fires() {
+    // Five minutes past the hour; an hourly cron and the default 5 min
+    // interval (which a cron watch does not wait by).
+    let hourly = |extra: &str| cron_watch("0 0 * * * *", extra);
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(MIDNIGHT + 300), |_, _| Reply::NotModified);
+    let running = start(&hourly(""), &store, poller.clone()).await;
+    tokio::time::sleep(secs(60)).await;
+    // Another setting of the watch changes: its wait for the fire stays.
+    let summary = running.handle.reload(hourly("timeout = \"20s\"")).await;
+    assert_eq!(summary.map(|s| s.changed), Some(1));
+    run_until_every(secs(3_600), secs(10), || poller.times("w0").len() == 1).await;
+    let polled = &poller.polls("w0")[0];
+    assert!(
+        past(polled, secs(3_600)) <= 2,
+        "polled {} s past the hour, not at the fire",
+        past(polled, secs(3_600)) / 1000
+    );
+
+    // The schedule itself changes: the next poll is at the new one's fire.
+    tokio::time::sleep(secs(300)).await;
+    let summary = running
+        .handle
+        .reload(cron_watch("0 30 * * * *", "timeout = \"20s\""))
+        .await;
+    assert_eq!(summary.map(|s| s.changed), Some(1));
+    run_until_every(secs(3_600), secs(10), || poller.times("w0").len() == 2).await;
+    running.stop().await;
+    let polled = &poller.polls("w0")[1];
+    let minutes = past(polled, secs(3_600));
+    assert!(
+        minutes.abs_diff(1_800_000) <= 2,
+        "polled {} s past the hour, not at half past",
+        minutes / 1000
+    );
+}
+
+/// `w0` at `url`, an hourly interval doubled by every 304.
+fn at_url(url: &str) -> Config {
+    config(&format!(
+        "[defaults]\ninterval = \"1h\"\nmin_interval = \"1s\"\nmax_interval = \"1d\"\nmax_retry_after = \"1d\"\nbackoff = 2.0\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"{url}\"\n"
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_edited_url_is_polled_within_its_interval_not_after_the_old_backoff() {
+    let (_dir, store) = open_store();
+    // Three 304s: the old URL's wait grew to 8 h.
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&at_url("http://127.0.0.1:9/a"), &store, poller.clone()).await;
+    run_until_every(secs(8 * 3_600), secs(10), || poller.times("w0").len() == 3).await;
+    tokio::time::sleep(secs(60)).await;
+    let edited = poller.start.elapsed();
+
+    running
+        .handle
+        .reload(at_url("http://127.0.0.1:9/b"))
+        .await
+        .expect("reloaded");
+    run_until_every(secs(2 * 3_600), secs(10), || poller.times("w0").len() == 4).await;
+    let waited = poller.times("w0")[3] - edited;
+    assert!(
+        waited <= secs(3_600) + secs(1),
+        "the edited URL waited {waited:?}, more than its 1 h interval"
+    );
+    // Its backoff starts afresh: a 304 doubles 1 h, not 8 h.
+    run_until_every(secs(3 * 3_600), secs(10), || poller.times("w0").len() == 5).await;
+    running.stop().await;
+    let times = poller.times("w0");
+    assert_near(times[4] - times[3], secs(2 * 3_600), "1 h doubled once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_url_moved_off_a_rate_limiting_host_does_not_wait_for_it() {
+    let (_dir, store) = open_store();
+    // The old host asks for a day; the list then points the watch elsewhere.
+    let poller = Scripted::new(
+        wall_clock(1_700_000_000),
+        first_then_304(Reply::RateLimited(secs(86_400))),
+    );
+    let running = start(&at_url("http://127.0.0.1:9/a"), &store, poller.clone()).await;
+    run_until_every(secs(3_600), secs(10), || poller.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(60)).await;
+    running.stop().await;
+
+    // Edited while polld was stopped, to another host: polled within its
+    // interval after the restart.
+    let second = Scripted::new(poller.clock, |_, _| Reply::NotModified);
+    let running = start(&at_url("http://localhost:9/a"), &store, second.clone()).await;
+    run_until_every(secs(3_610), secs(10), || second.times("w0").len() == 1).await;
+    running.stop().await;
+    assert!(
+        second.times("w0")[0] <= secs(3_600) + Duration::from_millis(2),
+        "polled {:?} after the restart",
+        second.times("w0")[0]
+    );
+
+    // Back to the same host as the 429, by reload: its day is still kept.
+    let third = Scripted::new(second.clock, |_, _| Reply::RateLimited(secs(86_400)));
+    let running = start(&at_url("http://localhost:9/a"), &store, third.clone()).await;
+    run_until_every(secs(2 * 3_600), secs(10), || third.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(60)).await;
+    running
+        .handle
+        .reload(at_url("http://localhost:9/b"))
+        .await
+        .expect("reloaded");
+    tokio::time::sleep(secs(12 * 3_600)).await;
+    assert_eq!(
+        third.times("w0").len(),
+        1,
+        "the same host's Retry-After was cut by an edit of the path"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_now_waits_out_a_rate_limit_and_polls_when_it_ends() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\nmax_interval = \"1h\"\nmax_retry_after = \"1h\"\nbackoff = 1.0\njitter = 0.0";
+    let (_dir, store) = open_store();
+    // 429 + Retry-After: 300, then 304s; error backoff after the 429 may
+    // wait longer than the 300 s (up to 20 s x 2 here, so not here).
+    let poller = Scripted::new(
+        wall_clock(1_700_000_000),
+        first_then_304(Reply::RateLimited(secs(300))),
+    );
+    let running = start(&watch_list(defaults, 1), &store, poller.clone()).await;
+    run_until(secs(20), || poller.times("w0").len() == 1).await;
+    tokio::time::sleep(secs(10)).await;
+    assert!(running.handle.poll_now("w0").await, "the poll is queued");
+    run_until(secs(600), || poller.times("w0").len() == 2).await;
+    let times = poller.times("w0");
+    assert!(
+        times[1] - times[0] >= secs(300),
+        "polled {:?} after a 429 that asked for 300 s",
+        times[1] - times[0]
+    );
+    assert!(
+        times[1] - times[0] <= secs(330),
+        "not polled when the 429's wait ended: {:?}",
+        times[1] - times[0]
+    );
+    // Not rate limited any more: poll now is now.
+    tokio::time::sleep(secs(1)).await;
+    let asked = poller.start.elapsed();
+    assert!(running.handle.poll_now("w0").await);
+    run_until(secs(5), || poller.times("w0").len() == 3).await;
+    assert_near(poller.times("w0")[2], asked, "poll now");
+    running.stop().await;
 }

@@ -41,7 +41,7 @@ pub(crate) fn same_settings(a: &Watch, b: &Watch) -> bool {
         && schedule_text(a) == schedule_text(b)
 }
 
-fn schedule_text(watch: &Watch) -> Option<&str> {
+pub(crate) fn schedule_text(watch: &Watch) -> Option<&str> {
     match &watch.schedule {
         polld_config::Schedule::Interval => None,
         polld_config::Schedule::Cron { expr, .. } => Some(expr),
@@ -102,8 +102,18 @@ pub(crate) fn is_stopped(state: &WatchState) -> bool {
 }
 
 /// The request changed: drop validators, cursor and any learned move; a
-/// stopped watch is polled again.
+/// stopped watch is polled again. What the old request's answers taught
+/// the schedule goes too: the interval backoff stretched (the new request
+/// has not been seen unchanged), the error count (a fixed URL is not
+/// failing) and, on another host, the wait that host asked for; a wait
+/// asked for by the same host is kept.
 pub(crate) fn reset_request_state(state: &mut WatchState, watch: &Watch, fingerprint: u64) {
+    if host_of(&state.url) != host_of(watch.url.as_str()) {
+        state.hold_until_ms = None;
+    }
+    state.interval_ms = watch.policy.interval.as_millis() as u64;
+    state.backoff_level = 0;
+    state.consecutive_errors = 0;
     state.fingerprint = fingerprint;
     state.url = watch.url.to_string();
     state.etag = None;
