@@ -671,6 +671,7 @@ impl<P: Poller> Engine<P> {
                             Some(
                                 policy::jittered(interval, policy.jitter, &mut self.rng)
                                     .min(interval)
+                                    .max(policy.min_interval)
                                     .max(hold),
                             )
                         }

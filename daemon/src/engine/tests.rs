@@ -1030,6 +1030,45 @@ async fn a_shorter_interval_from_a_reload_is_stored_with_its_due_time() {
     running.stop().await;
 }
 
+/// A reload that shortens the interval to `min_interval` never makes the
+/// jittered wait shorter than `min_interval`.
+#[tokio::test(start_paused = true)]
+async fn a_reload_to_min_interval_waits_at_least_min_interval() {
+    let list = |interval: &str| {
+        let mut text = format!(
+            "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"10s\"\nbackoff = 1.0\njitter = 0.5\n"
+        );
+        for i in 0..20 {
+            text.push_str(&format!(
+                "[[watch]]\nid = \"w{i}\"\nurl = \"http://127.0.0.1:9/{i}\"\n"
+            ));
+        }
+        config(&text)
+    };
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&list("1h"), &store, poller.clone()).await;
+    run_until(secs(7_200), || poller.firsts().len() == 20).await;
+    let polled: Vec<usize> = (0..20)
+        .map(|i| poller.times(&format!("w{i}")).len())
+        .collect();
+    let reloaded = Instant::now() - poller.start;
+    running.handle.reload(list("10s")).await.expect("reloaded");
+    run_until(secs(60), || {
+        (0..20).all(|i| poller.times(&format!("w{i}")).len() > polled[i])
+    })
+    .await;
+    running.stop().await;
+    for (i, before) in polled.iter().enumerate() {
+        let next = poller.times(&format!("w{i}"))[*before];
+        assert!(
+            next >= reloaded + secs(10) - Duration::from_millis(1),
+            "w{i} polled {:?} after the reload, below min_interval",
+            next - reloaded
+        );
+    }
+}
+
 fn one_watch(interval: &str) -> Config {
     config(&format!(
         "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"1s\"\nmax_interval = \"4h\"\nmax_retry_after = \"6h\"\nbackoff = 2.0\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\n"
