@@ -179,12 +179,26 @@ async fn bind_unix(path: &Path) -> Result<Listener, ServeError> {
     };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(ServeError::SocketInUse {
-                    path: path.to_owned(),
-                });
+            match tokio::net::UnixStream::connect(path).await {
+                // Alive, and busy (its backlog full) is alive too.
+                Ok(_) => {
+                    return Err(ServeError::SocketInUse {
+                        path: path.to_owned(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(ServeError::SocketInUse {
+                        path: path.to_owned(),
+                    });
+                }
+                // Nobody listens: left by a polld that died.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path).map_err(err)?;
+                }
+                // Not known to be stale (no permission, ...): not ours
+                // to delete.
+                Err(e) => return Err(err(e)),
             }
-            std::fs::remove_file(path).map_err(err)?;
         }
         Ok(_) => {
             return Err(ServeError::NotASocket {

@@ -98,7 +98,7 @@ fn waiter_slot(state: &ApiState) -> Result<WaiterSlot<'_>, ApiError> {
     responses(
         (status = 200, description = "Changes after the cursor (possibly none, at the end of `wait`)", body = ChangesPage),
         (status = 400, description = "Malformed cursor, wait or limit", body = ErrorJson),
-        (status = 410, description = "The cursor is older than the retained history: re-read /v1/watches and resume from `resync_after`", body = GoneJson),
+        (status = 410, description = "The cursor is older than the retained history, or ahead of this feed (the database was replaced): re-read /v1/watches and resume from `resync_after`", body = GoneJson),
         (status = 429, description = "Too many waiters", body = ErrorJson,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ))]
@@ -165,7 +165,7 @@ pub(crate) struct StreamQuery {
     responses(
         (status = 200, description = "An event stream of `change` events", content_type = "text/event-stream", body = String),
         (status = 400, description = "Malformed cursor", body = ErrorJson),
-        (status = 410, description = "The cursor is older than the retained history: re-read /v1/watches and resume from `resync_after`", body = GoneJson),
+        (status = 410, description = "The cursor is older than the retained history, or ahead of this feed (the database was replaced): re-read /v1/watches and resume from `resync_after`", body = GoneJson),
         (status = 429, description = "Too many waiters", body = ErrorJson,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ))]

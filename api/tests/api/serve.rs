@@ -208,6 +208,49 @@ async fn unix_socket_mode_0660_and_stale_files() {
     );
 }
 
+/// A socket whose listener is too busy to take one more connection (its
+/// backlog full) is alive: it is left alone, not taken for a stale file.
+#[tokio::test]
+async fn a_busy_socket_is_not_taken_for_a_stale_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+    let socket = tokio::net::UnixSocket::new_stream().unwrap();
+    socket.bind(&path).unwrap();
+    let busy = socket.listen(1).unwrap();
+    // Never accepted: connects fill the backlog of 1 until one is refused
+    // as would-block.
+    let mut held = Vec::new();
+    let full = loop {
+        assert!(held.len() < 64, "the backlog never filled");
+        match tokio::net::UnixStream::connect(&path).await {
+            Ok(stream) => held.push(stream),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock, "{full}");
+    let err = polld_api::bind(&Listen::Unix(path.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServeError::SocketInUse { .. }), "{err}");
+    // Still the busy listener's: it takes a connection once one is free.
+    drop(held);
+    for _ in 0..16 {
+        if tokio::time::timeout(Duration::from_millis(50), busy.accept())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _client = tokio::net::UnixStream::connect(&path)
+        .await
+        .expect("the socket file still leads to a listener");
+    tokio::time::timeout(Duration::from_secs(5), busy.accept())
+        .await
+        .expect("the socket file was replaced: a new client does not reach the live listener")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_held_long_polls_and_drains() {
     let fx = fixture();
