@@ -266,14 +266,41 @@ impl Feed {
         closing: &CancellationToken,
         want_json: bool,
     ) -> Result<Page, ApiError> {
+        if let Some(after) = after {
+            return self
+                .next_page_after(after, limit, hold, closing, want_json)
+                .await;
+        }
+        // No cursor: from the oldest retained change. A change log at its
+        // retention cap prunes on every commit, and may prune past that
+        // start while it is read: start again from the new oldest rather
+        // than answer 410 for a cursor the client never sent. Bounded: a
+        // few tries, then the answer stands.
+        let mut tries = 0;
+        loop {
+            let start = self.start_cursor();
+            match self
+                .next_page_after(start, limit, hold, closing, want_json)
+                .await
+            {
+                Err(ApiError::Gone { .. }) if tries < 3 => tries += 1,
+                answer => return answer,
+            }
+        }
+    }
+
+    async fn next_page_after(
+        &self,
+        after: u64,
+        limit: usize,
+        hold: Option<Hold>,
+        closing: &CancellationToken,
+        want_json: bool,
+    ) -> Result<Page, ApiError> {
         if self.store.is_closed() {
             return Err(StoreError::Closed.into());
         }
         let tail = self.tail.borrow().clone();
-        let after = match after {
-            Some(after) => after,
-            None => self.start_cursor(),
-        };
         // Retention decides, not the tail: a cursor below it is 410 even if
         // the tail still holds some of what came after it, so that clients
         // see one rule.

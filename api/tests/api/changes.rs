@@ -208,6 +208,37 @@ async fn a_cursor_handed_out_is_never_refused_as_ahead() {
     assert_eq!(seqs(&rest.json()).last().copied().unwrap_or(seen), 501);
 }
 
+/// A client that passes no cursor starts at the oldest retained change:
+/// it never gets 410, also while every commit prunes (the change log at
+/// its retention cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cursor_is_never_gone_while_pruning() {
+    let fx = crate::common::fixture_with(polld_api::ApiOptions::new(), 3);
+    fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
+    let r = fx.router();
+    let store = fx.store.clone();
+    let committer = tokio::task::spawn_blocking(move || {
+        for _ in 0..500 {
+            store
+                .apply_blocking(vec![polld_store::Outcome {
+                    state: crate::common::state("alpha"),
+                    new_version: None,
+                    events: vec![ChangeKind::ErrorStarted, ChangeKind::ErrorCleared],
+                    keep_versions: 10,
+                }])
+                .unwrap();
+        }
+    });
+    let mut asked = 0;
+    while !committer.is_finished() {
+        let res = get(&r, "/v1/changes").await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+        asked += 1;
+    }
+    committer.await.unwrap();
+    assert!(asked > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_tail_is_read_from_the_store() {
     let fx = fixture();
