@@ -141,6 +141,59 @@ impl Backlog {
     }
 }
 
+/// Per-watch info lines a start or a reload logs before the rest go to
+/// debug: a `[defaults]` edit changes every watch, and 100,000 lines of it
+/// would bury the journal.
+const PER_WATCH_LINES: usize = 100;
+
+/// Logs one line per watch at info, up to [`PER_WATCH_LINES`] per start or
+/// reload, then at debug.
+macro_rules! per_watch {
+    ($budget:expr, $($arg:tt)+) => {
+        if $budget.take() {
+            tracing::info!($($arg)+)
+        } else {
+            tracing::debug!($($arg)+)
+        }
+    };
+}
+
+/// What is left of [`PER_WATCH_LINES`], and the lines past it.
+#[derive(Debug)]
+struct LogBudget {
+    left: usize,
+    past: usize,
+}
+
+impl LogBudget {
+    fn new() -> LogBudget {
+        LogBudget {
+            left: PER_WATCH_LINES,
+            past: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        if self.left == 0 {
+            self.past += 1;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+
+    /// Says how many lines went to debug, and starts a new budget.
+    fn close(&mut self) {
+        if self.past > 0 {
+            tracing::info!(
+                more = self.past,
+                "more watches were added, removed or changed than are logged one by one; RUST_LOG=polld=debug lists each"
+            );
+        }
+        *self = LogBudget::new();
+    }
+}
+
 /// A request to the running engine.
 #[derive(Debug)]
 enum Command {
@@ -251,6 +304,8 @@ pub struct Engine<P: Poller = Agent> {
     progress: Arc<AtomicU64>,
     running: Arc<AtomicBool>,
     rng: StdRng,
+    /// Per-watch lines of the start or reload under way.
+    log_budget: LogBudget,
     /// Numbers the polls started, so that an answer is matched to the very
     /// poll its entry is waiting for (not to a watch of the same id removed
     /// and added again meanwhile).
@@ -371,6 +426,7 @@ impl<P: Poller> Engine<P> {
             progress: progress.clone(),
             running: running.clone(),
             rng: StdRng::from_os_rng(),
+            log_budget: LogBudget::new(),
             polls_started: 0,
         };
         // Sorted and searched in place rather than indexed in a map: no
@@ -400,6 +456,7 @@ impl<P: Poller> Engine<P> {
                 engine.record_removed(state);
             }
         }
+        engine.log_budget.close();
         engine.metrics.set_watches(engine.entries.len());
         let handle = EngineHandle {
             commands: commands_tx,
@@ -608,7 +665,7 @@ impl<P: Poller> Engine<P> {
                             None
                         }
                     };
-                    tracing::info!(watch = %id, resumed = previous.is_some(), "watch added to the list");
+                    per_watch!(self.log_budget, watch = %id, resumed = previous.is_some(), "watch added to the list");
                     self.add(watch.clone(), previous, now);
                     summary.added += 1;
                 }
@@ -625,7 +682,8 @@ impl<P: Poller> Engine<P> {
                         watch::schedule_text(&entry.watch) != watch::schedule_text(watch);
                     let conditions_changed =
                         entry.watch.until != watch.until || entry.watch.fail_if != watch.fail_if;
-                    tracing::info!(
+                    per_watch!(
+                        self.log_budget,
                         watch = %id,
                         request_changed,
                         "watch settings changed{}",
@@ -707,6 +765,7 @@ impl<P: Poller> Engine<P> {
             }
         }
         self.metrics.set_watches(self.entries.len());
+        self.log_budget.close();
         tracing::info!(
             added = summary.added,
             removed = summary.removed,
@@ -817,7 +876,7 @@ impl<P: Poller> Engine<P> {
     fn record_removed(&mut self, mut state: WatchState) {
         state.status = WatchStatus::Removed;
         state.next_due_ms = None;
-        tracing::info!(watch = %state.id, "watch removed from the list; its history is kept");
+        per_watch!(self.log_budget, watch = %state.id, "watch removed from the list; its history is kept");
         self.submit(Outcome {
             state,
             new_version: None,

@@ -1069,6 +1069,54 @@ async fn a_reload_to_min_interval_waits_at_least_min_interval() {
     }
 }
 
+/// Log lines written while a test runs on this thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A reload that touches many watches logs the first hundred one by one
+/// and then one line for the rest, not a line per watch.
+#[tokio::test(start_paused = true)]
+async fn a_reload_of_many_watches_logs_a_bounded_number_of_lines() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let defaults = "interval = \"1h\"\nmin_interval = \"1s\"\njitter = 0.0";
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let running = start(&some_of(defaults, &[0]), &store, poller.clone()).await;
+    let all: Vec<usize> = (0..250).collect();
+    let summary = running.handle.reload(some_of(defaults, &all)).await;
+    assert_eq!(summary.map(|s| s.added), Some(249));
+    running.stop().await;
+    let text = captured.text();
+    let added = text.matches("watch added to the list").count();
+    assert_eq!(added, 100, "{added} per-watch lines");
+    assert!(text.contains("more=149"), "{text}");
+    assert!(text.contains("added=249"), "{text}");
+}
+
 fn one_watch(interval: &str) -> Config {
     config(&format!(
         "[defaults]\ninterval = \"{interval}\"\nmin_interval = \"1s\"\nmax_interval = \"4h\"\nmax_retry_after = \"6h\"\nbackoff = 2.0\njitter = 0.0\n[[watch]]\nid = \"w0\"\nurl = \"http://127.0.0.1:9/a\"\n"
