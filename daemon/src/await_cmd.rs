@@ -40,7 +40,8 @@ HTTP error, 2 timeout or --max-attempts used up, 78 bad arguments.";
 pub struct AwaitArgs {
     /// The URL of the first request.
     pub url: String,
-    /// Method of the first request (later status checks are GETs).
+    /// Method of the first request. Status checks at a job URL it leads to
+    /// (202/303 Location) are GETs; an answer without one repeats this request.
     #[arg(
         short = 'X',
         long = "request",
