@@ -5,8 +5,11 @@
 //! Configured by `[telemetry] otlp_endpoint` or the standard variables
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS` and
-//! `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds). Export failures are logged
-//! and never stop polling.
+//! `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds). An export the collector
+//! answers 429, 502, 503 or 504, or that cannot connect, is retried with
+//! backoff, after the collector's `Retry-After` if it sent one (bounded:
+//! [`RETRY`]); a partial success is logged. Export failures are logged and
+//! never stop polling.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -195,6 +198,10 @@ async fn export_loop(
     let started = SystemTime::now();
     let mut metric_tick = tokio::time::interval(config.interval);
     let mut span_tick = tokio::time::interval(SPAN_INTERVAL.min(config.interval));
+    // After an export that waited out retries, go on at the usual pace
+    // rather than sending the missed ones back to back.
+    metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    span_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     metric_tick.tick().await;
     span_tick.tick().await;
     let mut batch = Vec::new();
@@ -203,7 +210,7 @@ async fn export_loop(
             _ = cancel.cancelled() => break,
             _ = metric_tick.tick() => {
                 let body = metrics_request(&metrics.render(), started, SystemTime::now()).encode_to_vec();
-                post(&client, &config, &config.metrics_url, body).await;
+                post(&client, &config, &config.metrics_url, body, Signal::Metrics, &cancel).await;
             }
             _ = span_tick.tick() => {
                 log_dropped(&dropped);
@@ -213,7 +220,7 @@ async fn export_loop(
                 if !batch.is_empty() {
                     let body = traces_request(&batch).encode_to_vec();
                     batch.clear();
-                    post(&client, &config, &config.traces_url, body).await;
+                    post(&client, &config, &config.traces_url, body, Signal::Traces, &cancel).await;
                 }
             }
         }
@@ -228,14 +235,123 @@ async fn export_loop(
             &config,
             &config.traces_url,
             traces_request(&batch).encode_to_vec(),
+            Signal::Traces,
+            &cancel,
         )
         .await;
     }
     let body = metrics_request(&metrics.render(), started, SystemTime::now()).encode_to_vec();
-    post(&client, &config, &config.metrics_url, body).await;
+    post(
+        &client,
+        &config,
+        &config.metrics_url,
+        body,
+        Signal::Metrics,
+        &cancel,
+    )
+    .await;
 }
 
-async fn post(client: &reqwest::Client, config: &OtlpConfig, url: &Url, body: Vec<u8>) {
+/// Which signal an export carries: names the partial-success answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Metrics,
+    Traces,
+}
+
+/// Retries of one export, as the OTLP/HTTP spec asks: on 429, 502, 503 and
+/// 504 (waiting the `Retry-After` the collector sent, else an exponential
+/// backoff with jitter) and on transport errors. Bounded in attempts and in
+/// the longest wait, so a collector that stays down costs a batch, not the
+/// exporter: spans queued meanwhile are dropped and counted by [`SpanSink`],
+/// and the engine never waits for any of it.
+#[derive(Debug, Clone, Copy)]
+struct RetryPolicy {
+    /// Tries in all, the first included.
+    attempts: u32,
+    /// The first backoff; each next one doubles.
+    first_backoff: Duration,
+    /// The longest wait before a retry; a `Retry-After` beyond it ends the
+    /// export (the next one is due by then anyway).
+    max_wait: Duration,
+}
+
+const RETRY: RetryPolicy = RetryPolicy {
+    attempts: 5,
+    first_backoff: Duration::from_secs(1),
+    max_wait: Duration::from_secs(30),
+};
+
+/// How one try ended.
+enum Try {
+    Done,
+    /// Retryable, after at least this long (`Retry-After`), if said.
+    Again(Option<Duration>, String),
+    Failed,
+}
+
+/// Exports `body` to `url`, with the retries of [`RETRY`]; `cancel` ends
+/// the waits between tries (shutdown flushes once more, without them).
+async fn post(
+    client: &reqwest::Client,
+    config: &OtlpConfig,
+    url: &Url,
+    body: Vec<u8>,
+    signal: Signal,
+    cancel: &CancellationToken,
+) {
+    post_with(client, config, url, body, signal, cancel, RETRY).await;
+}
+
+async fn post_with(
+    client: &reqwest::Client,
+    config: &OtlpConfig,
+    url: &Url,
+    body: Vec<u8>,
+    signal: Signal,
+    cancel: &CancellationToken,
+    policy: RetryPolicy,
+) {
+    let body = bytes::Bytes::from(body);
+    let mut backoff = policy.first_backoff;
+    for attempt in 1..=policy.attempts.max(1) {
+        let (retry_after, why) = match try_post(client, config, url, body.clone(), signal).await {
+            Try::Done | Try::Failed => return,
+            Try::Again(retry_after, why) => (retry_after, why),
+        };
+        if attempt == policy.attempts || cancel.is_cancelled() {
+            tracing::warn!(url = %redact::url(url), attempts = attempt, error = %why, "OTLP export failed; this batch is dropped");
+            return;
+        }
+        // Full jitter on our own backoff; the collector's Retry-After is a
+        // minimum, and never shortened.
+        let wait = match retry_after {
+            Some(after) => after,
+            None => backoff.mul_f64(rand::random_range(0.5..=1.0)),
+        };
+        if wait > policy.max_wait {
+            tracing::warn!(url = %redact::url(url), retry_after = ?wait, error = %why, "OTLP export failed and the collector asks for a longer wait than polld retries for; this batch is dropped");
+            return;
+        }
+        tracing::debug!(url = %redact::url(url), attempt, ?wait, error = %why, "OTLP export will be retried");
+        tokio::select! {
+            () = cancel.cancelled() => {
+                tracing::warn!(url = %redact::url(url), attempts = attempt, error = %why, "OTLP export failed at shutdown; this batch is dropped");
+                return;
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(policy.max_wait);
+    }
+}
+
+async fn try_post(
+    client: &reqwest::Client,
+    config: &OtlpConfig,
+    url: &Url,
+    body: bytes::Bytes,
+    signal: Signal,
+) -> Try {
     let mut request = client
         .post(url.clone())
         .header("content-type", "application/x-protobuf")
@@ -243,15 +359,68 @@ async fn post(client: &reqwest::Client, config: &OtlpConfig, url: &Url, body: Ve
     for (name, value) in &config.headers {
         request = request.header(name, value);
     }
-    match request.send().await {
-        Ok(response) if response.status().is_success() => {}
-        Ok(response) => {
-            tracing::warn!(url = %redact::url(url), status = %response.status(), "OTLP export refused")
-        }
+    let response = match request.send().await {
+        Ok(response) => response,
+        // Connect errors and timeouts: the spec retries them with backoff.
         Err(err) => {
-            tracing::warn!(url = %redact::url(url), error = %redact::in_text(&err.to_string(), url), "OTLP export failed")
+            return Try::Again(None, redact::in_text(&err.to_string(), url));
         }
+    };
+    let status = response.status();
+    if status.is_success() {
+        let body = response.bytes().await.unwrap_or_default();
+        log_partial_success(url, signal, &body);
+        return Try::Done;
     }
+    if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        return Try::Again(retry_after, format!("collector answered {status}"));
+    }
+    tracing::warn!(url = %redact::url(url), %status, "OTLP export refused; not retried");
+    Try::Failed
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A 200 may still carry a partial success: what the collector rejected,
+/// and why. Not retried (the spec says so), but worth a warning.
+fn log_partial_success(url: &Url, signal: Signal, body: &[u8]) {
+    if let Some((rejected, message)) = partial_success(signal, body) {
+        tracing::warn!(url = %redact::url(url), rejected, message = %message, "OTLP export partly rejected by the collector");
+    }
+}
+
+/// The rejected count and message of a partial success, if the answer
+/// (protobuf) reports one.
+fn partial_success(signal: Signal, body: &[u8]) -> Option<(i64, String)> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    let (rejected, message) = match signal {
+        Signal::Metrics => ExportMetricsServiceResponse::decode(body)
+            .ok()?
+            .partial_success
+            .map(|p| (p.rejected_data_points, p.error_message))?,
+        Signal::Traces => ExportTraceServiceResponse::decode(body)
+            .ok()?
+            .partial_success
+            .map(|p| (p.rejected_spans, p.error_message))?,
+    };
+    (rejected > 0 || !message.is_empty()).then_some((rejected, message))
 }
 
 fn resource() -> Resource {
@@ -553,6 +722,134 @@ pub fn traces_request(polls: &[PollSpan]) -> ExportTraceServiceRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    /// A collector that answers `first` to the first `n` exports, then 200.
+    async fn collector(first: ResponseTemplate, n: u64) -> (MockServer, OtlpConfig) {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/metrics"))
+            .respond_with(first)
+            .up_to_n_times(n)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/metrics"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        let base = Url::parse(&server.uri()).unwrap();
+        let config = OtlpConfig::resolve(Some(&base), |_| None).unwrap().unwrap();
+        (server, config)
+    }
+
+    const FAST: RetryPolicy = RetryPolicy {
+        attempts: 4,
+        first_backoff: Duration::from_millis(20),
+        max_wait: Duration::from_secs(5),
+    };
+
+    async fn export(config: &OtlpConfig, policy: RetryPolicy) -> Duration {
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        post_with(
+            &client,
+            config,
+            &config.metrics_url,
+            b"batch".to_vec(),
+            Signal::Metrics,
+            &CancellationToken::new(),
+            policy,
+        )
+        .await;
+        started.elapsed()
+    }
+
+    async fn bodies(server: &MockServer) -> Vec<Vec<u8>> {
+        let requests = server.received_requests().await.unwrap();
+        for r in &requests {
+            assert_eq!(r.headers["content-type"], "application/x-protobuf");
+        }
+        requests.into_iter().map(|r| r.body).collect()
+    }
+
+    #[tokio::test]
+    async fn a_503_with_retry_after_is_retried_after_that_wait() {
+        let (server, config) = collector(
+            ResponseTemplate::new(503).insert_header("retry-after", "1"),
+            1,
+        )
+        .await;
+        let took = export(&config, FAST).await;
+        assert_eq!(bodies(&server).await, vec![b"batch".to_vec(); 2]);
+        assert!(took >= Duration::from_secs(1), "waited {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_429_and_gateway_errors_are_retried_with_backoff() {
+        for status in [429, 502, 504] {
+            let (server, config) = collector(ResponseTemplate::new(status), 2).await;
+            export(&config, FAST).await;
+            assert_eq!(bodies(&server).await.len(), 3, "status {status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded() {
+        let (server, config) = collector(ResponseTemplate::new(503), 100).await;
+        export(&config, FAST).await;
+        assert_eq!(bodies(&server).await.len(), 4, "FAST.attempts tries");
+        // A Retry-After beyond the longest wait ends the export at once.
+        let (server, config) = collector(
+            ResponseTemplate::new(429).insert_header("retry-after", "3600"),
+            100,
+        )
+        .await;
+        let took = export(&config, FAST).await;
+        assert_eq!(bodies(&server).await.len(), 1);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn other_refusals_are_not_retried() {
+        let (server, config) = collector(ResponseTemplate::new(400), 1).await;
+        export(&config, FAST).await;
+        assert_eq!(bodies(&server).await.len(), 1);
+    }
+
+    #[test]
+    fn a_partial_success_is_read_from_the_answer() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        let body = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            partial_success(Signal::Traces, &body),
+            Some((3, "too old".to_owned()))
+        );
+        assert_eq!(partial_success(Signal::Traces, b""), None);
+        assert_eq!(partial_success(Signal::Metrics, b""), None);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let waited = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(waited > Duration::from_secs(100) && waited <= Duration::from_secs(120));
+        assert_eq!(
+            parse_retry_after("Tue, 01 Jan 2019 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 
     #[test]
     fn a_full_span_queue_counts_what_it_drops() {
