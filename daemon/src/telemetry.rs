@@ -83,14 +83,10 @@ impl OtlpConfig {
         ) else {
             return Ok(None);
         };
-        let headers = env("OTEL_EXPORTER_OTLP_HEADERS")
-            .map(|text| {
-                text.split(',')
-                    .filter_map(|pair| pair.split_once('='))
-                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
+            Some(text) => parse_headers(&text)?,
+            None => Vec::new(),
+        };
         let interval = env("OTEL_METRIC_EXPORT_INTERVAL")
             .and_then(|ms| ms.trim().parse::<u64>().ok())
             .map_or(Duration::from_secs(60), Duration::from_millis)
@@ -102,6 +98,41 @@ impl OtlpConfig {
             interval,
         }))
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, in
+/// the W3C Baggage format, so keys and values are percent-decoded
+/// (`Authorization=Bearer%20TOKEN`). A pair that is no valid HTTP header is
+/// an error at start rather than a failure of every export. The values
+/// are credentials more often than not: the error names the key only.
+fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s.trim())
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut headers = Vec::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(
+                "OTEL_EXPORTER_OTLP_HEADERS: a pair is not key=value (comma-separated, values percent-encoded)"
+                    .to_owned(),
+            );
+        };
+        let (key, value) = (decode(key), decode(value));
+        if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_HEADERS: {key:?} is not a valid header name"
+            ));
+        }
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_HEADERS: the value of {key:?} is not a valid header value"
+            ));
+        }
+        headers.push((key, value));
+    }
+    Ok(headers)
 }
 
 /// `base` with `path` appended to its path.
@@ -361,6 +392,10 @@ async fn try_post(
     }
     let response = match request.send().await {
         Ok(response) => response,
+        Err(err) if err.is_builder() => {
+            tracing::warn!(url = %redact::url(url), error = %redact::in_text(&err.to_string(), url), "OTLP export cannot be sent; not retried");
+            return Try::Failed;
+        }
         // Connect errors and timeouts: the spec retries them with backoff.
         Err(err) => {
             return Try::Again(None, redact::in_text(&err.to_string(), url));
@@ -816,6 +851,35 @@ mod tests {
         let (server, config) = collector(ResponseTemplate::new(400), 1).await;
         export(&config, FAST).await;
         assert_eq!(bodies(&server).await.len(), 1);
+    }
+
+    #[test]
+    fn otlp_headers_are_percent_decoded_and_checked() {
+        assert_eq!(
+            parse_headers("Authorization=Bearer%20abc%3D%3D, x-tenant = a%2Cb ,").unwrap(),
+            vec![
+                ("Authorization".to_owned(), "Bearer abc==".to_owned()),
+                ("x-tenant".to_owned(), "a,b".to_owned()),
+            ]
+        );
+        // Base64 padding needs no encoding: the first `=` splits.
+        assert_eq!(
+            parse_headers("authorization=Basic dXNlcjpwYXNz==").unwrap()[0].1,
+            "Basic dXNlcjpwYXNz=="
+        );
+        let err = parse_headers("bad name=1").unwrap_err();
+        assert!(err.contains("\"bad name\""), "{err}");
+        let err = parse_headers("x-key=line%0Abreak-secret").unwrap_err();
+        assert!(err.contains("x-key") && !err.contains("secret"), "{err}");
+        assert!(parse_headers("novalue").is_err());
+        assert!(
+            OtlpConfig::resolve(None, |n| match n {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4318".to_owned()),
+                "OTEL_EXPORTER_OTLP_HEADERS" => Some("a b=c".to_owned()),
+                _ => None,
+            })
+            .is_err()
+        );
     }
 
     #[test]
