@@ -486,6 +486,32 @@ fn attr(key: &str, value: &str) -> KeyValue {
     }
 }
 
+fn int_attr(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// `url.full` as the semantic conventions want it: user info replaced by
+/// `REDACTED:REDACTED` (a user name alone is often the token itself, as in
+/// `https://TOKEN@host/`), secret-looking query values redacted as in logs.
+fn span_url(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(mut url) => {
+            if !url.username().is_empty() || url.password().is_some() {
+                let _ = url.set_username(redact::MASK);
+                let _ = url.set_password(Some(redact::MASK));
+            }
+            redact::url(&url).to_string()
+        }
+        Err(_) => redact::url_text(text),
+    }
+}
+
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -494,13 +520,35 @@ fn nanos(t: SystemTime) -> u64 {
 /// Label pairs of one sample.
 type Labels = Vec<(String, String)>;
 
+/// One sample value: integer instruments (counters, `Gauge<i64>`) are
+/// written as integers, float ones always with a point or an exponent
+/// (`1.0`), so the text tells which an instrument is. A metric's points then
+/// all have one value type, as OTLP consumers expect, whatever the value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value {
+    Int(i64),
+    Double(f64),
+}
+
+impl Value {
+    fn as_f64(self) -> f64 {
+        match self {
+            Value::Int(v) => v as f64,
+            Value::Double(v) => v,
+        }
+    }
+}
+
 /// One sample line of the text format: name, labels, value.
-fn sample(line: &str) -> Option<(&str, Labels, f64)> {
+fn sample(line: &str) -> Option<(&str, Labels, Value)> {
     let (head, value) = line.rsplit_once(' ')?;
     let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
+        "+Inf" => Value::Double(f64::INFINITY),
+        "-Inf" => Value::Double(f64::NEG_INFINITY),
+        v => match v.parse::<i64>() {
+            Ok(int) => Value::Int(int),
+            Err(_) => Value::Double(v.parse().ok()?),
+        },
     };
     let (name, labels) = match head.split_once('{') {
         Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)),
@@ -587,6 +635,7 @@ pub fn metrics_request(
                     .or_default()
                     .entry(key)
                     .or_insert_with(|| (Vec::new(), 0.0, 0.0));
+                let value = value.as_f64();
                 if name.ends_with("_bucket") {
                     let le = labels.iter().find(|(k, _)| k == "le").and_then(|(_, v)| {
                         if v == "+Inf" {
@@ -612,10 +661,9 @@ pub fn metrics_request(
                         attributes: labels.iter().map(|(k, v)| attr(k, v)).collect(),
                         start_time_unix_nano: start,
                         time_unix_nano: now,
-                        value: Some(if value.fract() == 0.0 && value.abs() < 9e15 {
-                            number_data_point::Value::AsInt(value as i64)
-                        } else {
-                            number_data_point::Value::AsDouble(value)
+                        value: Some(match value {
+                            Value::Int(v) => number_data_point::Value::AsInt(v),
+                            Value::Double(v) => number_data_point::Value::AsDouble(v),
                         }),
                         ..Default::default()
                     });
@@ -678,10 +726,13 @@ pub fn metrics_request(
                 }
             })
             .collect();
+        // UCUM units: `_seconds` histograms are in seconds; the others
+        // (outcomes per commit) count things.
+        let unit = if name.ends_with("_seconds") { "s" } else { "1" };
         out.push(Metric {
             description: helps.get(&name).cloned().unwrap_or_default(),
             name,
-            unit: "s".to_owned(),
+            unit: unit.to_owned(),
             data: Some(metric::Data::Histogram(Histogram {
                 data_points,
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
@@ -709,17 +760,28 @@ pub fn traces_request(polls: &[PollSpan]) -> ExportTraceServiceRequest {
         .map(|p| {
             let mut attributes = vec![
                 attr("polld.watch", &p.watch),
-                attr("url.full", &redact::url_text(&p.url)),
+                attr("url.full", &span_url(&p.url)),
                 attr("polld.result", p.result),
             ];
+            if let Ok(url) = Url::parse(&p.url) {
+                if let Some(host) = url.host_str() {
+                    attributes.push(attr("server.address", host));
+                }
+                if let Some(port) = url.port_or_known_default() {
+                    attributes.push(int_attr("server.port", i64::from(port)));
+                }
+            }
             if let Some(code) = p.status {
-                attributes.push(KeyValue {
-                    key: "http.response.status_code".to_owned(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::IntValue(i64::from(code))),
-                    }),
-                    ..Default::default()
-                });
+                attributes.push(int_attr("http.response.status_code", i64::from(code)));
+            }
+            if p.error.is_some() {
+                // Semantic conventions: the status code of an HTTP error,
+                // else `_OTHER` (polld's errors carry no stable class).
+                let kind = p
+                    .status
+                    .filter(|code| *code >= 400)
+                    .map_or_else(|| "_OTHER".to_owned(), |code| code.to_string());
+                attributes.push(attr("error.type", &kind));
             }
             Span {
                 trace_id: rand::random::<[u8; 16]>().to_vec(),
@@ -729,13 +791,12 @@ pub fn traces_request(polls: &[PollSpan]) -> ExportTraceServiceRequest {
                 start_time_unix_nano: nanos(p.start),
                 end_time_unix_nano: nanos(p.end),
                 attributes,
-                status: Some(Status {
-                    message: p.error.clone().unwrap_or_default(),
-                    code: if p.error.is_some() {
-                        status::StatusCode::Error as i32
-                    } else {
-                        status::StatusCode::Ok as i32
-                    },
+                // Error for a failed poll, else Unset: the trace API
+                // leaves Ok to the application's operators, not to
+                // instrumentation.
+                status: p.error.as_ref().map(|error| Status {
+                    message: error.clone(),
+                    code: status::StatusCode::Error as i32,
                 }),
                 ..Default::default()
             }
@@ -983,6 +1044,106 @@ mod tests {
             h.data_points[0].bucket_counts.len(),
             h.data_points[0].explicit_bounds.len() + 1
         );
+    }
+
+    #[test]
+    fn a_metric_keeps_one_value_type_and_a_fitting_unit() {
+        let metrics = Metrics::new(true);
+        // 1.0 and 0.5: a float gauge whose values happen to be whole.
+        metrics.ratio("a", Some(1.0));
+        metrics.ratio("b", Some(0.5));
+        metrics.poll("a", "changed", Duration::from_millis(5), 3);
+        metrics.commit(polld_store::CommitReport {
+            outcomes: 3,
+            duration: Duration::from_millis(2),
+            succeeded: true,
+        });
+        let request = metrics_request(&metrics.render(), SystemTime::UNIX_EPOCH, SystemTime::now());
+        let all = &request.resource_metrics[0].scope_metrics[0].metrics;
+        let points = |name: &str| -> Vec<number_data_point::Value> {
+            let metric = all.iter().find(|m| m.name == name).unwrap();
+            match &metric.data {
+                Some(metric::Data::Gauge(g)) => &g.data_points,
+                Some(metric::Data::Sum(s)) => &s.data_points,
+                other => panic!("{name}: {other:?}"),
+            }
+            .iter()
+            .map(|p| p.value.unwrap())
+            .collect()
+        };
+        let mut ratios = points("polld_not_modified_ratio");
+        ratios.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        assert_eq!(
+            ratios,
+            vec![
+                number_data_point::Value::AsDouble(0.5),
+                number_data_point::Value::AsDouble(1.0)
+            ]
+        );
+        assert_eq!(
+            points("polld_bytes_received_total"),
+            vec![number_data_point::Value::AsInt(3)]
+        );
+        let unit = |name: &str| &all.iter().find(|m| m.name == name).unwrap().unit;
+        assert_eq!(unit("polld_poll_duration_seconds"), "s");
+        assert_eq!(unit("polld_store_commit_duration_seconds"), "s");
+        assert_eq!(unit("polld_store_commit_outcomes"), "1");
+    }
+
+    #[test]
+    fn poll_spans_follow_the_http_client_conventions() {
+        let span = |url: &str, status: Option<u16>, error: Option<&str>| PollSpan {
+            watch: "w".into(),
+            url: url.into(),
+            result: if error.is_some() { "error" } else { "changed" },
+            status,
+            error: error.map(str::to_owned),
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH + Duration::from_millis(5),
+        };
+        let request = traces_request(&[
+            span(
+                "https://ghp_secret@example.org/x?token=t0p&a=1",
+                Some(200),
+                None,
+            ),
+            span(
+                "http://127.0.0.1:8080/y",
+                Some(500),
+                Some("500 Internal Server Error"),
+            ),
+            span("http://127.0.0.1:8080/y", None, Some("cannot connect")),
+        ]);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        let get = |i: usize, key: &str| -> Option<any_value::Value> {
+            spans[i]
+                .attributes
+                .iter()
+                .find(|a| a.key == key)
+                .and_then(|a| a.value.clone()?.value)
+        };
+        let text = |v: &str| Some(any_value::Value::StringValue(v.to_owned()));
+        assert_eq!(
+            get(0, "url.full"),
+            text("https://REDACTED:REDACTED@example.org/x?token=REDACTED&a=1")
+        );
+        assert_eq!(get(0, "server.address"), text("example.org"));
+        assert_eq!(get(0, "server.port"), Some(any_value::Value::IntValue(443)));
+        assert_eq!(get(0, "error.type"), None);
+        assert_eq!(spans[0].status, None, "success leaves the status Unset");
+        assert_eq!(
+            get(1, "server.port"),
+            Some(any_value::Value::IntValue(8080))
+        );
+        assert_eq!(get(1, "error.type"), text("500"));
+        assert_eq!(get(2, "error.type"), text("_OTHER"));
+        for i in [1, 2] {
+            let status = spans[i].status.clone().unwrap();
+            assert_eq!(status.code, status::StatusCode::Error as i32);
+            assert!(!status.message.is_empty());
+        }
+        assert_ne!(spans[1].trace_id, spans[2].trace_id);
+        assert_eq!((spans[1].trace_id.len(), spans[1].span_id.len()), (16, 8));
     }
 
     #[test]
