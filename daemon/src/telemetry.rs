@@ -5,8 +5,11 @@
 //! Configured by `[telemetry] otlp_endpoint` or the standard variables
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS` and
-//! `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds). Export failures are logged
-//! and never stop polling.
+//! `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds). An export the collector
+//! answers 429, 502, 503 or 504, or that cannot connect, is retried with
+//! backoff, after the collector's `Retry-After` if it sent one (bounded:
+//! [`RETRY`]); a partial success is logged. Export failures are logged and
+//! never stop polling.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,14 +83,10 @@ impl OtlpConfig {
         ) else {
             return Ok(None);
         };
-        let headers = env("OTEL_EXPORTER_OTLP_HEADERS")
-            .map(|text| {
-                text.split(',')
-                    .filter_map(|pair| pair.split_once('='))
-                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
+            Some(text) => parse_headers(&text)?,
+            None => Vec::new(),
+        };
         let interval = env("OTEL_METRIC_EXPORT_INTERVAL")
             .and_then(|ms| ms.trim().parse::<u64>().ok())
             .map_or(Duration::from_secs(60), Duration::from_millis)
@@ -99,6 +98,41 @@ impl OtlpConfig {
             interval,
         }))
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, in
+/// the W3C Baggage format, so keys and values are percent-decoded
+/// (`Authorization=Bearer%20TOKEN`). A pair that is no valid HTTP header is
+/// an error at start rather than a failure of every export. The values
+/// are credentials more often than not: the error names the key only.
+fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s.trim())
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut headers = Vec::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(
+                "OTEL_EXPORTER_OTLP_HEADERS: a pair is not key=value (comma-separated, values percent-encoded)"
+                    .to_owned(),
+            );
+        };
+        let (key, value) = (decode(key), decode(value));
+        if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_HEADERS: {key:?} is not a valid header name"
+            ));
+        }
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_HEADERS: the value of {key:?} is not a valid header value"
+            ));
+        }
+        headers.push((key, value));
+    }
+    Ok(headers)
 }
 
 /// `base` with `path` appended to its path.
@@ -195,6 +229,10 @@ async fn export_loop(
     let started = SystemTime::now();
     let mut metric_tick = tokio::time::interval(config.interval);
     let mut span_tick = tokio::time::interval(SPAN_INTERVAL.min(config.interval));
+    // After an export that waited out retries, go on at the usual pace
+    // rather than sending the missed ones back to back.
+    metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    span_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     metric_tick.tick().await;
     span_tick.tick().await;
     let mut batch = Vec::new();
@@ -203,7 +241,7 @@ async fn export_loop(
             _ = cancel.cancelled() => break,
             _ = metric_tick.tick() => {
                 let body = metrics_request(&metrics.render(), started, SystemTime::now()).encode_to_vec();
-                post(&client, &config, &config.metrics_url, body).await;
+                post(&client, &config, &config.metrics_url, body, Signal::Metrics, &cancel).await;
             }
             _ = span_tick.tick() => {
                 log_dropped(&dropped);
@@ -213,7 +251,7 @@ async fn export_loop(
                 if !batch.is_empty() {
                     let body = traces_request(&batch).encode_to_vec();
                     batch.clear();
-                    post(&client, &config, &config.traces_url, body).await;
+                    post(&client, &config, &config.traces_url, body, Signal::Traces, &cancel).await;
                 }
             }
         }
@@ -228,14 +266,123 @@ async fn export_loop(
             &config,
             &config.traces_url,
             traces_request(&batch).encode_to_vec(),
+            Signal::Traces,
+            &cancel,
         )
         .await;
     }
     let body = metrics_request(&metrics.render(), started, SystemTime::now()).encode_to_vec();
-    post(&client, &config, &config.metrics_url, body).await;
+    post(
+        &client,
+        &config,
+        &config.metrics_url,
+        body,
+        Signal::Metrics,
+        &cancel,
+    )
+    .await;
 }
 
-async fn post(client: &reqwest::Client, config: &OtlpConfig, url: &Url, body: Vec<u8>) {
+/// Which signal an export carries: names the partial-success answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Metrics,
+    Traces,
+}
+
+/// Retries of one export, as the OTLP/HTTP spec asks: on 429, 502, 503 and
+/// 504 (waiting the `Retry-After` the collector sent, else an exponential
+/// backoff with jitter) and on transport errors. Bounded in attempts and in
+/// the longest wait, so a collector that stays down costs a batch, not the
+/// exporter: spans queued meanwhile are dropped and counted by [`SpanSink`],
+/// and the engine never waits for any of it.
+#[derive(Debug, Clone, Copy)]
+struct RetryPolicy {
+    /// Tries in all, the first included.
+    attempts: u32,
+    /// The first backoff; each next one doubles.
+    first_backoff: Duration,
+    /// The longest wait before a retry; a `Retry-After` beyond it ends the
+    /// export (the next one is due by then anyway).
+    max_wait: Duration,
+}
+
+const RETRY: RetryPolicy = RetryPolicy {
+    attempts: 5,
+    first_backoff: Duration::from_secs(1),
+    max_wait: Duration::from_secs(30),
+};
+
+/// How one try ended.
+enum Try {
+    Done,
+    /// Retryable, after at least this long (`Retry-After`), if said.
+    Again(Option<Duration>, String),
+    Failed,
+}
+
+/// Exports `body` to `url`, with the retries of [`RETRY`]; `cancel` ends
+/// the waits between tries (shutdown flushes once more, without them).
+async fn post(
+    client: &reqwest::Client,
+    config: &OtlpConfig,
+    url: &Url,
+    body: Vec<u8>,
+    signal: Signal,
+    cancel: &CancellationToken,
+) {
+    post_with(client, config, url, body, signal, cancel, RETRY).await;
+}
+
+async fn post_with(
+    client: &reqwest::Client,
+    config: &OtlpConfig,
+    url: &Url,
+    body: Vec<u8>,
+    signal: Signal,
+    cancel: &CancellationToken,
+    policy: RetryPolicy,
+) {
+    let body = bytes::Bytes::from(body);
+    let mut backoff = policy.first_backoff;
+    for attempt in 1..=policy.attempts.max(1) {
+        let (retry_after, why) = match try_post(client, config, url, body.clone(), signal).await {
+            Try::Done | Try::Failed => return,
+            Try::Again(retry_after, why) => (retry_after, why),
+        };
+        if attempt == policy.attempts || cancel.is_cancelled() {
+            tracing::warn!(url = %redact::url(url), attempts = attempt, error = %why, "OTLP export failed; this batch is dropped");
+            return;
+        }
+        // Full jitter on our own backoff; the collector's Retry-After is a
+        // minimum, and never shortened.
+        let wait = match retry_after {
+            Some(after) => after,
+            None => backoff.mul_f64(rand::random_range(0.5..=1.0)),
+        };
+        if wait > policy.max_wait {
+            tracing::warn!(url = %redact::url(url), retry_after = ?wait, error = %why, "OTLP export failed and the collector asks for a longer wait than polld retries for; this batch is dropped");
+            return;
+        }
+        tracing::debug!(url = %redact::url(url), attempt, ?wait, error = %why, "OTLP export will be retried");
+        tokio::select! {
+            () = cancel.cancelled() => {
+                tracing::warn!(url = %redact::url(url), attempts = attempt, error = %why, "OTLP export failed at shutdown; this batch is dropped");
+                return;
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(policy.max_wait);
+    }
+}
+
+async fn try_post(
+    client: &reqwest::Client,
+    config: &OtlpConfig,
+    url: &Url,
+    body: bytes::Bytes,
+    signal: Signal,
+) -> Try {
     let mut request = client
         .post(url.clone())
         .header("content-type", "application/x-protobuf")
@@ -243,15 +390,72 @@ async fn post(client: &reqwest::Client, config: &OtlpConfig, url: &Url, body: Ve
     for (name, value) in &config.headers {
         request = request.header(name, value);
     }
-    match request.send().await {
-        Ok(response) if response.status().is_success() => {}
-        Ok(response) => {
-            tracing::warn!(url = %redact::url(url), status = %response.status(), "OTLP export refused")
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(err) if err.is_builder() => {
+            tracing::warn!(url = %redact::url(url), error = %redact::in_text(&err.to_string(), url), "OTLP export cannot be sent; not retried");
+            return Try::Failed;
         }
+        // Connect errors and timeouts: the spec retries them with backoff.
         Err(err) => {
-            tracing::warn!(url = %redact::url(url), error = %redact::in_text(&err.to_string(), url), "OTLP export failed")
+            return Try::Again(None, redact::in_text(&err.to_string(), url));
         }
+    };
+    let status = response.status();
+    if status.is_success() {
+        let body = response.bytes().await.unwrap_or_default();
+        log_partial_success(url, signal, &body);
+        return Try::Done;
     }
+    if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        return Try::Again(retry_after, format!("collector answered {status}"));
+    }
+    tracing::warn!(url = %redact::url(url), %status, "OTLP export refused; not retried");
+    Try::Failed
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A 200 may still carry a partial success: what the collector rejected,
+/// and why. Not retried (the spec says so), but worth a warning.
+fn log_partial_success(url: &Url, signal: Signal, body: &[u8]) {
+    if let Some((rejected, message)) = partial_success(signal, body) {
+        tracing::warn!(url = %redact::url(url), rejected, message = %message, "OTLP export partly rejected by the collector");
+    }
+}
+
+/// The rejected count and message of a partial success, if the answer
+/// (protobuf) reports one.
+fn partial_success(signal: Signal, body: &[u8]) -> Option<(i64, String)> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    let (rejected, message) = match signal {
+        Signal::Metrics => ExportMetricsServiceResponse::decode(body)
+            .ok()?
+            .partial_success
+            .map(|p| (p.rejected_data_points, p.error_message))?,
+        Signal::Traces => ExportTraceServiceResponse::decode(body)
+            .ok()?
+            .partial_success
+            .map(|p| (p.rejected_spans, p.error_message))?,
+    };
+    (rejected > 0 || !message.is_empty()).then_some((rejected, message))
 }
 
 fn resource() -> Resource {
@@ -282,6 +486,32 @@ fn attr(key: &str, value: &str) -> KeyValue {
     }
 }
 
+fn int_attr(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// `url.full` as the semantic conventions want it: user info replaced by
+/// `REDACTED:REDACTED` (a user name alone is often the token itself, as in
+/// `https://TOKEN@host/`), secret-looking query values redacted as in logs.
+fn span_url(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(mut url) => {
+            if !url.username().is_empty() || url.password().is_some() {
+                let _ = url.set_username(redact::MASK);
+                let _ = url.set_password(Some(redact::MASK));
+            }
+            redact::url(&url).to_string()
+        }
+        Err(_) => redact::url_text(text),
+    }
+}
+
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -290,13 +520,35 @@ fn nanos(t: SystemTime) -> u64 {
 /// Label pairs of one sample.
 type Labels = Vec<(String, String)>;
 
+/// One sample value: integer instruments (counters, `Gauge<i64>`) are
+/// written as integers, float ones always with a point or an exponent
+/// (`1.0`), so the text tells which an instrument is. A metric's points then
+/// all have one value type, as OTLP consumers expect, whatever the value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value {
+    Int(i64),
+    Double(f64),
+}
+
+impl Value {
+    fn as_f64(self) -> f64 {
+        match self {
+            Value::Int(v) => v as f64,
+            Value::Double(v) => v,
+        }
+    }
+}
+
 /// One sample line of the text format: name, labels, value.
-fn sample(line: &str) -> Option<(&str, Labels, f64)> {
+fn sample(line: &str) -> Option<(&str, Labels, Value)> {
     let (head, value) = line.rsplit_once(' ')?;
     let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
+        "+Inf" => Value::Double(f64::INFINITY),
+        "-Inf" => Value::Double(f64::NEG_INFINITY),
+        v => match v.parse::<i64>() {
+            Ok(int) => Value::Int(int),
+            Err(_) => Value::Double(v.parse().ok()?),
+        },
     };
     let (name, labels) = match head.split_once('{') {
         Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)),
@@ -383,6 +635,7 @@ pub fn metrics_request(
                     .or_default()
                     .entry(key)
                     .or_insert_with(|| (Vec::new(), 0.0, 0.0));
+                let value = value.as_f64();
                 if name.ends_with("_bucket") {
                     let le = labels.iter().find(|(k, _)| k == "le").and_then(|(_, v)| {
                         if v == "+Inf" {
@@ -408,10 +661,9 @@ pub fn metrics_request(
                         attributes: labels.iter().map(|(k, v)| attr(k, v)).collect(),
                         start_time_unix_nano: start,
                         time_unix_nano: now,
-                        value: Some(if value.fract() == 0.0 && value.abs() < 9e15 {
-                            number_data_point::Value::AsInt(value as i64)
-                        } else {
-                            number_data_point::Value::AsDouble(value)
+                        value: Some(match value {
+                            Value::Int(v) => number_data_point::Value::AsInt(v),
+                            Value::Double(v) => number_data_point::Value::AsDouble(v),
                         }),
                         ..Default::default()
                     });
@@ -474,10 +726,13 @@ pub fn metrics_request(
                 }
             })
             .collect();
+        // UCUM units: `_seconds` histograms are in seconds; the others
+        // (outcomes per commit) count things.
+        let unit = if name.ends_with("_seconds") { "s" } else { "1" };
         out.push(Metric {
             description: helps.get(&name).cloned().unwrap_or_default(),
             name,
-            unit: "s".to_owned(),
+            unit: unit.to_owned(),
             data: Some(metric::Data::Histogram(Histogram {
                 data_points,
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
@@ -505,17 +760,28 @@ pub fn traces_request(polls: &[PollSpan]) -> ExportTraceServiceRequest {
         .map(|p| {
             let mut attributes = vec![
                 attr("polld.watch", &p.watch),
-                attr("url.full", &redact::url_text(&p.url)),
+                attr("url.full", &span_url(&p.url)),
                 attr("polld.result", p.result),
             ];
+            if let Ok(url) = Url::parse(&p.url) {
+                if let Some(host) = url.host_str() {
+                    attributes.push(attr("server.address", host));
+                }
+                if let Some(port) = url.port_or_known_default() {
+                    attributes.push(int_attr("server.port", i64::from(port)));
+                }
+            }
             if let Some(code) = p.status {
-                attributes.push(KeyValue {
-                    key: "http.response.status_code".to_owned(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::IntValue(i64::from(code))),
-                    }),
-                    ..Default::default()
-                });
+                attributes.push(int_attr("http.response.status_code", i64::from(code)));
+            }
+            if p.error.is_some() {
+                // Semantic conventions: the status code of an HTTP error,
+                // else `_OTHER` (polld's errors carry no stable class).
+                let kind = p
+                    .status
+                    .filter(|code| *code >= 400)
+                    .map_or_else(|| "_OTHER".to_owned(), |code| code.to_string());
+                attributes.push(attr("error.type", &kind));
             }
             Span {
                 trace_id: rand::random::<[u8; 16]>().to_vec(),
@@ -525,13 +791,12 @@ pub fn traces_request(polls: &[PollSpan]) -> ExportTraceServiceRequest {
                 start_time_unix_nano: nanos(p.start),
                 end_time_unix_nano: nanos(p.end),
                 attributes,
-                status: Some(Status {
-                    message: p.error.clone().unwrap_or_default(),
-                    code: if p.error.is_some() {
-                        status::StatusCode::Error as i32
-                    } else {
-                        status::StatusCode::Ok as i32
-                    },
+                // Error for a failed poll, else Unset: the trace API
+                // leaves Ok to the application's operators, not to
+                // instrumentation.
+                status: p.error.as_ref().map(|error| Status {
+                    message: error.clone(),
+                    code: status::StatusCode::Error as i32,
                 }),
                 ..Default::default()
             }
@@ -553,6 +818,163 @@ pub fn traces_request(polls: &[PollSpan]) -> ExportTraceServiceRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    /// A collector that answers `first` to the first `n` exports, then 200.
+    async fn collector(first: ResponseTemplate, n: u64) -> (MockServer, OtlpConfig) {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/metrics"))
+            .respond_with(first)
+            .up_to_n_times(n)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/metrics"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        let base = Url::parse(&server.uri()).unwrap();
+        let config = OtlpConfig::resolve(Some(&base), |_| None).unwrap().unwrap();
+        (server, config)
+    }
+
+    const FAST: RetryPolicy = RetryPolicy {
+        attempts: 4,
+        first_backoff: Duration::from_millis(20),
+        max_wait: Duration::from_secs(5),
+    };
+
+    async fn export(config: &OtlpConfig, policy: RetryPolicy) -> Duration {
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        post_with(
+            &client,
+            config,
+            &config.metrics_url,
+            b"batch".to_vec(),
+            Signal::Metrics,
+            &CancellationToken::new(),
+            policy,
+        )
+        .await;
+        started.elapsed()
+    }
+
+    async fn bodies(server: &MockServer) -> Vec<Vec<u8>> {
+        let requests = server.received_requests().await.unwrap();
+        for r in &requests {
+            assert_eq!(r.headers["content-type"], "application/x-protobuf");
+        }
+        requests.into_iter().map(|r| r.body).collect()
+    }
+
+    #[tokio::test]
+    async fn a_503_with_retry_after_is_retried_after_that_wait() {
+        let (server, config) = collector(
+            ResponseTemplate::new(503).insert_header("retry-after", "1"),
+            1,
+        )
+        .await;
+        let took = export(&config, FAST).await;
+        assert_eq!(bodies(&server).await, vec![b"batch".to_vec(); 2]);
+        assert!(took >= Duration::from_secs(1), "waited {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_429_and_gateway_errors_are_retried_with_backoff() {
+        for status in [429, 502, 504] {
+            let (server, config) = collector(ResponseTemplate::new(status), 2).await;
+            export(&config, FAST).await;
+            assert_eq!(bodies(&server).await.len(), 3, "status {status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded() {
+        let (server, config) = collector(ResponseTemplate::new(503), 100).await;
+        export(&config, FAST).await;
+        assert_eq!(bodies(&server).await.len(), 4, "FAST.attempts tries");
+        // A Retry-After beyond the longest wait ends the export at once.
+        let (server, config) = collector(
+            ResponseTemplate::new(429).insert_header("retry-after", "3600"),
+            100,
+        )
+        .await;
+        let took = export(&config, FAST).await;
+        assert_eq!(bodies(&server).await.len(), 1);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn other_refusals_are_not_retried() {
+        let (server, config) = collector(ResponseTemplate::new(400), 1).await;
+        export(&config, FAST).await;
+        assert_eq!(bodies(&server).await.len(), 1);
+    }
+
+    #[test]
+    fn otlp_headers_are_percent_decoded_and_checked() {
+        assert_eq!(
+            parse_headers("Authorization=Bearer%20abc%3D%3D, x-tenant = a%2Cb ,").unwrap(),
+            vec![
+                ("Authorization".to_owned(), "Bearer abc==".to_owned()),
+                ("x-tenant".to_owned(), "a,b".to_owned()),
+            ]
+        );
+        // Base64 padding needs no encoding: the first `=` splits.
+        assert_eq!(
+            parse_headers("authorization=Basic dXNlcjpwYXNz==").unwrap()[0].1,
+            "Basic dXNlcjpwYXNz=="
+        );
+        let err = parse_headers("bad name=1").unwrap_err();
+        assert!(err.contains("\"bad name\""), "{err}");
+        let err = parse_headers("x-key=line%0Abreak-secret").unwrap_err();
+        assert!(err.contains("x-key") && !err.contains("secret"), "{err}");
+        assert!(parse_headers("novalue").is_err());
+        assert!(
+            OtlpConfig::resolve(None, |n| match n {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4318".to_owned()),
+                "OTEL_EXPORTER_OTLP_HEADERS" => Some("a b=c".to_owned()),
+                _ => None,
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_partial_success_is_read_from_the_answer() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        let body = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            partial_success(Signal::Traces, &body),
+            Some((3, "too old".to_owned()))
+        );
+        assert_eq!(partial_success(Signal::Traces, b""), None);
+        assert_eq!(partial_success(Signal::Metrics, b""), None);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let waited = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(waited > Duration::from_secs(100) && waited <= Duration::from_secs(120));
+        assert_eq!(
+            parse_retry_after("Tue, 01 Jan 2019 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 
     #[test]
     fn a_full_span_queue_counts_what_it_drops() {
@@ -622,6 +1044,106 @@ mod tests {
             h.data_points[0].bucket_counts.len(),
             h.data_points[0].explicit_bounds.len() + 1
         );
+    }
+
+    #[test]
+    fn a_metric_keeps_one_value_type_and_a_fitting_unit() {
+        let metrics = Metrics::new(true);
+        // 1.0 and 0.5: a float gauge whose values happen to be whole.
+        metrics.ratio("a", Some(1.0));
+        metrics.ratio("b", Some(0.5));
+        metrics.poll("a", "changed", Duration::from_millis(5), 3);
+        metrics.commit(polld_store::CommitReport {
+            outcomes: 3,
+            duration: Duration::from_millis(2),
+            succeeded: true,
+        });
+        let request = metrics_request(&metrics.render(), SystemTime::UNIX_EPOCH, SystemTime::now());
+        let all = &request.resource_metrics[0].scope_metrics[0].metrics;
+        let points = |name: &str| -> Vec<number_data_point::Value> {
+            let metric = all.iter().find(|m| m.name == name).unwrap();
+            match &metric.data {
+                Some(metric::Data::Gauge(g)) => &g.data_points,
+                Some(metric::Data::Sum(s)) => &s.data_points,
+                other => panic!("{name}: {other:?}"),
+            }
+            .iter()
+            .map(|p| p.value.unwrap())
+            .collect()
+        };
+        let mut ratios = points("polld_not_modified_ratio");
+        ratios.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        assert_eq!(
+            ratios,
+            vec![
+                number_data_point::Value::AsDouble(0.5),
+                number_data_point::Value::AsDouble(1.0)
+            ]
+        );
+        assert_eq!(
+            points("polld_bytes_received_total"),
+            vec![number_data_point::Value::AsInt(3)]
+        );
+        let unit = |name: &str| &all.iter().find(|m| m.name == name).unwrap().unit;
+        assert_eq!(unit("polld_poll_duration_seconds"), "s");
+        assert_eq!(unit("polld_store_commit_duration_seconds"), "s");
+        assert_eq!(unit("polld_store_commit_outcomes"), "1");
+    }
+
+    #[test]
+    fn poll_spans_follow_the_http_client_conventions() {
+        let span = |url: &str, status: Option<u16>, error: Option<&str>| PollSpan {
+            watch: "w".into(),
+            url: url.into(),
+            result: if error.is_some() { "error" } else { "changed" },
+            status,
+            error: error.map(str::to_owned),
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH + Duration::from_millis(5),
+        };
+        let request = traces_request(&[
+            span(
+                "https://ghp_secret@example.org/x?token=t0p&a=1",
+                Some(200),
+                None,
+            ),
+            span(
+                "http://127.0.0.1:8080/y",
+                Some(500),
+                Some("500 Internal Server Error"),
+            ),
+            span("http://127.0.0.1:8080/y", None, Some("cannot connect")),
+        ]);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        let get = |i: usize, key: &str| -> Option<any_value::Value> {
+            spans[i]
+                .attributes
+                .iter()
+                .find(|a| a.key == key)
+                .and_then(|a| a.value.clone()?.value)
+        };
+        let text = |v: &str| Some(any_value::Value::StringValue(v.to_owned()));
+        assert_eq!(
+            get(0, "url.full"),
+            text("https://REDACTED:REDACTED@example.org/x?token=REDACTED&a=1")
+        );
+        assert_eq!(get(0, "server.address"), text("example.org"));
+        assert_eq!(get(0, "server.port"), Some(any_value::Value::IntValue(443)));
+        assert_eq!(get(0, "error.type"), None);
+        assert_eq!(spans[0].status, None, "success leaves the status Unset");
+        assert_eq!(
+            get(1, "server.port"),
+            Some(any_value::Value::IntValue(8080))
+        );
+        assert_eq!(get(1, "error.type"), text("500"));
+        assert_eq!(get(2, "error.type"), text("_OTHER"));
+        for i in [1, 2] {
+            let status = spans[i].status.clone().unwrap();
+            assert_eq!(status.code, status::StatusCode::Error as i32);
+            assert!(!status.message.is_empty());
+        }
+        assert_ne!(spans[1].trace_id, spans[2].trace_id);
+        assert_eq!((spans[1].trace_id.len(), spans[1].span_id.len()), (16, 8));
     }
 
     #[test]

@@ -127,3 +127,53 @@ fn notifications_come_in_order() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// sd_notify(3): a `NOTIFY_SOCKET` starting with `@` is an abstract socket
+/// (container managers and older systemd pass one). READY=1 and STOPPING=1
+/// reach it.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_abstract_notify_socket_gets_ready_and_stopping() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("polld-e2e-notify-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let socket = UnixDatagram::bind_addr(&address).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("watchlist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(polld_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .env_remove("WATCHDOG_USEC")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = next_message(&socket, deadline);
+    if first.is_none() {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+    let first = first.expect("READY=1 on the abstract socket");
+    assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
+    kill(pid, Signal::SIGTERM).unwrap();
+    loop {
+        let message = next_message(&socket, deadline).expect("STOPPING=1");
+        if message.lines().any(|l| l == "STOPPING=1") {
+            break;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+}
