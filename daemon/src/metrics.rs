@@ -126,7 +126,11 @@ impl Metrics {
             "Delay between a poll's due time and its start",
             schedule_lag.clone(),
         );
-        registry.register("polld_watches", "Watches being polled", watches.clone());
+        registry.register(
+            "polld_watches",
+            "Watches in the running watch list (those stopped by until or fail_if included)",
+            watches.clone(),
+        );
         registry.register("polld_changes", "New versions stored", changes.clone());
         registry.register(
             "polld_store_errors",
@@ -204,7 +208,7 @@ impl Metrics {
         self.schedule_lag.observe(lag.as_secs_f64());
     }
 
-    /// Sets the number of watches being polled.
+    /// Sets the number of watches in the running list.
     pub fn set_watches(&self, n: usize) {
         self.watches.set(n as i64);
         self.watch_count.store(n as u64, Ordering::Relaxed);
@@ -222,7 +226,7 @@ impl Metrics {
         }
     }
 
-    /// Watches being polled.
+    /// Watches in the running list.
     pub fn watch_count(&self) -> u64 {
         self.watch_count.load(Ordering::Relaxed)
     }
