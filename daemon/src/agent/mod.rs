@@ -740,19 +740,10 @@ impl Agent {
                 // job's 202 saying `{"status":"failed"}` to a `fail_if`) is
                 // the final answer, not a reason to check again and again.
                 if !watch.until.is_empty() || !watch.fail_if.is_empty() {
-                    let read =
-                        body::read_counting(Some(response), watch.policy.max_body, &url, received)
-                            .await;
-                    let body = read.unwrap_or_default();
-                    if finished(watch, status, &headers, &body).is_some() {
-                        return Ok(Exchange {
-                            status,
-                            headers,
-                            final_url: url,
-                            moved_permanently: moved,
-                            response_body: None,
-                            body: Some(body),
-                        });
+                    if let Some(settled) =
+                        settling(watch, response, status, &headers, &url, &moved, received).await
+                    {
+                        return Ok(settled);
                     }
                 } else {
                     drop(response);
@@ -782,19 +773,10 @@ impl Agent {
                 // stored, and the real answer after it as another version.
                 // The poll ends pending at this URL, after its Retry-After,
                 // unless the answer settles the watch.
-                let read =
-                    body::read_counting(Some(response), watch.policy.max_body, &url, received)
-                        .await;
-                let body = read.unwrap_or_default();
-                if finished(watch, status, &headers, &body).is_some() {
-                    return Ok(Exchange {
-                        status,
-                        headers,
-                        final_url: url,
-                        moved_permanently: moved,
-                        response_body: None,
-                        body: Some(body),
-                    });
+                if let Some(settled) =
+                    settling(watch, response, status, &headers, &url, &moved, received).await
+                {
+                    return Ok(settled);
                 }
                 let now = SystemTime::now();
                 let cap = watch.policy.max_retry_after;
@@ -908,6 +890,33 @@ impl Agent {
 }
 
 /// A final answer: status and headers, and its body (read later).
+/// Reads a 202's body (a job's status, or an answer still being computed)
+/// and returns the exchange that ends the poll with it when it settles the
+/// watch (`until` / `fail_if` hold); `None` when the wait goes on.
+async fn settling(
+    watch: &Watch,
+    response: Response<Incoming>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    url: &Url,
+    moved: &Option<Url>,
+    received: &AtomicU64,
+) -> Option<Exchange> {
+    let body = body::read_counting(Some(response), watch.policy.max_body, url, received)
+        .await
+        .unwrap_or_default();
+    finished(watch, status, headers, &body)
+        .is_some()
+        .then(|| Exchange {
+            status,
+            headers: headers.clone(),
+            final_url: url.clone(),
+            moved_permanently: moved.clone(),
+            response_body: None,
+            body: Some(body),
+        })
+}
+
 struct Exchange {
     status: StatusCode,
     headers: HeaderMap,
