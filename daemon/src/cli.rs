@@ -226,6 +226,11 @@ where
         .or_else(|| daemon.as_ref().and_then(|d| d.api_token_file.clone()));
     let token = match token_file {
         Some(path) => match read_token(&path, follower) {
+            // An empty token would be sent as `Bearer ` and refused: say so.
+            Ok(text) if text.trim().is_empty() => {
+                eprintln!("polld: the API token file {} is empty", path.display());
+                return exit::code(exit::FAILURE);
+            }
             Ok(text) => Some(text.trim().to_owned()),
             Err(err) => {
                 eprintln!(
@@ -268,8 +273,13 @@ fn read_token(path: &std::path::Path, follower: bool) -> std::io::Result<String>
         }
         if !said {
             eprintln!(
-                "polld: the API token file {} does not exist yet (polld writes it when it first starts); waiting",
-                path.display()
+                "polld: the API token file {} {} yet (polld writes it when it first starts); waiting",
+                path.display(),
+                if read.is_ok() {
+                    "is empty"
+                } else {
+                    "does not exist"
+                }
             );
             said = true;
         }

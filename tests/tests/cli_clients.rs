@@ -340,6 +340,25 @@ concurrency = \"many\"\n",
     assert!(!stderr.contains(&absent), "{stderr}");
 }
 
+/// An empty token file is said to be empty, not sent as an empty token.
+#[test]
+fn an_empty_token_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "\n").unwrap();
+    let token = token.display().to_string();
+    let out = polld(&[
+        "status",
+        "--api",
+        "http://127.0.0.1:9",
+        "--token-file",
+        &token,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{token} is empty")), "{stderr}");
+}
+
 /// A mistyped `--api` is a bad argument (78), named with what to write.
 #[test]
 fn a_mistyped_api_url_is_a_bad_argument() {
