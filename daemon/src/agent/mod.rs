@@ -89,6 +89,9 @@ const MAX_CONNECT_CLIENTS: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Agent {
     client: Transport,
+    /// For hops a remote server chose to a name away from a public address
+    /// ([`redirect::needs_public_address`]): connects to public addresses only.
+    public_client: Transport,
     user_agent: HeaderValue,
     /// The connect timeout belongs to the connector, not the request, so a
     /// watch's `connect_timeout` gets a client built with it, one per value.
@@ -240,10 +243,12 @@ impl Agent {
     pub fn new(options: AgentOptions) -> Result<Agent, AgentError> {
         let idle_per_host = options.idle_per_host.max(1);
         let client = Transport::new(DEFAULT_CONNECT_TIMEOUT, idle_per_host)?;
+        let public_client = Transport::public_only(DEFAULT_CONNECT_TIMEOUT, idle_per_host)?;
         let user_agent = HeaderValue::from_str(&options.user_agent)
             .map_err(|_| AgentError::UserAgent(options.user_agent.clone()))?;
         Ok(Agent {
             client,
+            public_client,
             user_agent,
             idle_per_host,
             by_connect_timeout: Arc::default(),
@@ -341,8 +346,18 @@ impl Agent {
             if watch.cursor.is_some() {
                 fetched.push(page_url.clone());
             }
+            // The page before is where a next page was chosen.
+            let from = last.as_ref().map_or(&watch.url, |e| &e.final_url);
             let mut exchange = match self
-                .exchange(request, &page_url, job, conditional, deadline, received)
+                .exchange(
+                    request,
+                    from,
+                    &page_url,
+                    job,
+                    conditional,
+                    deadline,
+                    received,
+                )
                 .await
             {
                 Ok(exchange) => exchange,
@@ -580,9 +595,11 @@ impl Agent {
 
     /// One request and the redirects and async-job steps that follow it,
     /// up to a final answer (whose body is not read yet).
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         request: &PollRequest<'_>,
+        from: &Url,
         start: &Url,
         job: Option<&Url>,
         conditional: bool,
@@ -609,6 +626,11 @@ impl Agent {
         }
         let conditional = conditional && job.is_none();
         let mut moved: Option<Url> = None;
+        let allow_internal = self.allow_private_redirects;
+        // A start away from the watch's own host (a resumed job, a next
+        // page, a re-pointed watch) was chosen by a server too.
+        let mut public_only =
+            redirect::needs_public_address(&watch.url, from, &url, allow_internal);
         loop {
             if !seen.insert((method.clone(), url.clone())) {
                 return Err(PollOutcome::failed(
@@ -639,8 +661,18 @@ impl Agent {
                         false,
                     )
                 })?;
-            let own_client = self.client_for(watch.policy.connect_timeout);
-            let client = own_client.as_ref().unwrap_or(&self.client);
+            // The public-only client has the default connect timeout; the
+            // poll's own timeout still bounds it.
+            let own_client = if public_only {
+                None
+            } else {
+                self.client_for(watch.policy.connect_timeout)
+            };
+            let client = if public_only {
+                &self.public_client
+            } else {
+                own_client.as_ref().unwrap_or(&self.client)
+            };
             let response = match client.send(http_request).await {
                 Ok(response) => response,
                 Err(err) => {
@@ -706,6 +738,8 @@ impl Agent {
                 // A 307/308 of a POST must stay a POST, which a resumed
                 // poll does not send: that one still ends rate limited.
                 let resumable = method == Method::GET;
+                public_only =
+                    redirect::needs_public_address(&watch.url, &url, &target, allow_internal);
                 self.wait_retry_after(request, &headers, deadline)
                     .await
                     .map_err(|outcome| {
@@ -760,6 +794,8 @@ impl Agent {
                 permanent_chain = false;
                 method = Method::GET;
                 body = None;
+                public_only =
+                    redirect::needs_public_address(&watch.url, &url, &target, allow_internal);
                 // Each status check may come back to the same URL.
                 seen.clear();
                 url = target;

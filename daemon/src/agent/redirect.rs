@@ -1,6 +1,8 @@
 //! Which redirects the agent follows: http(s) targets only, and never from
 //! a public address to a loopback, private or link-local one (a watch that
-//! names such an address directly is the operator's choice).
+//! names such an address directly is the operator's choice). A name is
+//! judged by the addresses it resolves to, when connecting
+//! ([`needs_public_address`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -62,6 +64,19 @@ pub fn refusal(from: &Url, to: &Url, allow_internal: bool) -> Option<String> {
     None
 }
 
+/// Whether a request to `to`, reached from `from` in a poll of a watch
+/// configured at `configured`, goes out on the public-only client
+/// ([`super::transport::Transport::public_only`]): a name (literal
+/// addresses are judged by [`refusal`]) on another host than the watch's
+/// own, reached from a public one. A name is only known to be internal once
+/// resolved, and [`refusal`] judges names by their text.
+pub fn needs_public_address(configured: &Url, from: &Url, to: &Url, allow_internal: bool) -> bool {
+    !allow_internal
+        && matches!(to.host(), Some(Host::Domain(_)))
+        && to.host() != configured.host()
+        && !is_internal(from)
+}
+
 /// Whether two URLs share an origin (scheme, host and port).
 pub fn same_origin(a: &Url, b: &Url) -> bool {
     // `Url::origin` allocates; this runs twice per poll, so compare the
@@ -118,6 +133,56 @@ mod tests {
         assert!(refusal(&internal, &u("http://127.0.0.1:9090/b"), false).is_none());
         assert!(refusal(&public, &u("file:///etc/passwd"), true).is_some());
         assert!(refusal(&internal, &u("ftp://127.0.0.1/"), true).is_some());
+    }
+
+    #[test]
+    fn names_reached_from_public_hosts_need_public_addresses() {
+        let watch = u("https://api.example.org/feed");
+        let evil = u("http://127.0.0.1.nip.io/x");
+        // A redirect (or next page, job) from the watch's host to a name.
+        assert!(needs_public_address(&watch, &watch, &evil, false));
+        assert!(!needs_public_address(&watch, &watch, &evil, true));
+        // And on from there, on that host too.
+        assert!(needs_public_address(
+            &watch,
+            &evil,
+            &u("http://127.0.0.1.nip.io/y"),
+            false
+        ));
+        // A re-pointed watch's first request is a hop from its configured URL.
+        assert!(needs_public_address(
+            &watch,
+            &watch,
+            &u("https://moved.example/"),
+            false
+        ));
+        // The watch's own host is the operator's choice.
+        assert!(!needs_public_address(
+            &watch,
+            &watch,
+            &u("https://API.example.org/b"),
+            false
+        ));
+        assert!(!needs_public_address(
+            &watch,
+            &evil,
+            &u("https://api.example.org/c"),
+            false
+        ));
+        // Literals are judged by `refusal`; internal sources may go anywhere.
+        assert!(!needs_public_address(
+            &watch,
+            &watch,
+            &u("http://10.0.0.1/"),
+            false
+        ));
+        let internal = u("http://127.0.0.1:8080/");
+        assert!(!needs_public_address(
+            &internal,
+            &internal,
+            &u("http://svc.lan/"),
+            false
+        ));
     }
 
     #[test]
