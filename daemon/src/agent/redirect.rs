@@ -31,6 +31,8 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
         || ip.is_link_local()
         || ip.is_unspecified()
         || ip.is_broadcast()
+        // 0.0.0.0/8, "this network": Linux connects 0.x.y.z to this host
+        || ip.octets()[0] == 0
         // 100.64.0.0/10, carrier-grade NAT
         || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
 }
@@ -39,7 +41,16 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return internal_v4(v4);
     }
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    // An IPv4 address inside an IPv6 one: IPv4-compatible `::a.b.c.d`
+    // (deprecated, `::` and `::1` aside) and NAT64's well-known prefix
+    // 64:ff9b::/96, which a NAT64 gateway translates to that IPv4 address.
+    let embedded = Ipv4Addr::from(ip.to_bits() as u32);
+    if (segments[..6] == [0; 6] && ip.to_bits() > 1) || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+    {
+        return internal_v4(embedded);
+    }
+    let first = segments[0];
     ip.is_loopback()
         || ip.is_unspecified()
         || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
@@ -121,6 +132,14 @@ mod tests {
             "http://[fd00::1]/",
             "http://[::ffff:127.0.0.1]/",
             "http://0.0.0.0/",
+            "http://0.1.2.3/",
+            // Decimal, octal and short forms are parsed to 127.0.0.1.
+            "http://2130706433/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[64:ff9b::10.0.0.1]/",
         ] {
             assert!(refusal(&public, &u(target), false).is_some(), "{target}");
             assert!(
@@ -129,6 +148,16 @@ mod tests {
             );
         }
         assert!(refusal(&public, &u("https://example.com/b"), false).is_none());
+        for public_target in [
+            "http://[64:ff9b::8.8.8.8]/",
+            "http://[2001:db8::1]/",
+            "http://8.8.8.8/",
+        ] {
+            assert!(
+                refusal(&public, &u(public_target), false).is_none(),
+                "{public_target}"
+            );
+        }
         let internal = u("http://127.0.0.1:8080/a");
         assert!(refusal(&internal, &u("http://127.0.0.1:9090/b"), false).is_none());
         assert!(refusal(&public, &u("file:///etc/passwd"), true).is_some());
