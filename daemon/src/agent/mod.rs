@@ -90,8 +90,11 @@ const MAX_CONNECT_CLIENTS: usize = 16;
 pub struct Agent {
     client: Transport,
     /// For hops a remote server chose to a name away from a public address
-    /// ([`redirect::needs_public_address`]): connects to public addresses only.
-    public_client: Transport,
+    /// ([`redirect::needs_public_address`]): connects to public addresses
+    /// only. Built on first use: a TLS client takes a while to build (the
+    /// platform's roots), and most lists never need it; built at start, it
+    /// delayed the API's listening socket.
+    public_client: Arc<std::sync::OnceLock<Transport>>,
     user_agent: HeaderValue,
     /// The connect timeout belongs to the connector, not the request, so a
     /// watch's `connect_timeout` gets a client built with it, one per value.
@@ -243,12 +246,11 @@ impl Agent {
     pub fn new(options: AgentOptions) -> Result<Agent, AgentError> {
         let idle_per_host = options.idle_per_host.max(1);
         let client = Transport::new(DEFAULT_CONNECT_TIMEOUT, idle_per_host)?;
-        let public_client = Transport::public_only(DEFAULT_CONNECT_TIMEOUT, idle_per_host)?;
         let user_agent = HeaderValue::from_str(&options.user_agent)
             .map_err(|_| AgentError::UserAgent(options.user_agent.clone()))?;
         Ok(Agent {
             client,
-            public_client,
+            public_client: Arc::default(),
             user_agent,
             idle_per_host,
             by_connect_timeout: Arc::default(),
@@ -275,6 +277,16 @@ impl Agent {
         let client = Transport::new(connect_timeout, self.idle_per_host).ok()?;
         clients.insert(connect_timeout, client.clone());
         Some(client)
+    }
+
+    /// The public-only client; `None` if it cannot be built (the shared
+    /// one, built the same way, could).
+    fn public_client(&self) -> Option<&Transport> {
+        if let Some(client) = self.public_client.get() {
+            return Some(client);
+        }
+        let client = Transport::public_only(DEFAULT_CONNECT_TIMEOUT, self.idle_per_host).ok()?;
+        Some(self.public_client.get_or_init(|| client))
     }
 
     /// The shared client (for the `http_stack` bench).
@@ -669,7 +681,16 @@ impl Agent {
                 self.client_for(watch.policy.connect_timeout)
             };
             let client = if public_only {
-                &self.public_client
+                self.public_client().ok_or_else(|| {
+                    PollOutcome::failed(
+                        request,
+                        format!(
+                            "{}: cannot build the HTTP client for redirected requests",
+                            redact::url(&url)
+                        ),
+                        true,
+                    )
+                })?
             } else {
                 own_client.as_ref().unwrap_or(&self.client)
             };
