@@ -104,7 +104,8 @@ impl From<&WatchState> for WatchJson {
         let interval_s = w.interval_ms as f64 / 1000.0;
         WatchJson {
             id: w.id.clone(),
-            url: w.url.clone(),
+            // Credentials in the URL stay in the watch list (and the store).
+            url: polld_config::redact::url_text(&w.url),
             state: w.status.as_str(),
             last_status: w.last_status,
             last_error: w.last_error.clone(),

@@ -17,6 +17,7 @@ mod error;
 mod keys;
 mod model;
 mod parse;
+pub mod redact;
 mod segments;
 mod source;
 mod values;

@@ -16,6 +16,7 @@ use url::Url;
 
 use crate::agent::{self, hints, redirect};
 use crate::exit;
+use crate::redact;
 
 /// Largest body `polld await` reads.
 const MAX_BODY: u64 = 64 << 20;
@@ -126,7 +127,10 @@ struct Plan {
 fn plan(args: &AwaitArgs) -> Result<Plan, String> {
     let url = Url::parse(&args.url).map_err(|e| format!("{:?} is not a URL: {e}", args.url))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{url}: only http and https URLs can be awaited"));
+        return Err(format!(
+            "{}: only http and https URLs can be awaited",
+            redact::url(&url)
+        ));
     }
     let method = Method::from_str(&args.method.to_ascii_uppercase())
         .map_err(|_| format!("{:?} is not an HTTP method", args.method))?;
@@ -282,6 +286,8 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
         // One attempt: the request and the redirects it leads to.
         let (status, headers, final_url, response) = loop {
             let same_origin = redirect::same_origin(&origin, &url);
+            // Messages show the URL as logs do: it may carry a token.
+            let shown = redact::url(&url);
             let mut request_headers = http::HeaderMap::new();
             for (name, value) in &plan.headers {
                 if same_origin || !agent::is_credential(name, value) {
@@ -296,13 +302,13 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                 &user_agent,
                 same_origin,
             )
-            .map_err(|e| format!("{method} {url}: cannot be requested: {e}"))?;
+            .map_err(|e| format!("{method} {shown}: cannot be requested: {e}"))?;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let sent = tokio::time::timeout(remaining, client.send(request)).await;
             let response = match sent {
                 Err(_) => {
                     return Ok(Ending::TimedOut(format!(
-                        "attempt {attempt}, {method} {url}: no answer before the timeout of {}",
+                        "attempt {attempt}, {method} {shown}: no answer before the timeout of {}",
                         humantime::format_duration(args.timeout)
                     )));
                 }
@@ -326,13 +332,13 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
             if let Some(target) = redirect_to {
                 if let Some(why) = redirect::refusal(&url, &target, true) {
                     return Ok(Ending::Failed(format!(
-                        "attempt {attempt}, {method} {url}: {why}"
+                        "attempt {attempt}, {method} {shown}: {why}"
                     )));
                 }
                 hops += 1;
                 if hops > MAX_HOPS {
                     return Ok(Ending::Failed(format!(
-                        "attempt {attempt}, {method} {url}: more than {MAX_HOPS} redirects"
+                        "attempt {attempt}, {method} {shown}: more than {MAX_HOPS} redirects"
                     )));
                 }
                 if matches!(status.as_u16(), 301 | 302) && method == Method::POST {
@@ -344,6 +350,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
             }
             break (Some(status), headers, url.clone(), Ok(response));
         };
+        let shown_final = redact::url(&final_url);
 
         // A server's wait is capped by --max-retry-after and floored so that
         // `Retry-After: 0` on every answer cannot make a tight loop: never
@@ -355,7 +362,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
         let (wait, why): (Duration, String) = match (status, response) {
             (_, Err(error)) => {
                 if args.verbose {
-                    eprintln!("polld await: attempt {attempt}, {method} {final_url}: {error}");
+                    eprintln!("polld await: attempt {attempt}, {method} {shown_final}: {error}");
                 }
                 (interval, "interval after a transport error".to_owned())
             }
@@ -368,7 +375,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                 let payload = match tokio::time::timeout_at(deadline, read).await {
                     Err(_) => {
                         return Ok(Ending::TimedOut(format!(
-                            "attempt {attempt}, {method} {final_url}: body not complete before the timeout of {}",
+                            "attempt {attempt}, {method} {shown_final}: body not complete before the timeout of {}",
                             humantime::format_duration(args.timeout)
                         )));
                     }
@@ -402,13 +409,13 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                 let view = ResponseView::new(code, &headers, &payload);
                 if args.verbose {
                     eprintln!(
-                        "polld await: attempt {attempt}, {method} {final_url} -> {code}, {} bytes",
+                        "polld await: attempt {attempt}, {method} {shown_final} -> {code}, {} bytes",
                         payload.len()
                     );
                 }
                 if let Some(c) = plan.fail_if.iter().find(|c| c.holds(&view)) {
                     return Ok(Ending::Failed(format!(
-                        "attempt {attempt}, {method} {final_url}: HTTP {code}: --fail-if {c} holds"
+                        "attempt {attempt}, {method} {shown_final}: HTTP {code}: --fail-if {c} holds"
                     )));
                 }
                 // Explicit --until conditions end the wait on any answer;
@@ -440,7 +447,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                     }
                     if status.is_client_error() && !matches!(code, 408 | 425) {
                         return Ok(Ending::Failed(format!(
-                            "attempt {attempt}, {method} {final_url}: HTTP {code} {}",
+                            "attempt {attempt}, {method} {shown_final}: HTTP {code} {}",
                             status.canonical_reason().unwrap_or("")
                         )));
                     }
@@ -460,14 +467,14 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
 
         if args.max_attempts.is_some_and(|max| attempt >= max) {
             return Ok(Ending::TimedOut(format!(
-                "attempt {attempt}, {method} {url}: all {attempt} attempts of --max-attempts used up"
+                "attempt {attempt}, {method} {shown_final}: all {attempt} attempts of --max-attempts used up"
             )));
         }
         // Jitter only adds; backoff grows the interval for the next time.
         let wait = wait + wait.mul_f64(args.jitter * rand::random::<f64>());
         if tokio::time::Instant::now() + wait > deadline {
             return Ok(Ending::TimedOut(format!(
-                "attempt {attempt}, {method} {url}: the next check ({}) would pass the timeout of {}",
+                "attempt {attempt}, {method} {shown_final}: the next check ({}) would pass the timeout of {}",
                 humantime::format_duration(wait),
                 humantime::format_duration(args.timeout)
             )));

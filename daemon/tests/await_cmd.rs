@@ -435,3 +435,33 @@ async fn a_get_answered_202_without_location_is_asked_again() {
         times[1] - times[0]
     );
 }
+
+/// `polld await`'s messages (often in CI logs) show the URL as the daemon's
+/// logs do: a password, a user name that is a token and secret-looking query
+/// values used to be printed as given.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_keep_the_urls_secrets_out() {
+    let server = MockServer::start().await;
+    Mock::given(path("/missing"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    let port = server.address().port();
+    for (url, shown) in [
+        (
+            format!("http://bob:hunter2@127.0.0.1:{port}/missing?access_token=t0ps3cret"),
+            format!("http://bob:REDACTED@127.0.0.1:{port}/missing?access_token=REDACTED"),
+        ),
+        (
+            format!("http://ghp_t0k3n@127.0.0.1:{port}/missing"),
+            format!("http://REDACTED@127.0.0.1:{port}/missing"),
+        ),
+    ] {
+        let run = polld_await(&["--verbose", &url]).await;
+        assert_eq!(run.code, Some(1), "{}", run.stderr);
+        assert!(run.stderr.contains(&shown), "{}", run.stderr);
+        for secret in ["hunter2", "t0ps3cret", "ghp_t0k3n"] {
+            assert!(!run.stderr.contains(secret), "{secret}: {}", run.stderr);
+        }
+    }
+}

@@ -355,3 +355,45 @@ async fn a_body_that_never_ends_after_its_encoded_data_is_not_waited_for() {
         started.elapsed()
     );
 }
+
+/// The public-only client (for hops a remote server chose away from a
+/// public address) does not connect to a name that resolves to loopback:
+/// `http://127.0.0.1.nip.io/` or a name pointed at 169.254.169.254 used to
+/// pass, the redirect rules judging names by their text. The shared client
+/// still does (a watch that names an internal host is the operator's).
+#[tokio::test]
+async fn the_public_only_client_refuses_names_that_resolve_internal() {
+    use polld_daemon::agent::transport::{self, Transport};
+    use std::time::Duration;
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("internal"))
+        .mount(&server)
+        .await;
+    let url = url::Url::parse(&format!(
+        "http://localhost:{}/meta-data",
+        server.address().port()
+    ))
+    .unwrap();
+    let ua = http::HeaderValue::from_static(UA);
+    let get = || {
+        transport::request(
+            &http::Method::GET,
+            &url,
+            http::HeaderMap::new(),
+            None,
+            &ua,
+            false,
+        )
+        .unwrap()
+    };
+
+    let shared = Transport::new(Duration::from_secs(5), 1).unwrap();
+    assert_eq!(shared.send(get()).await.unwrap().status(), 200);
+
+    let public = Transport::public_only(Duration::from_secs(5), 1).unwrap();
+    let err = public.send(get()).await.expect_err("connected to loopback");
+    let text = transport::error_text(&err);
+    assert!(text.contains("resolves to the internal address"), "{text}");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}

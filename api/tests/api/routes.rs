@@ -931,3 +931,31 @@ async fn head_is_get_without_the_body() {
         StatusCode::BAD_REQUEST
     );
 }
+
+/// A watch's URL carries the credentials of a watch list written like
+/// `https://user:pass@host/?access_token=...` (or `https://TOKEN@host/`);
+/// the API is open to every local user when no `api_token_file` is set, so
+/// its JSON shows the URL as logs do, not as configured.
+#[tokio::test]
+async fn watch_urls_leave_the_api_without_their_secrets() {
+    let fx = fixture();
+    let r = fx.router();
+    let mut with_password = state("pw");
+    with_password.url = "https://bob:hunter2@example.org/feed?page=2&access_token=t0ps3cret".into();
+    fx.commit_state(with_password, None, vec![]);
+    let mut token_as_user = state("user");
+    token_as_user.url = "https://ghp_s3cr3tt0k3n@example.org/repos".into();
+    fx.commit_state(token_as_user, None, vec![]);
+
+    let one = get(&r, "/v1/watches/pw").await.json();
+    assert_eq!(
+        one["url"],
+        "https://bob:REDACTED@example.org/feed?page=2&access_token=REDACTED"
+    );
+    let list = get(&r, "/v1/watches").await.text();
+    for secret in ["hunter2", "t0ps3cret", "ghp_s3cr3tt0k3n"] {
+        assert!(!list.contains(secret), "{secret} in {list}");
+    }
+    let user = get(&r, "/v1/watches/user").await.json();
+    assert_eq!(user["url"], "https://REDACTED@example.org/repos");
+}

@@ -89,6 +89,12 @@ const MAX_CONNECT_CLIENTS: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Agent {
     client: Transport,
+    /// For hops a remote server chose to a name away from a public address
+    /// ([`redirect::needs_public_address`]): connects to public addresses
+    /// only. Built on first use: a TLS client takes a while to build (the
+    /// platform's roots), and most lists never need it; built at start, it
+    /// delayed the API's listening socket.
+    public_client: Arc<std::sync::OnceLock<Transport>>,
     user_agent: HeaderValue,
     /// The connect timeout belongs to the connector, not the request, so a
     /// watch's `connect_timeout` gets a client built with it, one per value.
@@ -244,6 +250,7 @@ impl Agent {
             .map_err(|_| AgentError::UserAgent(options.user_agent.clone()))?;
         Ok(Agent {
             client,
+            public_client: Arc::default(),
             user_agent,
             idle_per_host,
             by_connect_timeout: Arc::default(),
@@ -270,6 +277,16 @@ impl Agent {
         let client = Transport::new(connect_timeout, self.idle_per_host).ok()?;
         clients.insert(connect_timeout, client.clone());
         Some(client)
+    }
+
+    /// The public-only client; `None` if it cannot be built (the shared
+    /// one, built the same way, could).
+    fn public_client(&self) -> Option<&Transport> {
+        if let Some(client) = self.public_client.get() {
+            return Some(client);
+        }
+        let client = Transport::public_only(DEFAULT_CONNECT_TIMEOUT, self.idle_per_host).ok()?;
+        Some(self.public_client.get_or_init(|| client))
     }
 
     /// The shared client (for the `http_stack` bench).
@@ -341,8 +358,18 @@ impl Agent {
             if watch.cursor.is_some() {
                 fetched.push(page_url.clone());
             }
+            // The page before is where a next page was chosen.
+            let from = last.as_ref().map_or(&watch.url, |e| &e.final_url);
             let mut exchange = match self
-                .exchange(request, &page_url, job, conditional, deadline, received)
+                .exchange(
+                    request,
+                    from,
+                    &page_url,
+                    job,
+                    conditional,
+                    deadline,
+                    received,
+                )
                 .await
             {
                 Ok(exchange) => exchange,
@@ -580,9 +607,11 @@ impl Agent {
 
     /// One request and the redirects and async-job steps that follow it,
     /// up to a final answer (whose body is not read yet).
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         request: &PollRequest<'_>,
+        from: &Url,
         start: &Url,
         job: Option<&Url>,
         conditional: bool,
@@ -609,6 +638,11 @@ impl Agent {
         }
         let conditional = conditional && job.is_none();
         let mut moved: Option<Url> = None;
+        let allow_internal = self.allow_private_redirects;
+        // A start away from the watch's own host (a resumed job, a next
+        // page, a re-pointed watch) was chosen by a server too.
+        let mut public_only =
+            redirect::needs_public_address(&watch.url, from, &url, allow_internal);
         loop {
             if !seen.insert((method.clone(), url.clone())) {
                 return Err(PollOutcome::failed(
@@ -639,8 +673,27 @@ impl Agent {
                         false,
                     )
                 })?;
-            let own_client = self.client_for(watch.policy.connect_timeout);
-            let client = own_client.as_ref().unwrap_or(&self.client);
+            // The public-only client has the default connect timeout; the
+            // poll's own timeout still bounds it.
+            let own_client = if public_only {
+                None
+            } else {
+                self.client_for(watch.policy.connect_timeout)
+            };
+            let client = if public_only {
+                self.public_client().ok_or_else(|| {
+                    PollOutcome::failed(
+                        request,
+                        format!(
+                            "{}: cannot build the HTTP client for redirected requests",
+                            redact::url(&url)
+                        ),
+                        true,
+                    )
+                })?
+            } else {
+                own_client.as_ref().unwrap_or(&self.client)
+            };
             let response = match client.send(http_request).await {
                 Ok(response) => response,
                 Err(err) => {
@@ -706,6 +759,8 @@ impl Agent {
                 // A 307/308 of a POST must stay a POST, which a resumed
                 // poll does not send: that one still ends rate limited.
                 let resumable = method == Method::GET;
+                public_only =
+                    redirect::needs_public_address(&watch.url, &url, &target, allow_internal);
                 self.wait_retry_after(request, &headers, deadline)
                     .await
                     .map_err(|outcome| {
@@ -760,6 +815,8 @@ impl Agent {
                 permanent_chain = false;
                 method = Method::GET;
                 body = None;
+                public_only =
+                    redirect::needs_public_address(&watch.url, &url, &target, allow_internal);
                 // Each status check may come back to the same URL.
                 seen.clear();
                 url = target;

@@ -1,6 +1,8 @@
 //! Which redirects the agent follows: http(s) targets only, and never from
 //! a public address to a loopback, private or link-local one (a watch that
-//! names such an address directly is the operator's choice).
+//! names such an address directly is the operator's choice). A name is
+//! judged by the addresses it resolves to, when connecting
+//! ([`needs_public_address`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -29,6 +31,8 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
         || ip.is_link_local()
         || ip.is_unspecified()
         || ip.is_broadcast()
+        // 0.0.0.0/8, "this network": Linux connects 0.x.y.z to this host
+        || ip.octets()[0] == 0
         // 100.64.0.0/10, carrier-grade NAT
         || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
 }
@@ -37,7 +41,16 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return internal_v4(v4);
     }
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    // An IPv4 address inside an IPv6 one: IPv4-compatible `::a.b.c.d`
+    // (deprecated, `::` and `::1` aside) and NAT64's well-known prefix
+    // 64:ff9b::/96, which a NAT64 gateway translates to that IPv4 address.
+    let embedded = Ipv4Addr::from(ip.to_bits() as u32);
+    if (segments[..6] == [0; 6] && ip.to_bits() > 1) || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+    {
+        return internal_v4(embedded);
+    }
+    let first = segments[0];
     ip.is_loopback()
         || ip.is_unspecified()
         || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
@@ -60,6 +73,19 @@ pub fn refusal(from: &Url, to: &Url, allow_internal: bool) -> Option<String> {
         ));
     }
     None
+}
+
+/// Whether a request to `to`, reached from `from` in a poll of a watch
+/// configured at `configured`, goes out on the public-only client
+/// ([`super::transport::Transport::public_only`]): a name (literal
+/// addresses are judged by [`refusal`]) on another host than the watch's
+/// own, reached from a public one. A name is only known to be internal once
+/// resolved, and [`refusal`] judges names by their text.
+pub fn needs_public_address(configured: &Url, from: &Url, to: &Url, allow_internal: bool) -> bool {
+    !allow_internal
+        && matches!(to.host(), Some(Host::Domain(_)))
+        && to.host() != configured.host()
+        && !is_internal(from)
 }
 
 /// Whether two URLs share an origin (scheme, host and port).
@@ -106,6 +132,14 @@ mod tests {
             "http://[fd00::1]/",
             "http://[::ffff:127.0.0.1]/",
             "http://0.0.0.0/",
+            "http://0.1.2.3/",
+            // Decimal, octal and short forms are parsed to 127.0.0.1.
+            "http://2130706433/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[64:ff9b::10.0.0.1]/",
         ] {
             assert!(refusal(&public, &u(target), false).is_some(), "{target}");
             assert!(
@@ -114,10 +148,70 @@ mod tests {
             );
         }
         assert!(refusal(&public, &u("https://example.com/b"), false).is_none());
+        for public_target in [
+            "http://[64:ff9b::8.8.8.8]/",
+            "http://[2001:db8::1]/",
+            "http://8.8.8.8/",
+        ] {
+            assert!(
+                refusal(&public, &u(public_target), false).is_none(),
+                "{public_target}"
+            );
+        }
         let internal = u("http://127.0.0.1:8080/a");
         assert!(refusal(&internal, &u("http://127.0.0.1:9090/b"), false).is_none());
         assert!(refusal(&public, &u("file:///etc/passwd"), true).is_some());
         assert!(refusal(&internal, &u("ftp://127.0.0.1/"), true).is_some());
+    }
+
+    #[test]
+    fn names_reached_from_public_hosts_need_public_addresses() {
+        let watch = u("https://api.example.org/feed");
+        let evil = u("http://127.0.0.1.nip.io/x");
+        // A redirect (or next page, job) from the watch's host to a name.
+        assert!(needs_public_address(&watch, &watch, &evil, false));
+        assert!(!needs_public_address(&watch, &watch, &evil, true));
+        // And on from there, on that host too.
+        assert!(needs_public_address(
+            &watch,
+            &evil,
+            &u("http://127.0.0.1.nip.io/y"),
+            false
+        ));
+        // A re-pointed watch's first request is a hop from its configured URL.
+        assert!(needs_public_address(
+            &watch,
+            &watch,
+            &u("https://moved.example/"),
+            false
+        ));
+        // The watch's own host is the operator's choice.
+        assert!(!needs_public_address(
+            &watch,
+            &watch,
+            &u("https://API.example.org/b"),
+            false
+        ));
+        assert!(!needs_public_address(
+            &watch,
+            &evil,
+            &u("https://api.example.org/c"),
+            false
+        ));
+        // Literals are judged by `refusal`; internal sources may go anywhere.
+        assert!(!needs_public_address(
+            &watch,
+            &watch,
+            &u("http://10.0.0.1/"),
+            false
+        ));
+        let internal = u("http://127.0.0.1:8080/");
+        assert!(!needs_public_address(
+            &internal,
+            &internal,
+            &u("http://svc.lan/"),
+            false
+        ));
     }
 
     #[test]

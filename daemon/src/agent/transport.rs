@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::BuilderVerifierExt;
 use url::Url;
@@ -65,13 +66,37 @@ pub enum BuildError {
 /// The shared client. Cheap to clone; clones share the connection pool.
 #[derive(Debug, Clone)]
 pub struct Transport {
-    client: Client<ConnectTimeout<HttpsConnector<HttpConnector>>, RequestBody>,
+    client: Client<ConnectTimeout<HttpsConnector<HttpConnector<Resolver>>>, RequestBody>,
 }
 
 impl Transport {
     /// A client whose connects give up after `connect_timeout`, keeping up
     /// to `idle_per_host` idle connections per host.
     pub fn new(connect_timeout: Duration, idle_per_host: usize) -> Result<Transport, BuildError> {
+        Transport::build(connect_timeout, idle_per_host, false)
+    }
+
+    /// A client that connects to public addresses only: a name that
+    /// resolves to loopback, private or link-local addresses alone is not
+    /// connected to (of a name with both, only the public ones are used).
+    /// For the hops a remote server chose (redirects, job locations, next
+    /// pages) away from a public address: judging the target's name by its
+    /// text let `http://127.0.0.1.nip.io/` (or any name an attacker points
+    /// at 169.254.169.254) through. The check is made at connect time, on
+    /// the addresses connected to, so a name rebound after a check cannot
+    /// slip by; its own pool keeps connections made without it apart.
+    pub fn public_only(
+        connect_timeout: Duration,
+        idle_per_host: usize,
+    ) -> Result<Transport, BuildError> {
+        Transport::build(connect_timeout, idle_per_host, true)
+    }
+
+    fn build(
+        connect_timeout: Duration,
+        idle_per_host: usize,
+        public_only: bool,
+    ) -> Result<Transport, BuildError> {
         // The provider named, not the process default: more than one may be
         // compiled in (reqwest brings aws-lc-rs, other crates ring).
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -79,7 +104,10 @@ impl Transport {
             .with_safe_default_protocol_versions()?
             .with_platform_verifier()?
             .with_no_client_auth();
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(Resolver {
+            gai: GaiResolver::new(),
+            public_only,
+        });
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
@@ -159,6 +187,51 @@ fn is_unprocessed(err: &SendError) -> bool {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The system resolver, keeping only public addresses when `public_only`.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    gai: GaiResolver,
+    public_only: bool,
+}
+
+impl tower::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, std::io::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        self.gai.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let public_only = self.public_only;
+        let resolving = self.gai.call(name.clone());
+        Box::pin(async move {
+            let mut addrs: Vec<std::net::SocketAddr> = resolving.await?.collect();
+            if public_only {
+                let internal = addrs
+                    .iter()
+                    .find(|a| super::redirect::is_internal_ip(a.ip()))
+                    .copied();
+                addrs.retain(|a| !super::redirect::is_internal_ip(a.ip()));
+                if let (true, Some(internal)) = (addrs.is_empty(), internal) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{} resolves to the internal address {}, not followed from a \
+                             public address (allow_private_redirects allows it)",
+                            name.as_str(),
+                            internal.ip()
+                        ),
+                    ));
+                }
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
 
 /// A connector whose whole connect (DNS, TCP, TLS) ends after `timeout`:
 /// hyper-util's own timeout covers the TCP connect alone, and a server that

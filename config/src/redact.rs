@@ -1,8 +1,9 @@
 //! URLs as polld shows them in logs, error messages and spans: watch lists
 //! carry credentials in URLs (`https://user:pass@host/`, `?access_token=`),
 //! and those must not reach the journal, the store's `last_error` or an
-//! OTLP collector. The watch list and the API's watch records keep the URL
-//! as configured; everything that *describes* a poll goes through here.
+//! OTLP collector, nor the API (open to every local user when no
+//! `api_token_file` is set). The watch list and the store keep the URL as
+//! configured; everything that *shows* it goes through here.
 
 use std::fmt;
 
@@ -47,12 +48,14 @@ impl fmt::Display for Redacted<'_> {
             return write!(f, "{}:{MASK}", url.scheme());
         }
         write!(f, "{}://", url.scheme())?;
-        if !url.username().is_empty() || url.password().is_some() {
-            f.write_str(url.username())?;
-            if url.password().is_some() {
-                write!(f, ":{MASK}")?;
-            }
-            f.write_str("@")?;
+        if url.password().is_some() {
+            write!(f, "{}:{MASK}@", url.username())?;
+        } else if !url.username().is_empty() {
+            // A user name alone is the credential itself, as in
+            // `https://TOKEN@github.com/` or Stripe's `https://sk_live_...:@`
+            // (an empty password is no password to `url`): it used to be
+            // shown, in logs, `last_error` and the API.
+            write!(f, "{MASK}@")?;
         }
         if let Some(host) = url.host_str() {
             f.write_str(host)?;
@@ -144,8 +147,12 @@ mod tests {
             "https://bob:REDACTED@example.org/x"
         );
         assert_eq!(
-            shown("https://bob@example.org/x"),
-            "https://bob@example.org/x"
+            shown("https://ghp_t0k3n@example.org/x"),
+            "https://REDACTED@example.org/x"
+        );
+        assert_eq!(
+            shown("https://sk_live_k3y:@example.org/x"),
+            "https://REDACTED@example.org/x"
         );
         assert_eq!(
             shown("https://h/x?page=2&access_token=abc&apiKey=k&X-Amz-Signature=s&sig=1#frag"),
