@@ -302,11 +302,24 @@ async fn api_listener(listen: &Listen) -> anyhow::Result<polld_api::Listener> {
 /// Reads the API token; a missing file gets a new random token (mode 0600)
 /// so that a first start works; an empty file is refused.
 fn load_or_create_token(path: &Path) -> anyhow::Result<polld_api::ApiToken> {
+    load_or_create_token_once(path, false)
+}
+
+/// [`load_or_create_token`]; `again` when another process seemed to create
+/// the file first, so that a path that never reads (a symlink to nowhere)
+/// is an error, not an endless retry.
+fn load_or_create_token_once(path: &Path, again: bool) -> anyhow::Result<polld_api::ApiToken> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read_to_string(path) {
         Ok(text) => polld_api::ApiToken::new(&text).with_context(|| {
             format!("the API token file {} is empty; write a token into it or remove the api_token_file key", path.display())
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && again => Err(err).with_context(|| {
+            format!(
+                "cannot read the API token file {}: something is in its place (a symlink to a missing file?)",
+                path.display()
+            )
         }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
@@ -338,7 +351,7 @@ fn load_or_create_token(path: &Path) -> anyhow::Result<polld_api::ApiToken> {
                 Ok(()) => {}
                 // Another process got there first: its token is the one.
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return load_or_create_token(path);
+                    return load_or_create_token_once(path, true);
                 }
                 Err(err) => {
                     return Err(err).with_context(|| {
@@ -531,6 +544,24 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_that_is_a_symlink_to_nowhere_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-token");
+        std::os::unix::fs::symlink(dir.path().join("missing"), &path).unwrap();
+        let err = load_or_create_token(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("a symlink to a missing file?"),
+            "{err:#}"
+        );
+        // A plain missing file still gets a new token, mode 0600.
+        let fresh = dir.path().join("fresh-token");
+        load_or_create_token(&fresh).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     fn parse(text: &str) -> Config {
         Config::from_str_with_env(std::path::Path::new("watchlist.toml"), text, |_| None).unwrap()
