@@ -1,9 +1,10 @@
 //! `polld await`: the polite agent as a one-shot command for async jobs.
 //! Sends a request, follows `202 Accepted` / `303 See Other` + `Location`
 //! (or `Operation-Location` / `Azure-AsyncOperation`) with GETs, asks a
-//! GET answered 202 without one again, honours `Retry-After` everywhere, and stops when `--until` conditions hold
-//! (exit 0), a `--fail-if` condition holds or a permanent error comes (1),
-//! or the time or attempts run out (2). Needs no daemon and no store.
+//! GET answered 202 without one again, honours `Retry-After` everywhere,
+//! and stops when `--until` conditions hold (exit 0), a `--fail-if`
+//! condition holds or a permanent error comes (1), or the time or attempts
+//! run out (2). Needs no daemon and no store.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

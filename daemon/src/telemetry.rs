@@ -421,15 +421,8 @@ async fn try_post(
 
 /// `Retry-After`: delay-seconds or an HTTP date.
 fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    // The agent's reading of the header (seconds or any HTTP-date form).
+    crate::agent::hints::parse_retry_after(value, None, SystemTime::now())
 }
 
 /// A 200 may still carry a partial success: what the collector rejected,

@@ -736,12 +736,10 @@ impl<P: Poller> Engine<P> {
                         _ => None,
                     };
                     if let Some(delay) = wait
-                        && let Some(key) = &entry.key
+                        && entry.key.is_some()
                     {
-                        self.queue.reset(key, delay.min(MAX_TIMER));
-                        entry.due = Instant::now() + delay;
                         // Stored too: a restart before that poll keeps it.
-                        entry.state.next_due_ms = Some(record::unix_ms(now + delay));
+                        set_due(&mut self.queue, entry, id, delay, now);
                     }
                     // A watch stopped by its `until` or `fail_if` is polled
                     // again once its request or those conditions changed:
@@ -750,9 +748,7 @@ impl<P: Poller> Engine<P> {
                         entry.state.status = WatchStatus::Ok;
                         let delay =
                             policy::first_delay(policy, &watch.schedule, now, &mut self.rng);
-                        entry.key = Some(arm(&mut self.queue, id.to_owned(), delay));
-                        entry.due = Instant::now() + delay;
-                        entry.state.next_due_ms = Some(record::unix_ms(now + delay));
+                        set_due(&mut self.queue, entry, id, delay, now);
                     }
                     let state = entry.state.clone();
                     self.submit(Outcome {
@@ -1079,6 +1075,23 @@ impl<P: Poller> Engine<P> {
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 #[cfg(test)]
 const MAX_TIMER: Duration = Duration::from_secs(3600);
+
+/// Moves a watch's next poll to `delay` from now: on its timer (re-armed,
+/// or armed when it had none) and in the state that is stored.
+fn set_due(
+    queue: &mut DelayQueue<String>,
+    entry: &mut Entry,
+    id: &str,
+    delay: Duration,
+    now: SystemTime,
+) {
+    match &entry.key {
+        Some(key) => queue.reset(key, delay.min(MAX_TIMER)),
+        None => entry.key = Some(arm(queue, id.to_owned(), delay)),
+    }
+    entry.due = Instant::now() + delay;
+    entry.state.next_due_ms = Some(record::unix_ms(now + delay));
+}
 
 /// Arms a watch's timer for `delay` from now, or for the first step of it.
 fn arm(queue: &mut DelayQueue<String>, id: String, delay: Duration) -> Key {
