@@ -179,14 +179,16 @@ async fn bind_unix(path: &Path) -> Result<Listener, ServeError> {
     };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            match tokio::net::UnixStream::connect(path).await {
+            let connected = tokio::net::UnixStream::connect(path)
+                .await
+                .map(drop)
+                .or_else(|e| match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(()),
+                    _ => Err(e),
+                });
+            match connected {
                 // Alive, and busy (its backlog full) is alive too.
                 Ok(_) => {
-                    return Err(ServeError::SocketInUse {
-                        path: path.to_owned(),
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(ServeError::SocketInUse {
                         path: path.to_owned(),
                     });
