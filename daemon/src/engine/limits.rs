@@ -1,9 +1,10 @@
 //! The queue of due watches and the two concurrency limits (all hosts, one
 //! host), as owned semaphore permits moved into each poll task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The permits a running poll holds; dropping them frees its slots.
@@ -19,9 +20,9 @@ pub(crate) struct Limits {
     /// Due watches in order; `push_front` jumps the queue ("poll now").
     pub(crate) ready: VecDeque<String>,
     /// Due watches whose host is at its limit, per host, in order.
-    waiting: HashMap<Arc<str>, VecDeque<String>>,
+    waiting: FxHashMap<Arc<str>, VecDeque<String>>,
     global: Arc<Semaphore>,
-    hosts: HashMap<Arc<str>, Arc<Semaphore>>,
+    hosts: FxHashMap<Arc<str>, Arc<Semaphore>>,
     per_host: usize,
 }
 
@@ -29,9 +30,9 @@ impl Limits {
     pub(crate) fn new(concurrency: usize, per_host: usize) -> Self {
         Limits {
             ready: VecDeque::new(),
-            waiting: HashMap::new(),
+            waiting: FxHashMap::default(),
             global: Arc::new(Semaphore::new(concurrency)),
-            hosts: HashMap::new(),
+            hosts: FxHashMap::default(),
             per_host,
         }
     }

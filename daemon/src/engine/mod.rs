@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use polld_config::{Config, Watch};
 use polld_store::{
     ChangeKind, Committed, Outcome, Store, StoreError, WatchState, WatchStatus, Writer,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -140,6 +141,12 @@ impl Backlog {
         }
     }
 }
+
+/// Completions, or expired timers, the engine loop takes in one turn: a
+/// turn per event cost a `select!` over every branch per poll. Bounded, so
+/// that a burst of one kind does not hold the others (commands, shutdown)
+/// for long.
+const TURN: usize = 256;
 
 /// Per-watch info lines a start or a reload logs before the rest go to
 /// debug: a `[defaults]` edit changes every watch, and 100,000 lines of it
@@ -279,7 +286,9 @@ impl EngineHandle {
 /// The engine, built by [`Engine::start`] and driven by [`Engine::run`].
 pub struct Engine<P: Poller = Agent> {
     options: EngineOptions,
-    agent: P,
+    /// Shared with every poll task: one reference count per poll, not a
+    /// copy of the client's handles.
+    agent: Arc<P>,
     store: Store,
     outbox: mpsc::UnboundedSender<Outcome>,
     backlog: Arc<Backlog>,
@@ -287,7 +296,7 @@ pub struct Engine<P: Poller = Agent> {
     metrics: Arc<Metrics>,
     /// Boxed: the table then costs a pointer per slot, not a whole entry
     /// per slot (and per spare slot).
-    entries: HashMap<String, Box<Entry>>,
+    entries: FxHashMap<String, Box<Entry>>,
     queue: DelayQueue<String>,
     limits: Limits,
     completions_tx: mpsc::UnboundedSender<Completion>,
@@ -406,13 +415,13 @@ impl<P: Poller> Engine<P> {
         let mut engine = Engine {
             limits: Limits::new(options.concurrency, options.per_host),
             options,
-            agent,
+            agent: Arc::new(agent),
             store: store.clone(),
             outbox,
             backlog,
             forwarder,
             metrics,
-            entries: HashMap::new(),
+            entries: FxHashMap::default(),
             queue: DelayQueue::new(),
             completions_tx,
             completions,
@@ -471,13 +480,27 @@ impl<P: Poller> Engine<P> {
     /// and returns once every outcome was handed to the writer.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Made once, not per turn of the loop: each would register with
+        // the token (under its lock) on every completion.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut finished = Vec::with_capacity(TURN);
         loop {
             self.progress.fetch_add(1, Ordering::Relaxed);
             self.dispatch();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                Some(completion) = self.completions.recv() => self.complete(completion),
+                _ = &mut cancelled => break,
+                // What finished meanwhile, together: one turn of the loop
+                // (and one dispatch) per batch, not per poll.
+                n = self.completions.recv_many(&mut finished, TURN) => {
+                    if n == 0 {
+                        continue;
+                    }
+                    for completion in finished.drain(..) {
+                        self.complete(completion);
+                    }
+                }
                 Some(id) = self.commit_failures.recv() => self.commit_failed(id),
                 Some((id, stored)) = self.resynced.recv() => self.resync(&id, stored),
                 Some(command) = self.commands.recv(), if self.reload_read.is_none() => self.command(command),
@@ -492,19 +515,12 @@ impl<P: Poller> Engine<P> {
                 }
                 () = self.backlog.below.notified() => {}
                 Some(expired) = self.queue.next() => {
-                    let id = expired.into_inner();
-                    if let Some(entry) = self.entries.get_mut(&id) {
-                        entry.key = None;
-                        // A wait longer than the timer holds was armed in
-                        // steps: the next step, not a poll.
-                        let left = entry.due.saturating_duration_since(Instant::now());
-                        if left > Duration::from_millis(1) {
-                            entry.key = Some(arm(&mut self.queue, id, left));
-                            continue;
-                        }
-                        if !entry.queued && entry.in_flight.is_none() {
-                            entry.queued = true;
-                            self.limits.ready.push_back(id);
+                    self.expired(expired.into_inner());
+                    // And every other watch due by now, up to a turn's worth.
+                    for _ in 1..TURN {
+                        match self.queue.next().now_or_never() {
+                            Some(Some(expired)) => self.expired(expired.into_inner()),
+                            _ => break,
                         }
                     }
                 }
@@ -512,6 +528,24 @@ impl<P: Poller> Engine<P> {
             }
         }
         self.drain().await;
+    }
+
+    /// A watch's timer fired: it joins the ready queue, unless the wait was
+    /// longer than the timer holds (then its next step is armed).
+    fn expired(&mut self, id: String) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.key = None;
+        let left = entry.due.saturating_duration_since(Instant::now());
+        if left > Duration::from_millis(1) {
+            entry.key = Some(arm(&mut self.queue, id, left));
+            return;
+        }
+        if !entry.queued && entry.in_flight.is_none() {
+            entry.queued = true;
+            self.limits.ready.push_back(id);
+        }
     }
 
     async fn drain(mut self) {
@@ -932,8 +966,12 @@ impl<P: Poller> Engine<P> {
                     last_hash,
                     job: job.as_deref(),
                 };
+                // Boxed: the poll's state machine (the agent's, the
+                // client's) runs to kilobytes, and a task's future is moved
+                // whole when it is spawned and when it finishes.
+                let poll = Box::pin(agent.poll(request));
                 let outcome = tokio::select! {
-                    outcome = agent.poll(request) => Some(outcome),
+                    outcome = poll => Some(outcome),
                     _ = cancel.cancelled() => None,
                 };
                 if let Some(completion) = &mut report.completion {
@@ -1117,7 +1155,7 @@ fn server_hold(state: &WatchState, now: SystemTime) -> Duration {
 
 /// The host a due watch is limited under, or None when it is not to be
 /// polled (removed from the list, or already polling).
-fn pollable(entries: &HashMap<String, Box<Entry>>, id: &str) -> Option<Arc<str>> {
+fn pollable(entries: &FxHashMap<String, Box<Entry>>, id: &str) -> Option<Arc<str>> {
     entries
         .get(id)
         .filter(|e| e.queued && e.in_flight.is_none())
