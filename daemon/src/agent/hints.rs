@@ -6,7 +6,21 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+// Names looked up on every answer, as constants: a `&str` name is parsed
+// and checked again at each lookup, and a 304 goes through a dozen.
+const AGE: HeaderName = http::header::AGE;
+const EXPIRES: HeaderName = http::header::EXPIRES;
+const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET_AFTER: HeaderName = HeaderName::from_static("x-ratelimit-reset-after");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const X_RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rate-limit-remaining");
+const X_RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("x-rate-limit-reset");
 
 /// What the server told us about when to come back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,7 +74,7 @@ pub fn response_date(headers: &HeaderMap) -> Option<SystemTime> {
         .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+fn header_str<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -83,7 +97,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// several headers the longest.
 pub fn poll_interval(headers: &HeaderMap) -> Option<Duration> {
     headers
-        .get_all("x-poll-interval")
+        .get_all(X_POLL_INTERVAL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .filter_map(|v| delta_seconds(v.trim()))
@@ -187,8 +201,18 @@ fn split_unquoted(text: &str, delimiter: char) -> Vec<&str> {
 /// response served from a cache (`Age` above 0) describe the window as it
 /// was then, and are ignored as their drafts ask.
 pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    // Most answers carry none of these: their `Date` is then not parsed.
+    let windows = [
+        &RATELIMIT,
+        &RATELIMIT_REMAINING,
+        &X_RATELIMIT_REMAINING,
+        &X_RATE_LIMIT_REMAINING,
+    ];
+    if !windows.into_iter().any(|name| headers.contains_key(name)) {
+        return None;
+    }
     let date = response_date(headers).unwrap_or(now);
-    let from_cache = header_str(headers, "age")
+    let from_cache = header_str(headers, &AGE)
         .and_then(delta_seconds)
         .is_some_and(|age| age > 0);
     let mut longest: Option<Duration> = None;
@@ -196,24 +220,24 @@ pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration
         longest = longest.max(structured_reset(headers, date));
         longest = longest.max(pair_reset(
             headers,
-            "ratelimit-remaining",
-            &[("ratelimit-reset", false)],
+            &RATELIMIT_REMAINING,
+            &[(&RATELIMIT_RESET, false)],
             date,
         ));
     }
     longest = longest.max(pair_reset(
         headers,
-        "x-ratelimit-remaining",
+        &X_RATELIMIT_REMAINING,
         &[
-            ("x-ratelimit-reset-after", true),
-            ("x-ratelimit-reset", false),
+            (&X_RATELIMIT_RESET_AFTER, true),
+            (&X_RATELIMIT_RESET, false),
         ],
         date,
     ));
     longest.max(pair_reset(
         headers,
-        "x-rate-limit-remaining",
-        &[("x-rate-limit-reset", false)],
+        &X_RATE_LIMIT_REMAINING,
+        &[(&X_RATE_LIMIT_RESET, false)],
         date,
     ))
 }
@@ -227,7 +251,7 @@ pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration
 fn structured_reset(headers: &HeaderMap, date: SystemTime) -> Option<Duration> {
     let mut longest: Option<Duration> = None;
     let (mut joined_remaining, mut joined_reset) = (None, None);
-    for field in headers.get_all("ratelimit").iter() {
+    for field in headers.get_all(RATELIMIT).iter() {
         let Ok(field) = field.to_str() else { continue };
         let (mut line_remaining, mut line_reset) = (None, None);
         for item in split_unquoted(field, ',') {
@@ -275,8 +299,8 @@ fn structured_reset(headers: &HeaderMap, date: SystemTime) -> Option<Duration> {
 /// first present and valid wins): the wait when the window is exhausted.
 fn pair_reset(
     headers: &HeaderMap,
-    remaining: &str,
-    resets: &[(&str, bool)],
+    remaining: &HeaderName,
+    resets: &[(&HeaderName, bool)],
     date: SystemTime,
 ) -> Option<Duration> {
     if !header_str(headers, remaining).is_some_and(is_exhausted) {
@@ -315,7 +339,7 @@ pub fn fresh_for(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         }
     }
     let age = Duration::from_secs(
-        header_str(headers, "age")
+        header_str(headers, &AGE)
             .and_then(delta_seconds)
             .unwrap_or(0),
     );
@@ -323,7 +347,7 @@ pub fn fresh_for(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         Some(secs) => Duration::from_secs(secs),
         None => {
             let expires =
-                header_str(headers, "expires").and_then(|v| httpdate::parse_http_date(v).ok())?;
+                header_str(headers, &EXPIRES).and_then(|v| httpdate::parse_http_date(v).ok())?;
             let date = response_date(headers).unwrap_or(now);
             expires.duration_since(date).unwrap_or(Duration::ZERO)
         }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use polld_config::{Condition, ResponseView, Watch};
 use url::Url;
@@ -42,17 +42,17 @@ pub const MAX_JOB_STEPS: usize = 30;
 /// [`MAX_JOB_STEPS`] a back-to-back request.
 pub const MIN_JOB_CHECK_GAP: Duration = Duration::from_secs(1);
 /// Response headers polld keeps with a version.
-pub const KEPT_HEADERS: &[&str] = &[
-    "content-type",
-    "content-language",
-    "etag",
-    "last-modified",
-    "cache-control",
-    "expires",
-    "date",
-    "age",
-    "link",
-    "x-poll-interval",
+pub static KEPT_HEADERS: [HeaderName; 10] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LANGUAGE,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::DATE,
+    header::AGE,
+    header::LINK,
+    HeaderName::from_static("x-poll-interval"),
 ];
 
 /// Why the agent could not be built.
@@ -189,8 +189,10 @@ pub struct PollOutcome {
     pub etag: Option<String>,
     /// The Last-Modified to store.
     pub last_modified: Option<String>,
-    /// Response headers worth keeping ([`KEPT_HEADERS`]).
-    pub headers: Vec<(String, String)>,
+    /// The answer's response headers (of the first page, after pages; of
+    /// a 304 too), moved rather than copied: a version keeps those of
+    /// [`KEPT_HEADERS`] ([`kept_headers`]), and most polls make none.
+    pub headers: HeaderMap,
     /// When the server wants us back.
     pub hints: Hints,
     /// A 301/308 chain was followed to here.
@@ -214,7 +216,7 @@ impl PollOutcome {
             status: None,
             etag: request.etag.map(str::to_owned),
             last_modified: request.last_modified.map(str::to_owned),
-            headers: Vec::new(),
+            headers: HeaderMap::new(),
             hints: Hints::default(),
             moved_permanently: None,
             cursor: None,
@@ -510,7 +512,7 @@ impl Agent {
             OutcomeKind::Changed {
                 body: body.clone(),
                 hash,
-                content_type: header_value(&first.headers, header::CONTENT_TYPE.as_str()),
+                content_type: header_value(&first.headers, header::CONTENT_TYPE),
             }
         };
         let mut outcome = PollOutcome::new(kind, request);
@@ -523,16 +525,16 @@ impl Agent {
         // kept, and went to another page, which could never answer 304.
         let next_start = cursor::request_url(watch, request.url, cursor_now.as_deref());
         let validated = (last_url.as_ref() == Some(&next_start)).then_some(&last.headers);
-        outcome.etag = validated.and_then(|h| header_value(h, "etag"));
-        outcome.last_modified = validated.and_then(|h| header_value(h, "last-modified"));
-        outcome.headers = kept_headers(&first.headers);
+        outcome.etag = validated.and_then(|h| header_value(h, header::ETAG));
+        outcome.last_modified = validated.and_then(|h| header_value(h, header::LAST_MODIFIED));
         outcome.hints = hints::hints(
             last.status.as_u16(),
             &last.headers,
             SystemTime::now(),
             policy.max_retry_after,
         );
-        outcome.moved_permanently = first.moved_permanently.clone();
+        outcome.headers = first.headers;
+        outcome.moved_permanently = first.moved_permanently;
         if cursor_now.as_deref() != request.cursor {
             outcome.cursor = cursor_now;
         }
@@ -590,13 +592,13 @@ impl Agent {
         if status == StatusCode::NOT_MODIFIED {
             // RFC 9111 §4.3.4: the 304's validators update the stored ones;
             // a 304 without an ETag keeps the stored ETag.
-            if let Some(etag) = header_value(&exchange.headers, "etag") {
+            if let Some(etag) = header_value(&exchange.headers, header::ETAG) {
                 outcome.etag = Some(etag);
             }
-            if let Some(lm) = header_value(&exchange.headers, "last-modified") {
+            if let Some(lm) = header_value(&exchange.headers, header::LAST_MODIFIED) {
                 outcome.last_modified = Some(lm);
             }
-            outcome.headers = kept_headers(&exchange.headers);
+            outcome.headers = exchange.headers;
         }
         if status == StatusCode::GONE && request.watch.cursor.is_some() && request.cursor.is_some()
         {
@@ -1008,7 +1010,7 @@ fn reason(status: StatusCode) -> &'static str {
     status.canonical_reason().unwrap_or("")
 }
 
-fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+fn header_value(headers: &HeaderMap, name: HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -1022,10 +1024,10 @@ pub fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .iter()
         .flat_map(|name| {
             headers
-                .get_all(*name)
+                .get_all(name)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .map(|v| ((*name).to_owned(), v.to_owned()))
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
         })
         .collect()
 }

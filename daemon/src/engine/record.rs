@@ -92,7 +92,7 @@ pub(crate) fn apply(
                 body: body.to_vec(),
                 hash: *hash,
                 content_type: content_type.clone(),
-                headers: outcome.headers.clone(),
+                headers: crate::agent::kept_headers(&outcome.headers),
                 fetched_at_ms: now_ms,
             });
             tracing::info!(watch = %id, bytes = body.len(), status = outcome.status, "changed: new version");
