@@ -163,6 +163,19 @@ impl<'a> Dec<'a> {
         }
     }
 
+    /// An optional string, checked but not copied.
+    fn skip_opt_str(&mut self) -> Result<(), DecodeError> {
+        match self.u8()? {
+            0 => Ok(()),
+            1 => {
+                let b = self.bytes()?;
+                std::str::from_utf8(b).map_err(|_| self.err("invalid UTF-8"))?;
+                Ok(())
+            }
+            _ => Err(self.err("bad option tag")),
+        }
+    }
+
     fn opt_varint(&mut self) -> Result<Option<u64>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
@@ -258,19 +271,45 @@ fn state_size_hint(s: &WatchState) -> usize {
 #[cfg(test)]
 pub(crate) fn encode_state(s: &WatchState) -> Vec<u8> {
     let mut e = Enc::with_capacity(state_size_hint(s));
-    encode_state_into(&mut e, s);
+    encode_state_into(&mut e, s, VersionFields::of(s));
     e.finish()
+}
+
+/// The fields of a state that the store, not the engine, owns: a commit
+/// writes its own values of them over the engine's copy (without cloning
+/// the whole state to do so).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct VersionFields {
+    pub(crate) versions: u64,
+    pub(crate) latest_version: Option<u64>,
+    pub(crate) latest_hash: Option<Hash>,
+}
+
+impl VersionFields {
+    #[cfg(test)]
+    pub(crate) fn of(s: &WatchState) -> VersionFields {
+        VersionFields {
+            versions: s.versions,
+            latest_version: s.latest_version,
+            latest_hash: s.latest_hash,
+        }
+    }
 }
 
 /// Appends one watch state to a state-log chunk: the entry's length, the
 /// watch id, then the state record exactly as [`encode_state`] makes it,
 /// so that a fold copies the record into `watches` without decoding it.
 /// Returns the entry's offset in the chunk.
-pub(crate) fn push_logged_state(chunk: &mut Vec<u8>, s: &WatchState) -> usize {
+/// `versions` replaces the state's own [`VersionFields`].
+pub(crate) fn push_logged_state(
+    chunk: &mut Vec<u8>,
+    s: &WatchState,
+    versions: VersionFields,
+) -> usize {
     let offset = chunk.len();
     let mut e = Enc::with_capacity(2 + s.id.len() + state_size_hint(s));
     e.str(&s.id);
-    encode_state_into(&mut e, s);
+    encode_state_into(&mut e, s, versions);
     // The length straight into the chunk: no second buffer per poll.
     let mut out = Enc {
         buf: std::mem::take(chunk),
@@ -296,7 +335,7 @@ pub(crate) fn logged_state_at(
     Ok((id, e.buf, next))
 }
 
-fn encode_state_into(e: &mut Enc, s: &WatchState) {
+fn encode_state_into(e: &mut Enc, s: &WatchState, v: VersionFields) {
     // Most records have no hold and keep the V1 layout byte for byte.
     let v2 = s.hold_until_ms.is_some();
     e.u8(if v2 { RECORD_V2 } else { RECORD_V1 });
@@ -324,12 +363,12 @@ fn encode_state_into(e: &mut Enc, s: &WatchState) {
         s.errors,
         s.rate_limited,
         s.bytes_received,
-        s.versions,
+        v.versions,
     ] {
         e.varint(c);
     }
-    e.opt_varint(s.latest_version);
-    match &s.latest_hash {
+    e.opt_varint(v.latest_version);
+    match &v.latest_hash {
         None => e.u8(0),
         Some(h) => {
             e.u8(1);
@@ -357,6 +396,43 @@ fn encode_state_into(e: &mut Enc, s: &WatchState) {
     if let Some(base) = s.base_interval_ms {
         e.varint(base);
     }
+}
+
+/// The [`VersionFields`] of a state record, read without building the
+/// state (a commit needs only these of the previous state). The rest of
+/// the record is not checked here: [`decode_state`] reads it whole.
+pub(crate) fn decode_version_fields(b: &[u8]) -> Result<VersionFields, DecodeError> {
+    let mut d = Dec::new(b, "watch state");
+    d.state_format()?;
+    d.bytes()?; // url
+    d.fixed64()?; // fingerprint
+    for _ in 0..3 {
+        d.skip_opt_str()?; // etag, last_modified, cursor
+    }
+    d.opt_varint()?; // next_due_ms
+    for _ in 0..4 {
+        d.varint()?; // interval, backoff level, errors, moves in a row
+    }
+    d.opt_varint()?; // last_status
+    d.skip_opt_str()?; // last_error
+    d.u8()?; // status
+    d.opt_varint()?; // last_checked_ms
+    d.opt_varint()?; // last_changed_ms
+    for _ in 0..7 {
+        d.varint()?; // the counters before `versions`
+    }
+    let versions = d.varint()?;
+    let latest_version = d.opt_varint()?;
+    let latest_hash = match d.u8()? {
+        0 => None,
+        1 => Some(d.hash()?),
+        _ => return Err(d.err("bad option tag")),
+    };
+    Ok(VersionFields {
+        versions,
+        latest_version,
+        latest_hash,
+    })
 }
 
 pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError> {
@@ -578,6 +654,46 @@ mod tests {
     }
 
     #[test]
+    fn version_fields_are_read_from_every_record_form() {
+        let v1 = full_state();
+        let v2 = WatchState {
+            hold_until_ms: Some(1_700_000_123_456),
+            ..full_state()
+        };
+        let bare = WatchState {
+            latest_hash: None,
+            latest_version: None,
+            versions: 0,
+            pending_job: None,
+            base_interval_ms: None,
+            ..full_state()
+        };
+        for s in [v1, v2, bare] {
+            let record = encode_state(&s);
+            let fields = decode_version_fields(&record).unwrap();
+            assert_eq!(
+                (fields.versions, fields.latest_version, fields.latest_hash),
+                (s.versions, s.latest_version, s.latest_hash)
+            );
+        }
+        // A logged state takes the store's fields, not the engine's.
+        let mut chunk = Vec::new();
+        let stored = VersionFields {
+            versions: 7,
+            latest_version: Some(9),
+            latest_hash: Some([3; 32]),
+        };
+        let offset = push_logged_state(&mut chunk, &full_state(), stored);
+        let (id, record, _) = logged_state_at(&chunk, offset).unwrap();
+        let back = decode_state(id, record).unwrap();
+        assert_eq!(
+            (back.versions, back.latest_version, back.latest_hash),
+            (7, Some(9), Some([3; 32]))
+        );
+        assert_eq!(back.url, full_state().url);
+    }
+
+    #[test]
     fn state_log_entries_are_the_id_then_the_record_byte_for_byte() {
         let states = [
             full_state(),
@@ -590,7 +706,7 @@ mod tests {
         let mut chunk = Vec::new();
         let offsets: Vec<usize> = states
             .iter()
-            .map(|s| push_logged_state(&mut chunk, s))
+            .map(|s| push_logged_state(&mut chunk, s, VersionFields::of(s)))
             .collect();
         assert_eq!(offsets[0], 0);
         let mut at = 0;

@@ -27,8 +27,8 @@ use redb::{
 use tokio::sync::{Notify, watch};
 
 use crate::codec::{
-    BODY_RAW, BODY_ZSTD, decode_change, decode_state, decode_version, encode_change,
-    encode_version, logged_state_at, push_logged_state,
+    BODY_RAW, BODY_ZSTD, VersionFields, decode_change, decode_state, decode_version,
+    decode_version_fields, encode_change, encode_version, logged_state_at, push_logged_state,
 };
 use crate::error::StoreError;
 use crate::model::{Change, ChangeKind, Committed, Outcome, Version, WatchState};
@@ -1167,8 +1167,13 @@ impl<'t> WriteTables<'t> {
 
     /// Appends `state` (of watch `id`) to the chunk being filled; a full
     /// chunk is inserted.
-    fn log_state(&mut self, id: String, state: &WatchState) -> Result<(), StoreError> {
-        let offset = push_logged_state(&mut self.chunk, state);
+    fn log_state(
+        &mut self,
+        id: String,
+        state: &WatchState,
+        versions: VersionFields,
+    ) -> Result<(), StoreError> {
+        let offset = push_logged_state(&mut self.chunk, state, versions);
         self.logged.insert(id, slot(self.chunk_key, offset));
         self.appended += 1;
         if self.chunk.len() >= CHUNK_BYTES {
@@ -1244,24 +1249,28 @@ impl<'t> WriteTables<'t> {
         })
     }
 
-    /// The newest stored state of `id`: appended by this transaction, in
-    /// the committed log, or its row in `watches`.
-    fn newest_state(
+    /// What the store holds of `id`'s versions in its newest stored state
+    /// (appended by this transaction, in the committed log, or its row in
+    /// `watches`); None for a watch never stored.
+    fn newest_versions(
         &self,
         id: &str,
         committed: &LogIndex,
-    ) -> Result<Option<WatchState>, StoreError> {
+    ) -> Result<Option<VersionFields>, StoreError> {
         let pos = self.logged.get(id).or_else(|| committed.newest.get(id));
+        let decode = |record: &[u8]| Ok(Some(decode_version_fields(record)?));
         if let Some(&at) = pos {
             let (chunk, offset) = slot_parts(at);
-            let decode = |record: &[u8]| Ok(Some(decode_state(id, record)?));
             if chunk == self.chunk_key {
                 // In the chunk still being filled.
                 return record_in_chunk(&self.chunk, offset, id, at, decode);
             }
             return with_logged_record(&self.state_log, at, id, decode);
         }
-        row_state(&self.watches, id)
+        match self.watches.get(id)? {
+            Some(row) => decode(row.value()),
+            None => Ok(None),
+        }
     }
 
     /// Applies a batch; returns what each outcome became and the new
@@ -1304,23 +1313,23 @@ impl<'t> WriteTables<'t> {
         level: i32,
         committed: &LogIndex,
     ) -> Result<Committed, StoreError> {
-        // Borrowed, so that a batch can be retried after a failed commit.
-        let mut state = o.state.clone();
+        // Borrowed, so that a batch can be retried after a failed commit;
+        // what the store owns of the state is kept apart and written over
+        // the engine's copy when the state is logged.
+        let state = &o.state;
         let (new_version, events, keep_versions) = (&o.new_version, &o.events, o.keep_versions);
         let id = state.id.clone();
-        let prev = self.newest_state(&id, committed)?;
+        let prev = self.newest_versions(&id, committed)?;
         if prev.is_none() {
             self.new_watches += 1;
         }
         // What is stored is the store's business: the engine's copy of these
         // may lag behind pruning or a batch it has not seen committed.
-        (state.versions, state.latest_version, state.latest_hash) = prev
-            .map(|p| (p.versions, p.latest_version, p.latest_hash))
-            .unwrap_or_default();
+        let mut stored = prev.unwrap_or_default();
 
         let mut committed = Committed::default();
         if let Some(nv) = new_version {
-            let number = state.latest_version.map_or(1, |n| n + 1);
+            let number = stored.latest_version.map_or(1, |n| n + 1);
             self.add_body(&nv.hash, &nv.body, level)?;
             let version = Version {
                 number,
@@ -1332,9 +1341,9 @@ impl<'t> WriteTables<'t> {
             };
             self.versions
                 .insert((id.as_str(), number), encode_version(&version).as_slice())?;
-            state.versions += 1;
-            state.latest_version = Some(number);
-            state.latest_hash = Some(nv.hash);
+            stored.versions += 1;
+            stored.latest_version = Some(number);
+            stored.latest_hash = Some(nv.hash);
             *seq += 1;
             self.changes.insert(
                 *seq,
@@ -1350,8 +1359,8 @@ impl<'t> WriteTables<'t> {
                 .insert(*seq, encode_change(&id, None, kind, now).as_slice())?;
             committed.seqs.push(*seq);
         }
-        self.prune_versions(&id, &mut state, keep_versions)?;
-        self.log_state(id, &state)?;
+        self.prune_versions(&id, &mut stored.versions, keep_versions)?;
+        self.log_state(id, state, stored)?;
         Ok(committed)
     }
 
@@ -1415,14 +1424,14 @@ impl<'t> WriteTables<'t> {
     fn prune_versions(
         &mut self,
         id: &str,
-        state: &mut WatchState,
+        versions: &mut u64,
         keep: u32,
     ) -> Result<(), StoreError> {
         let keep = u64::from(keep.max(1));
-        if state.versions <= keep {
+        if *versions <= keep {
             return Ok(());
         }
-        let excess = usize::try_from(state.versions - keep).unwrap_or(usize::MAX);
+        let excess = usize::try_from(*versions - keep).unwrap_or(usize::MAX);
         let mut doomed = Vec::with_capacity(excess.min(1024));
         for item in self
             .versions
@@ -1437,7 +1446,7 @@ impl<'t> WriteTables<'t> {
             self.versions.remove((id, *n))?;
             self.release_body(hash)?;
         }
-        state.versions -= doomed.len() as u64;
+        *versions -= doomed.len() as u64;
         Ok(())
     }
 }
