@@ -47,6 +47,9 @@ pub struct Metrics {
     commit_outcomes: Histogram,
     /// Polls by result, all watches together, for the systemd status line.
     totals: [AtomicU64; RESULTS.len()],
+    /// Without per-watch labels, the `polls` series of each result, looked
+    /// up in the family once rather than on every poll.
+    series: [std::sync::OnceLock<Counter>; RESULTS.len()],
     watch_count: AtomicU64,
 }
 
@@ -161,21 +164,38 @@ impl Metrics {
             commit_duration,
             commit_outcomes,
             totals: Default::default(),
+            series: Default::default(),
             watch_count: AtomicU64::new(0),
         })
     }
 
     /// Records one finished poll.
     pub fn poll(&self, watch: &str, result: &'static str, duration: Duration, bytes: u64) {
-        let watch = if self.per_watch {
-            watch.to_owned()
-        } else {
-            String::new()
-        };
-        self.polls
-            .get_or_create(&PollLabels { watch, result })
-            .inc();
-        if let Some(i) = RESULTS.iter().position(|r| *r == result) {
+        let known = RESULTS.iter().position(|r| *r == result);
+        match known {
+            Some(i) if !self.per_watch => {
+                self.series[i]
+                    .get_or_init(|| {
+                        let labels = PollLabels {
+                            watch: String::new(),
+                            result,
+                        };
+                        self.polls.get_or_create(&labels).clone()
+                    })
+                    .inc();
+            }
+            _ => {
+                let watch = if self.per_watch {
+                    watch.to_owned()
+                } else {
+                    String::new()
+                };
+                self.polls
+                    .get_or_create(&PollLabels { watch, result })
+                    .inc();
+            }
+        }
+        if let Some(i) = known {
             self.totals[i].fetch_add(1, Ordering::Relaxed);
         }
         self.poll_duration.observe(duration.as_secs_f64());
