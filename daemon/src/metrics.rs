@@ -200,9 +200,12 @@ impl Metrics {
         }
         self.poll_duration.observe(duration.as_secs_f64());
         self.bytes_received.inc_by(bytes);
-        if result == "changed" {
-            self.changes.inc();
-        }
+    }
+
+    /// A new version was committed (`polld_changes_total` counts versions
+    /// stored, not polls that saw a change: a commit can fail).
+    pub fn version_stored(&self) {
+        self.changes.inc();
     }
 
     /// Sets a watch's 304 ratio (only with per-watch labels).
@@ -300,6 +303,7 @@ mod tests {
         let metrics = Metrics::new(true);
         metrics.poll("a", "not_modified", Duration::from_millis(20), 0);
         metrics.poll("a", "changed", Duration::from_millis(20), 100);
+        metrics.version_stored();
         metrics.ratio("a", Some(0.5));
         metrics.lag(Duration::from_millis(3));
         metrics.set_watches(1);

@@ -1193,7 +1193,7 @@ async fn forward(
             }
             Some((id, result)) = pending.next(), if !pending.is_empty() => {
                 backlog.committed();
-                report(&id, result, &failures);
+                report(&id, result, &failures, &metrics);
             }
         }
     }
@@ -1202,7 +1202,7 @@ async fn forward(
     drop(writer);
     while let Some((id, result)) = pending.next().await {
         backlog.committed();
-        report(&id, result, &failures);
+        report(&id, result, &failures, &metrics);
     }
 }
 
@@ -1210,9 +1210,15 @@ fn report(
     id: &str,
     result: Result<Result<Committed, StoreError>, oneshot::error::RecvError>,
     failures: &mpsc::UnboundedSender<String>,
+    metrics: &Metrics,
 ) {
     let err = match result {
-        Ok(Ok(_)) => return,
+        Ok(Ok(committed)) => {
+            if committed.version.is_some() {
+                metrics.version_stored();
+            }
+            return;
+        }
         Ok(Err(err)) => err.to_string(),
         Err(_) => "the writer stopped before answering".to_owned(),
     };

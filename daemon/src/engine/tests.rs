@@ -637,6 +637,50 @@ async fn polls_wait_while_the_commit_backlog_is_full() {
     task.await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn changes_count_versions_stored_not_polls_that_saw_one() {
+    let config = watch_list("interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0", 1);
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::Changed);
+    let (writer, _writer_task) = store.spawn_writer(WriterConfig::default());
+    let metrics = Metrics::new(false);
+    let (engine, _handle) = Engine::start(
+        config.watches.clone(),
+        &store,
+        writer,
+        poller.clone(),
+        metrics.clone(),
+        EngineOptions {
+            concurrency: 8,
+            per_host: 8,
+            grace: Duration::from_secs(1),
+            resume_window: Duration::from_secs(30),
+            spans: None,
+            clock: poller.clock,
+        },
+    )
+    .await
+    .expect("engine start");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(engine.run(shutdown.clone()));
+    let stored = |n: u64| {
+        let line = format!("polld_changes_total {n}\n");
+        metrics.render().contains(&line)
+    };
+    run_until(secs(30), || stored(1)).await;
+    // The store goes away: the next poll sees a change that is not stored.
+    store.clone().close().expect("close");
+    run_until(secs(30), || metrics.totals().changed == 2).await;
+    tokio::time::sleep(secs(5)).await;
+    assert!(
+        stored(1),
+        "a change whose commit failed is not counted:\n{}",
+        metrics.render()
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
 /// `[defaults]` and the watches w{i} of [`watch_list`] for each i in `ids`
 /// (same URLs, so that a reload sees them unchanged).
 fn some_of(defaults: &str, ids: &[usize]) -> Config {
