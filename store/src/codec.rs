@@ -188,6 +188,14 @@ impl<'a> Dec<'a> {
         Ok(self.take(32)?.try_into().expect("took 32 bytes"))
     }
 
+    fn opt_hash(&mut self) -> Result<Option<Hash>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.hash().map(Some),
+            _ => Err(self.err("bad option tag")),
+        }
+    }
+
     fn format(&mut self) -> Result<(), DecodeError> {
         match self.u8()? {
             RECORD_V1 => Ok(()),
@@ -423,11 +431,7 @@ pub(crate) fn decode_version_fields(b: &[u8]) -> Result<VersionFields, DecodeErr
     }
     let versions = d.varint()?;
     let latest_version = d.opt_varint()?;
-    let latest_hash = match d.u8()? {
-        0 => None,
-        1 => Some(d.hash()?),
-        _ => return Err(d.err("bad option tag")),
-    };
+    let latest_hash = d.opt_hash()?;
     Ok(VersionFields {
         versions,
         latest_version,
@@ -465,11 +469,7 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
     let bytes_received = d.varint()?;
     let versions = d.varint()?;
     let latest_version = d.opt_varint()?;
-    let latest_hash = match d.u8()? {
-        0 => None,
-        1 => Some(d.hash()?),
-        _ => return Err(d.err("bad option tag")),
-    };
+    let latest_hash = d.opt_hash()?;
     let (pending_job, base_interval_ms, hold_until_ms) = if format == RECORD_V2 {
         (d.opt_string()?, d.opt_varint()?, d.opt_varint()?)
     } else {

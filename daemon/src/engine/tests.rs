@@ -595,18 +595,21 @@ async fn a_restart_resumes_due_times_and_spreads_late_watches() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn polls_wait_while_the_commit_backlog_is_full() {
-    let config = watch_list("interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0", 3);
-    let (_dir, store) = open_store();
-    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+/// An engine on `store` with 8 polls in flight, started but not run, so
+/// that a test can reach into it before it runs.
+async fn engine_on(
+    config: &Config,
+    store: &Store,
+    poller: &Scripted,
+    metrics: Arc<Metrics>,
+) -> Engine<Scripted> {
     let (writer, _writer_task) = store.spawn_writer(WriterConfig::default());
     let (engine, _handle) = Engine::start(
         config.watches.clone(),
-        &store,
+        store,
         writer,
         poller.clone(),
-        Metrics::new(false),
+        metrics,
         EngineOptions {
             concurrency: 8,
             per_host: 8,
@@ -618,6 +621,15 @@ async fn polls_wait_while_the_commit_backlog_is_full() {
     )
     .await
     .expect("engine start");
+    engine
+}
+
+#[tokio::test(start_paused = true)]
+async fn polls_wait_while_the_commit_backlog_is_full() {
+    let config = watch_list("interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0", 3);
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
+    let engine = engine_on(&config, &store, &poller, Metrics::new(false)).await;
     // As if the disk had stopped taking commits with a full backlog.
     let backlog = engine.backlog.clone();
     backlog.pending.fetch_add(MAX_BACKLOG, Ordering::Relaxed);
@@ -642,25 +654,8 @@ async fn changes_count_versions_stored_not_polls_that_saw_one() {
     let config = watch_list("interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0", 1);
     let (_dir, store) = open_store();
     let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::Changed);
-    let (writer, _writer_task) = store.spawn_writer(WriterConfig::default());
     let metrics = Metrics::new(false);
-    let (engine, _handle) = Engine::start(
-        config.watches.clone(),
-        &store,
-        writer,
-        poller.clone(),
-        metrics.clone(),
-        EngineOptions {
-            concurrency: 8,
-            per_host: 8,
-            grace: Duration::from_secs(1),
-            resume_window: Duration::from_secs(30),
-            spans: None,
-            clock: poller.clock,
-        },
-    )
-    .await
-    .expect("engine start");
+    let engine = engine_on(&config, &store, &poller, metrics.clone()).await;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(engine.run(shutdown.clone()));
     let stored = |n: u64| {
