@@ -19,6 +19,11 @@ pub(crate) struct Permits {
 pub(crate) struct Limits {
     /// Due watches in order; `push_front` jumps the queue ("poll now").
     pub(crate) ready: VecDeque<String>,
+    /// Watches a finished poll let go ahead of `ready` ([`Limits::release`]),
+    /// in the order they waited: the engine handles many completions before
+    /// it starts polls again, and pushing each to the front of `ready`
+    /// would start them last-waited first.
+    released: VecDeque<String>,
     /// Due watches whose host is at its limit, per host, in order.
     waiting: FxHashMap<Arc<str>, VecDeque<String>>,
     global: Arc<Semaphore>,
@@ -30,6 +35,7 @@ impl Limits {
     pub(crate) fn new(concurrency: usize, per_host: usize) -> Self {
         Limits {
             ready: VecDeque::new(),
+            released: VecDeque::new(),
             waiting: FxHashMap::default(),
             global: Arc::new(Semaphore::new(concurrency)),
             hosts: FxHashMap::default(),
@@ -45,12 +51,19 @@ impl Limits {
         host_of: impl Fn(&str) -> Option<Arc<str>>,
     ) -> Option<(String, Permits)> {
         loop {
-            let id = self.ready.pop_front()?;
+            let (id, released) = match self.released.pop_front() {
+                Some(id) => (id, true),
+                None => (self.ready.pop_front()?, false),
+            };
             let Some(host) = host_of(&id) else {
                 continue;
             };
             let Ok(global) = self.global.clone().try_acquire_owned() else {
-                self.ready.push_front(id);
+                if released {
+                    self.released.push_front(id);
+                } else {
+                    self.ready.push_front(id);
+                }
                 return None;
             };
             let per_host = self.per_host;
@@ -74,7 +87,8 @@ impl Limits {
     }
 
     /// A poll that held a permit of `host` ended (its permits are already
-    /// dropped): the next watch waiting for that host becomes ready first.
+    /// dropped): the next watch waiting for that host is started before
+    /// the ready queue (after those released before it).
     ///
     /// `host_of` is the same check as in [`Limits::next_ready`]. A waiting
     /// id it skips (removed from the list meanwhile) is dropped here rather
@@ -91,7 +105,7 @@ impl Limits {
                 continue;
             };
             let same = now == *host;
-            self.ready.push_front(id);
+            self.released.push_back(id);
             if same {
                 break;
             }
@@ -140,5 +154,29 @@ mod tests {
         drop(b1.1);
         limits.release(&Arc::from("b"), host);
         assert_eq!(limits.next_ready(host).unwrap().0, "b2");
+    }
+
+    #[test]
+    fn watches_released_together_start_in_the_order_they_waited() {
+        let mut limits = Limits::new(10, 2);
+        for id in ["a1", "a2", "a3", "a4"] {
+            limits.ready.push_back(id.to_owned());
+        }
+        let host = |id: &str| Some(Arc::<str>::from(&id[..1]));
+        let a1 = limits.next_ready(host).unwrap();
+        let a2 = limits.next_ready(host).unwrap();
+        assert!(
+            limits.next_ready(host).is_none(),
+            "a3 and a4 wait for host a"
+        );
+        // Both polls end before the engine starts polls again (it handles
+        // completions in batches).
+        drop((a1, a2));
+        limits.release(&Arc::from("a"), host);
+        limits.release(&Arc::from("a"), host);
+        let order: Vec<String> = std::iter::from_fn(|| limits.next_ready(host))
+            .map(|(id, _permits)| id)
+            .collect();
+        assert_eq!(order, ["a3", "a4"]);
     }
 }

@@ -86,7 +86,7 @@ impl WallClock {
 
 /// What performs one poll: the agent in the daemon, a scripted stand-in in
 /// the scheduler's tests.
-pub trait Poller: Clone + Send + Sync + 'static {
+pub trait Poller: Send + Sync + 'static {
     /// Performs one poll (never fails: failures are outcomes).
     fn poll<'a>(
         &'a self,
@@ -480,8 +480,8 @@ impl<P: Poller> Engine<P> {
     /// and returns once every outcome was handed to the writer.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        // Made once, not per turn of the loop: each would register with
-        // the token (under its lock) on every completion.
+        // Made once, not per turn of the loop: a new one registered with
+        // the token and unregistered again on every completion.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut finished = Vec::with_capacity(TURN);
@@ -494,9 +494,9 @@ impl<P: Poller> Engine<P> {
                 // What finished meanwhile, together: one turn of the loop
                 // (and one dispatch) per batch, not per poll.
                 n = self.completions.recv_many(&mut finished, TURN) => {
-                    if n == 0 {
-                        continue;
-                    }
+                    // 0 only once the channel closed, which it cannot: the
+                    // engine holds a sender of its own.
+                    debug_assert!(n > 0, "the completions channel closed");
                     for completion in finished.drain(..) {
                         self.complete(completion);
                     }
