@@ -798,6 +798,21 @@ impl Store {
         }
     }
 
+    /// The rolling fold's position, for investigating its pace:
+    /// `(cycle_start, next chunk, states logged, watches in the index,
+    /// cursor)`.
+    #[doc(hidden)]
+    pub fn fold_progress(&self) -> (u64, u64, u64, usize, Option<String>) {
+        let i = self.log_index();
+        (
+            i.cycle_start,
+            i.next,
+            i.entries,
+            i.newest.len(),
+            i.cursor.as_deref().map(str::to_owned),
+        )
+    }
+
     /// Row counts of the tables and the commits made since open.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read_with_index(
