@@ -19,7 +19,7 @@
 //!   `cat`, as a backup would, which puts it in large folios;
 //! - `REOPEN_AT=MS`: close, evict, open again (a cold start, verified);
 //! - `INSPECT=MS` and `FOLIOS=path/to/script`: every MS, run the script on
-//!   the file (e.g. one that prints its folio sizes from /proc/kpageflags).
+//!   the file (`store/examples/folios.py` prints its folio sizes).
 //!
 //! Measured (2026-12-02, 2-core VM, ext4, Linux 6.18, `read_ahead_kb`
 //! 8192), steady windows after the warm-up, B/outcome:
