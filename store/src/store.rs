@@ -262,6 +262,50 @@ fn fold_state_log(txn: &WriteTransaction, index: Option<&LogIndex>) -> Result<u6
     Ok(rows)
 }
 
+/// Opens (or creates) the database file as redb's `Builder::create` does,
+/// with the kernel's readahead off for it.
+///
+/// Readahead fills the page cache with large folios (up to 2 MiB with
+/// ext4 on Linux 6.16 and later, as far as `read_ahead_kb` allows), and a
+/// page written inside one dirties, and writes back, the whole folio. In
+/// the store-only reproduction of the engine bench
+/// (`store/examples/diskwrites.rs`) a run with such folios in the file's
+/// page cache wrote 1-13 KB per outcome instead of ~500 bytes, with the
+/// very same commits, and 20-30 KB once the whole file had been read
+/// ahead: the bench's outliers (6.6-7.3 KB per poll) look like this. The
+/// store's reads are of pages and chunks at random places, which readahead
+/// does not help; with `POSIX_FADV_RANDOM` a read that misses the page
+/// cache brings in only the pages it asked for, each in a folio of its
+/// own. It costs the verification at open its readahead: a cold open of a
+/// 136 MiB file took 1.5 s instead of 0.6 s. Best effort: an error costs
+/// write amplification only.
+fn create_db(builder: &redb::Builder, path: &Path) -> Result<Database, redb::DatabaseError> {
+    builder.create_with_backend(redb::backends::FileBackend::new(open_file(path)?)?)
+}
+
+/// The database file, opened read-write (created if missing), with
+/// readahead off: see [`create_db`].
+fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    no_readahead(&file);
+    Ok(file)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+pub(crate) fn no_readahead(file: &std::fs::File) {
+    if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random) {
+        tracing::debug!(error = %e, "could not turn readahead off for the store's file");
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+pub(crate) fn no_readahead(_file: &std::fs::File) {}
+
 fn missing_chunk(chunk: u64, id: &str) -> StoreError {
     StoreError::Inconsistent(format!("the state log has no chunk {chunk} for watch {id}"))
 }
@@ -465,7 +509,7 @@ impl Store {
         // redb documents that opening a file damaged outside redb may panic
         // without the integrity check; a panic there is a corrupted file, not
         // a bug of ours, and must not take the daemon down with a backtrace.
-        let opened = catch_unwind(AssertUnwindSafe(|| builder.create(path)));
+        let opened = catch_unwind(AssertUnwindSafe(|| create_db(&builder, path)));
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(StoreError::from_open(path.to_owned(), e)),
@@ -565,9 +609,7 @@ impl Store {
             .set_cache_size(self.inner.opts.cache_bytes)
             .set_check_integrity_on_open(self.inner.opts.verify_on_open);
         let path = &self.inner.path;
-        let db = builder
-            .create(path)
-            .map_err(|e| StoreError::from_open(path.clone(), e))?;
+        let db = create_db(&builder, path).map_err(|e| StoreError::from_open(path.clone(), e))?;
         *guard = Some(db);
         Ok(())
     }
@@ -796,6 +838,21 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// The rolling fold's position, for investigating its pace:
+    /// `(cycle_start, next chunk, states logged, watches in the index,
+    /// cursor)`.
+    #[doc(hidden)]
+    pub fn fold_progress(&self) -> (u64, u64, u64, usize, Option<String>) {
+        let i = self.log_index();
+        (
+            i.cycle_start,
+            i.next,
+            i.entries,
+            i.newest.len(),
+            i.cursor.as_deref().map(str::to_owned),
+        )
     }
 
     /// Row counts of the tables and the commits made since open.
@@ -1448,5 +1505,54 @@ impl<'t> WriteTables<'t> {
         }
         *versions -= doomed.len() as u64;
         Ok(())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod readahead_tests {
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Bytes of the file in the page cache, from util-linux's `fincore`.
+    fn resident(path: &Path) -> Option<u64> {
+        let out = Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output()
+            .ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    }
+
+    #[test]
+    fn the_store_file_is_read_without_readahead() {
+        const PAGE: usize = 4096;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polld.redb");
+        let file = super::open_file(&path).unwrap();
+        file.write_all_at(&vec![7u8; 1024 * PAGE], 0).unwrap();
+        file.sync_all().unwrap();
+        // Out of the page cache, as after memory pressure or a reboot.
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        match resident(&path) {
+            Some(0) => {}
+            other => {
+                eprintln!("cannot measure the page cache here (fincore: {other:?}); skipped");
+                return;
+            }
+        }
+        // Reads in file order: what readahead is made for. With it, the
+        // kernel reads on ahead (and into large folios).
+        let mut buf = vec![0u8; PAGE];
+        for page in 0..64 {
+            file.read_exact_at(&mut buf, (page * PAGE) as u64).unwrap();
+        }
+        let cached = resident(&path).unwrap();
+        assert_eq!(
+            cached,
+            (64 * PAGE) as u64,
+            "64 pages read, {} in the page cache: the kernel read ahead",
+            cached / PAGE as u64
+        );
     }
 }
