@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 
 use polld_store::{NewVersion, Outcome, Store, WatchState, WriterConfig, hash_body};
 
+#[path = "support/proc_io.rs"]
+mod proc_io;
+use proc_io::disk_writes;
+
 const WATCHES: usize = 100_000;
 const PASSES: usize = 10;
 const VERSIONS: usize = 100_000;
@@ -46,19 +50,6 @@ fn state(i: usize, polls: u64) -> WatchState {
         last_checked_ms: Some(1_700_000_000_000 + polls),
         ..WatchState::default()
     }
-}
-
-/// Bytes this process has caused to be written to disk so far.
-fn disk_writes() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|io| {
-            io.lines().find_map(|l| {
-                l.strip_prefix("write_bytes: ")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
 }
 
 async fn run(

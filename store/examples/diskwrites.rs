@@ -37,6 +37,10 @@ use std::time::Instant;
 
 use polld_store::{NewVersion, Outcome, Store, WatchState, hash_body};
 
+#[path = "../benches/support/proc_io.rs"]
+mod proc_io;
+use proc_io::disk_writes;
+
 const WATCHES: usize = 100_000;
 const INTERVAL_MS: u64 = 10_000;
 
@@ -54,18 +58,6 @@ impl Rng {
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-fn disk_writes() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|io| {
-            io.lines().find_map(|l| {
-                l.strip_prefix("write_bytes: ")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
 }
 
 fn state(i: usize, polls: u64, now: u64, due: u64) -> WatchState {
