@@ -279,8 +279,22 @@ fn fold_state_log(txn: &WriteTransaction, index: Option<&LogIndex>) -> Result<u6
 /// own. It costs the verification at open its readahead: a cold open of a
 /// 136 MiB file took 1.5 s instead of 0.6 s. Best effort: an error costs
 /// write amplification only.
+///
+/// The advice does not split folios already in the page cache: those that
+/// another reader made before this open (a `cp` of the file for a backup,
+/// with polld stopped, as docs/operations.md suggests) would amplify every
+/// commit until the kernel evicted them, hours later on a machine with
+/// memory to spare. So once the database is open (its integrity check has
+/// read what it needed) the file's clean pages are dropped, and what polld
+/// reads again comes in page by page. A warm restart pays with reads from
+/// the disk for the pages it needs.
 fn create_db(builder: &redb::Builder, path: &Path) -> Result<Database, redb::DatabaseError> {
-    builder.create_with_backend(redb::backends::FileBackend::new(open_file(path)?)?)
+    let file = open_file(path)?;
+    // The same open file, to advise the kernel once redb owns `file`.
+    let advice = file.try_clone()?;
+    let db = builder.create_with_backend(redb::backends::FileBackend::new(file)?)?;
+    drop_cached(&advice);
+    Ok(db)
 }
 
 /// The database file, opened read-write (created if missing), with
@@ -305,6 +319,17 @@ pub(crate) fn no_readahead(file: &std::fs::File) {
 
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
 pub(crate) fn no_readahead(_file: &std::fs::File) {}
+
+/// Drops the file's clean pages from the page cache (best effort).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn drop_cached(file: &std::fs::File) {
+    if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::debug!(error = %e, "could not drop the store's file from the page cache");
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn drop_cached(_file: &std::fs::File) {}
 
 fn missing_chunk(chunk: u64, id: &str) -> StoreError {
     StoreError::Inconsistent(format!("the state log has no chunk {chunk} for watch {id}"))
@@ -1554,5 +1579,31 @@ mod readahead_tests {
             "64 pages read, {} in the page cache: the kernel read ahead",
             cached / PAGE as u64
         );
+    }
+
+    #[test]
+    fn pages_another_reader_cached_are_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polld.redb");
+        crate::Store::open(&path).unwrap().close().unwrap();
+        // Another process reads the whole file, as `cp` does for a backup:
+        // with readahead, into large folios.
+        let len = std::fs::read(&path).unwrap().len() as u64;
+        match resident(&path) {
+            Some(cached) if cached == len => {}
+            other => {
+                eprintln!(
+                    "cannot measure the page cache here (fincore: {other:?} of {len}); skipped"
+                );
+                return;
+            }
+        }
+        let store = crate::Store::open(&path).unwrap();
+        let cached = resident(&path).unwrap();
+        assert!(
+            cached * 2 < len,
+            "{cached} of {len} bytes still in the page cache after the open"
+        );
+        store.close().unwrap();
     }
 }
