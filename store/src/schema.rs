@@ -87,14 +87,8 @@ pub(crate) fn peek_version(path: &std::path::Path) -> Result<Option<u64>, StoreE
     builder.set_cache_size(1 << 20);
     // A damaged file may make redb panic on an unverified open; the
     // read-write open with its integrity check reports it properly.
-    // Without readahead, as every open of the file (`store::create_db`):
-    // the header page it would read ahead from is written by every commit.
-    let Ok(file) = std::fs::File::open(path) else {
-        return Ok(None);
-    };
-    crate::store::no_readahead(&file);
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        builder.open_read_only_with_backend(redb::backends::FileBackend::new(file)?)
+        builder.open_read_only(path)
     }));
     let db = match opened {
         Ok(Ok(db)) => db,

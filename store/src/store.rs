@@ -309,14 +309,14 @@ fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-pub(crate) fn no_readahead(file: &std::fs::File) {
+fn no_readahead(file: &std::fs::File) {
     if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random) {
         tracing::debug!(error = %e, "could not turn readahead off for the store's file");
     }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-pub(crate) fn no_readahead(_file: &std::fs::File) {}
+fn no_readahead(_file: &std::fs::File) {}
 
 /// Drops the file's clean pages from the page cache (best effort).
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
