@@ -189,9 +189,10 @@ pub struct PollOutcome {
     pub etag: Option<String>,
     /// The Last-Modified to store.
     pub last_modified: Option<String>,
-    /// The answer's response headers (of the first page, after pages; of
-    /// a 304 too), moved rather than copied: a version keeps those of
-    /// [`KEPT_HEADERS`] ([`kept_headers`]), and most polls make none.
+    /// The answer's response headers, moved rather than copied: those of
+    /// a 200 (its first page, after pages) or of a 304; empty otherwise. A
+    /// version keeps those of [`KEPT_HEADERS`] ([`kept_headers`]), and
+    /// most polls make none.
     pub headers: HeaderMap,
     /// When the server wants us back.
     pub hints: Hints,
