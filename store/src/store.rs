@@ -293,8 +293,7 @@ fn create_db(builder: &redb::Builder, path: &Path) -> Result<Database, redb::Dat
     // The same open file, to advise the kernel once redb owns `file`.
     let advice = file.try_clone()?;
     let db = builder.create_with_backend(redb::backends::FileBackend::new(file)?)?;
-    no_readahead(&advice);
-    drop_cached(&advice);
+    read_page_by_page(&advice);
     Ok(db)
 }
 
@@ -308,26 +307,24 @@ fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// From here on the file is read page by page: readahead off, and its
+/// clean pages (with the folios they sit in) dropped from the page cache.
+/// Best effort.
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-fn no_readahead(file: &std::fs::File) {
-    if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random) {
-        tracing::debug!(error = %e, "could not turn readahead off for the store's file");
+fn read_page_by_page(file: &std::fs::File) {
+    use rustix::fs::{Advice, fadvise};
+    for (advice, what) in [
+        (Advice::Random, "turn readahead off for"),
+        (Advice::DontNeed, "drop from the page cache"),
+    ] {
+        if let Err(e) = fadvise(file, 0, None, advice) {
+            tracing::debug!(error = %e, "could not {what} the store's file");
+        }
     }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn no_readahead(_file: &std::fs::File) {}
-
-/// Drops the file's clean pages from the page cache (best effort).
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-fn drop_cached(file: &std::fs::File) {
-    if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
-        tracing::debug!(error = %e, "could not drop the store's file from the page cache");
-    }
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn drop_cached(_file: &std::fs::File) {}
+fn read_page_by_page(_file: &std::fs::File) {}
 
 fn missing_chunk(chunk: u64, id: &str) -> StoreError {
     StoreError::Inconsistent(format!("the state log has no chunk {chunk} for watch {id}"))
@@ -1553,7 +1550,7 @@ mod readahead_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("polld.redb");
         let file = super::open_file(&path).unwrap();
-        super::no_readahead(&file);
+        super::read_page_by_page(&file);
         file.write_all_at(&vec![7u8; 1024 * PAGE], 0).unwrap();
         file.sync_all().unwrap();
         // Out of the page cache, as after memory pressure or a reboot.
