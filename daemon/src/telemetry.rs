@@ -207,28 +207,26 @@ pub fn start(
         .build()
         .unwrap_or_default();
     tracing::info!(metrics = %redact::url(&config.metrics_url), traces = %redact::url(&config.traces_url), interval = ?config.interval, "exporting telemetry over OTLP/HTTP");
-    let task = tokio::spawn(export_loop(
-        config,
+    let exporter = Exporter {
         client,
-        metrics,
-        rx,
-        dropped.clone(),
-        cancel,
-    ));
+        config,
+        policy: RETRY,
+    };
+    let task = tokio::spawn(export_loop(exporter, metrics, rx, dropped.clone(), cancel));
     (SpanSink { queue: tx, dropped }, task)
 }
 
 async fn export_loop(
-    config: OtlpConfig,
-    client: reqwest::Client,
+    exporter: Exporter,
     metrics: Arc<Metrics>,
     mut spans: mpsc::Receiver<PollSpan>,
     dropped: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
     let started = SystemTime::now();
-    let mut metric_tick = tokio::time::interval(config.interval);
-    let mut span_tick = tokio::time::interval(SPAN_INTERVAL.min(config.interval));
+    let interval = exporter.config.interval;
+    let mut metric_tick = tokio::time::interval(interval);
+    let mut span_tick = tokio::time::interval(SPAN_INTERVAL.min(interval));
     // After an export that waited out retries, go on at the usual pace
     // rather than sending the missed ones back to back.
     metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,7 +239,7 @@ async fn export_loop(
             _ = cancel.cancelled() => break,
             _ = metric_tick.tick() => {
                 let body = metrics_request(&metrics.render(), started, SystemTime::now()).encode_to_vec();
-                post(&client, &config, &config.metrics_url, body, Signal::Metrics, &cancel).await;
+                exporter.post(Signal::Metrics, body, &cancel).await;
             }
             _ = span_tick.tick() => {
                 log_dropped(&dropped);
@@ -251,7 +249,7 @@ async fn export_loop(
                 if !batch.is_empty() {
                     let body = traces_request(&batch).encode_to_vec();
                     batch.clear();
-                    post(&client, &config, &config.traces_url, body, Signal::Traces, &cancel).await;
+                    exporter.post(Signal::Traces, body, &cancel).await;
                 }
             }
         }
@@ -261,26 +259,11 @@ async fn export_loop(
         batch.push(span);
     }
     if !batch.is_empty() {
-        post(
-            &client,
-            &config,
-            &config.traces_url,
-            traces_request(&batch).encode_to_vec(),
-            Signal::Traces,
-            &cancel,
-        )
-        .await;
+        let body = traces_request(&batch).encode_to_vec();
+        exporter.post(Signal::Traces, body, &cancel).await;
     }
     let body = metrics_request(&metrics.render(), started, SystemTime::now()).encode_to_vec();
-    post(
-        &client,
-        &config,
-        &config.metrics_url,
-        body,
-        Signal::Metrics,
-        &cancel,
-    )
-    .await;
+    exporter.post(Signal::Metrics, body, &cancel).await;
 }
 
 /// Which signal an export carries: names the partial-success answer.
@@ -321,58 +304,55 @@ enum Try {
     Failed,
 }
 
-/// Exports `body` to `url`, with the retries of [`RETRY`]; `cancel` ends
-/// the waits between tries (shutdown flushes once more, without them).
-async fn post(
-    client: &reqwest::Client,
-    config: &OtlpConfig,
-    url: &Url,
-    body: Vec<u8>,
-    signal: Signal,
-    cancel: &CancellationToken,
-) {
-    post_with(client, config, url, body, signal, cancel, RETRY).await;
+/// Sends exports: the client, where each signal goes, and the retries.
+struct Exporter {
+    client: reqwest::Client,
+    config: OtlpConfig,
+    policy: RetryPolicy,
 }
 
-async fn post_with(
-    client: &reqwest::Client,
-    config: &OtlpConfig,
-    url: &Url,
-    body: Vec<u8>,
-    signal: Signal,
-    cancel: &CancellationToken,
-    policy: RetryPolicy,
-) {
-    let body = bytes::Bytes::from(body);
-    let mut backoff = policy.first_backoff;
-    for attempt in 1..=policy.attempts.max(1) {
-        let (retry_after, why) = match try_post(client, config, url, body.clone(), signal).await {
-            Try::Done | Try::Failed => return,
-            Try::Again(retry_after, why) => (retry_after, why),
+impl Exporter {
+    /// Exports `body` to the signal's URL, with the retries of `policy`;
+    /// `cancel` ends the waits between tries (shutdown flushes once more,
+    /// without them).
+    async fn post(&self, signal: Signal, body: Vec<u8>, cancel: &CancellationToken) {
+        let (client, config, policy) = (&self.client, &self.config, self.policy);
+        let url = match signal {
+            Signal::Metrics => &config.metrics_url,
+            Signal::Traces => &config.traces_url,
         };
-        if attempt == policy.attempts || cancel.is_cancelled() {
-            tracing::warn!(url = %redact::url(url), attempts = attempt, error = %why, "OTLP export failed; this batch is dropped");
-            return;
-        }
-        // Full jitter on our own backoff; the collector's Retry-After is a
-        // minimum, and never shortened.
-        let wait = match retry_after {
-            Some(after) => after,
-            None => backoff.mul_f64(rand::random_range(0.5..=1.0)),
-        };
-        if wait > policy.max_wait {
-            tracing::warn!(url = %redact::url(url), retry_after = ?wait, error = %why, "OTLP export failed and the collector asks for a longer wait than polld retries for; this batch is dropped");
-            return;
-        }
-        tracing::debug!(url = %redact::url(url), attempt, ?wait, error = %why, "OTLP export will be retried");
-        tokio::select! {
-            () = cancel.cancelled() => {
-                tracing::warn!(url = %redact::url(url), attempts = attempt, error = %why, "OTLP export failed at shutdown; this batch is dropped");
+        let body = bytes::Bytes::from(body);
+        let mut backoff = policy.first_backoff;
+        for attempt in 1..=policy.attempts.max(1) {
+            let (retry_after, why) = match try_post(client, config, url, body.clone(), signal).await
+            {
+                Try::Done | Try::Failed => return,
+                Try::Again(retry_after, why) => (retry_after, why),
+            };
+            if attempt == policy.attempts || cancel.is_cancelled() {
+                tracing::warn!(url = %redact::url(url), attempts = attempt, error = %why, "OTLP export failed; this batch is dropped");
                 return;
             }
-            () = tokio::time::sleep(wait) => {}
+            // Full jitter on our own backoff; the collector's Retry-After is a
+            // minimum, and never shortened.
+            let wait = match retry_after {
+                Some(after) => after,
+                None => backoff.mul_f64(rand::random_range(0.5..=1.0)),
+            };
+            if wait > policy.max_wait {
+                tracing::warn!(url = %redact::url(url), retry_after = ?wait, error = %why, "OTLP export failed and the collector asks for a longer wait than polld retries for; this batch is dropped");
+                return;
+            }
+            tracing::debug!(url = %redact::url(url), attempt, ?wait, error = %why, "OTLP export will be retried");
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    tracing::warn!(url = %redact::url(url), attempts = attempt, error = %why, "OTLP export failed at shutdown; this batch is dropped");
+                    return;
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(policy.max_wait);
         }
-        backoff = (backoff * 2).min(policy.max_wait);
     }
 }
 
@@ -840,18 +820,19 @@ mod tests {
     };
 
     async fn export(config: &OtlpConfig, policy: RetryPolicy) -> Duration {
-        let client = reqwest::Client::new();
-        let started = std::time::Instant::now();
-        post_with(
-            &client,
-            config,
-            &config.metrics_url,
-            b"batch".to_vec(),
-            Signal::Metrics,
-            &CancellationToken::new(),
+        let exporter = Exporter {
+            client: reqwest::Client::new(),
+            config: config.clone(),
             policy,
-        )
-        .await;
+        };
+        let started = std::time::Instant::now();
+        exporter
+            .post(
+                Signal::Metrics,
+                b"batch".to_vec(),
+                &CancellationToken::new(),
+            )
+            .await;
         started.elapsed()
     }
 
