@@ -39,31 +39,44 @@ fn readyz(port: u16) -> bool {
     response.starts_with("HTTP/1.1 200")
 }
 
+/// A watch list with no watches in `dir`, its API on a free port.
+fn empty_list(dir: &std::path::Path) -> (std::path::PathBuf, u16) {
+    let port = free_port();
+    let config = dir.join("watchlist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    (config, port)
+}
+
+/// `polld run --config CONFIG`, its output discarded.
+fn polld_run(config: &std::path::Path) -> Command {
+    let mut command = Command::new(polld_bin());
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 #[test]
 fn notifications_come_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let port = free_port();
-    let config = dir.path().join("watchlist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(polld_bin())
-        .args(["run", "--config"])
-        .arg(&config)
+    let (config, port) = empty_list(dir.path());
+    let mut child = polld_run(&config)
         .env("NOTIFY_SOCKET", &socket_path)
         // 400 ms: pings every 200 ms.
         .env("WATCHDOG_USEC", "400000")
         .env_remove("WATCHDOG_PID")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = Pid::from_raw(child.id() as i32);
@@ -139,24 +152,10 @@ fn an_abstract_notify_socket_gets_ready_and_stopping() {
     let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let socket = UnixDatagram::bind_addr(&address).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("watchlist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n",
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(polld_bin())
-        .args(["run", "--config"])
-        .arg(&config)
+    let (config, _port) = empty_list(dir.path());
+    let mut child = polld_run(&config)
         .env("NOTIFY_SOCKET", format!("@{name}"))
         .env_remove("WATCHDOG_USEC")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = Pid::from_raw(child.id() as i32);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use polld_api::ApiOptions;
+use polld_api::{Api, ApiOptions};
 use polld_store::ChangeKind;
 use tower::ServiceExt;
 
@@ -167,6 +167,24 @@ async fn a_commit_wakes_a_held_long_poll() {
     assert_eq!(fx.state.waiters(), 0, "the waiter slot is given back");
 }
 
+/// 500 commits of `events` for watch `alpha`, one after the other, on a
+/// blocking thread.
+fn commit_500_times(fx: &Fx, events: Vec<ChangeKind>) -> tokio::task::JoinHandle<()> {
+    let store = fx.store.clone();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..500 {
+            store
+                .apply_blocking(vec![polld_store::Outcome {
+                    state: crate::common::state("alpha"),
+                    new_version: None,
+                    events: events.clone(),
+                    keep_versions: 10,
+                }])
+                .unwrap();
+        }
+    })
+}
+
 /// A client that follows the feed while polld commits is never told its
 /// cursor is "ahead of this feed": every `next` handed out is one the feed
 /// accepts back. (A commit is readable a moment before the store publishes
@@ -178,19 +196,7 @@ async fn a_cursor_handed_out_is_never_refused_as_ahead() {
     let fx = fixture();
     fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
     let r = fx.router();
-    let store = fx.store.clone();
-    let committer = tokio::task::spawn_blocking(move || {
-        for _ in 0..500 {
-            store
-                .apply_blocking(vec![polld_store::Outcome {
-                    state: crate::common::state("alpha"),
-                    new_version: None,
-                    events: vec![ChangeKind::ErrorStarted],
-                    keep_versions: 10,
-                }])
-                .unwrap();
-        }
-    });
+    let committer = commit_500_times(&fx, vec![ChangeKind::ErrorStarted]);
     let mut cursor = "1".to_owned();
     let mut seen = 1;
     while !committer.is_finished() {
@@ -216,19 +222,10 @@ async fn no_cursor_is_never_gone_while_pruning() {
     let fx = crate::common::fixture_with(polld_api::ApiOptions::new(), 3);
     fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
     let r = fx.router();
-    let store = fx.store.clone();
-    let committer = tokio::task::spawn_blocking(move || {
-        for _ in 0..500 {
-            store
-                .apply_blocking(vec![polld_store::Outcome {
-                    state: crate::common::state("alpha"),
-                    new_version: None,
-                    events: vec![ChangeKind::ErrorStarted, ChangeKind::ErrorCleared],
-                    keep_versions: 10,
-                }])
-                .unwrap();
-        }
-    });
+    let committer = commit_500_times(
+        &fx,
+        vec![ChangeKind::ErrorStarted, ChangeKind::ErrorCleared],
+    );
     let mut asked = 0;
     while !committer.is_finished() {
         let res = get(&r, "/v1/changes").await;
@@ -336,6 +333,14 @@ async fn too_many_waiters_is_429_and_close_releases_them() {
     assert_eq!(res.json()["next"], "1");
 }
 
+/// Sends a GET and returns the answer with its body unread (a stream).
+async fn open_stream(r: &Api, uri: &str) -> axum::http::Response<Body> {
+    r.clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
 /// Reads SSE frames until `n` `change` events have arrived; returns their ids.
 async fn read_events(body: &mut Body, n: usize) -> Vec<u64> {
     let mut ids = Vec::new();
@@ -378,15 +383,7 @@ async fn sse_stream_resumes_with_last_event_id() {
     );
     let r = fx.router();
 
-    let res = r
-        .clone()
-        .oneshot(
-            Request::get("/v1/changes/stream?after=0")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = open_stream(&r, "/v1/changes/stream?after=0").await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     // Not cached, and not buffered by a proxy such as nginx.
@@ -433,15 +430,7 @@ async fn falling_out_of_retention_mid_stream_sends_the_410_body() {
     let fx = fixture_with(ApiOptions::new(), 3);
     fx.commit("alpha", None, vec![ChangeKind::WatchAdded]);
     let r = fx.router();
-    let res = r
-        .clone()
-        .oneshot(
-            Request::get("/v1/changes/stream?after=1")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = open_stream(&r, "/v1/changes/stream?after=1").await;
     assert_eq!(res.status(), StatusCode::OK);
     let mut body = res.into_body();
     // Ten changes in one commit, three kept (9, 10, 11): 2 to 8 are gone.
@@ -489,15 +478,7 @@ async fn closing_the_store_answers_held_polls_and_ends_streams() {
         let r = r.clone();
         async move { get(&r, "/v1/changes?after=1&wait=30s").await }
     });
-    let res = r
-        .clone()
-        .oneshot(
-            Request::get("/v1/changes/stream?after=1")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = open_stream(&r, "/v1/changes/stream?after=1").await;
     assert_eq!(res.status(), StatusCode::OK);
     let mut body = res.into_body();
     let stream = tokio::spawn(async move {

@@ -28,20 +28,59 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, path: &str) -> St
     out
 }
 
-#[tokio::test]
-async fn serves_on_loopback_and_stops_on_shutdown() {
-    let fx = fixture();
+/// A listener on a free loopback port, and its address.
+async fn loopback() -> (Listener, std::net::SocketAddr) {
     let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();
     let Some(Listen::Tcp(addr)) = listener.local_addr() else {
         panic!("not TCP")
     };
-    assert!(addr.ip().is_loopback() && addr.port() != 0);
+    (listener, addr)
+}
+
+/// Serves `router` on `listener` until the sender is used (or dropped).
+fn serve(
+    listener: Listener,
+    router: polld_api::Api,
+    limits: ServeLimits,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(listener.serve(fx.router(), ServeLimits::default(), async {
+    let server = tokio::spawn(listener.serve(router, limits, async {
         let _ = stopped.await;
     }));
+    (stop, server)
+}
+
+/// A client whose long poll the server holds (it waits until it does);
+/// the task ends with the whole answer.
+async fn hold_long_poll(
+    fx: &crate::common::Fx,
+    addr: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<String> {
+    let poll = tokio::spawn(async move {
+        exchange(
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            "/v1/changes?after=0&wait=50s",
+        )
+        .await
+    });
+    for _ in 0..1_000_000 {
+        if fx.state.waiters() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fx.state.waiters(), 1);
+    poll
+}
+
+#[tokio::test]
+async fn serves_on_loopback_and_stops_on_shutdown() {
+    let fx = fixture();
+    let (listener, addr) = loopback().await;
+    assert!(addr.ip().is_loopback() && addr.port() != 0);
+    let (stop, server) = serve(listener, fx.router(), ServeLimits::default());
 
     let answer = exchange(
         tokio::net::TcpStream::connect(addr).await.unwrap(),
@@ -65,18 +104,10 @@ async fn serves_on_loopback_and_stops_on_shutdown() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let fx = fixture();
-    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
-        panic!("not TCP")
-    };
+    let (listener, addr) = loopback().await;
     let mut limits = ServeLimits::default();
     limits.header_read_timeout = Duration::from_millis(300);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(listener.serve(fx.router(), limits, async {
-        let _ = stopped.await;
-    }));
+    let (stop, server) = serve(listener, fx.router(), limits);
     // One that sends nothing at all is cut off too: idle connections cannot
     // hold the connection slots.
     let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -108,19 +139,11 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 #[tokio::test]
 async fn the_connection_limit_holds_further_clients_back() {
     let fx = fixture();
-    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
-        panic!("not TCP")
-    };
+    let (listener, addr) = loopback().await;
     let mut limits = ServeLimits::default();
     limits.max_connections = 1;
     limits.header_read_timeout = Duration::from_secs(60);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(listener.serve(fx.router(), limits, async {
-        let _ = stopped.await;
-    }));
+    let (stop, server) = serve(listener, fx.router(), limits);
     // The first client holds the only slot (it never sends a request).
     let first = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -181,10 +204,7 @@ async fn unix_socket_mode_0660_and_stale_files() {
         .unwrap_err();
     assert!(matches!(err, ServeError::SocketInUse { .. }), "{err}");
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(listener.serve(fx.router(), ServeLimits::default(), async {
-        let _ = stopped.await;
-    }));
+    let (stop, server) = serve(listener, fx.router(), ServeLimits::default());
     let answer = exchange(
         tokio::net::UnixStream::connect(&path).await.unwrap(),
         "/v1/watches",
@@ -254,12 +274,7 @@ async fn a_busy_socket_is_not_taken_for_a_stale_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_held_long_polls_and_drains() {
     let fx = fixture();
-    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
-        panic!("not TCP")
-    };
+    let (listener, addr) = loopback().await;
     let (stop, stopped) = oneshot::channel::<()>();
     let state = fx.state.clone();
     let server = tokio::spawn(
@@ -268,20 +283,7 @@ async fn shutdown_answers_held_long_polls_and_drains() {
             state.close();
         }),
     );
-    let poll = tokio::spawn(async move {
-        exchange(
-            tokio::net::TcpStream::connect(addr).await.unwrap(),
-            "/v1/changes?after=0&wait=50s",
-        )
-        .await
-    });
-    for _ in 0..1_000_000 {
-        if fx.state.waiters() == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(fx.state.waiters(), 1);
+    let poll = hold_long_poll(&fx, addr).await;
     stop.send(()).unwrap();
     let answer = tokio::time::timeout(HANG, poll)
         .await
@@ -304,34 +306,13 @@ async fn shutdown_answers_held_long_polls_and_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_clients_are_refused_while_draining() {
     let fx = fixture();
-    let listener = polld_api::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let Some(Listen::Tcp(addr)) = listener.local_addr() else {
-        panic!("not TCP")
-    };
+    let (listener, addr) = loopback().await;
     let mut limits = ServeLimits::default();
     limits.drain_timeout = Duration::from_secs(60);
-    let (stop, stopped) = oneshot::channel::<()>();
     // The API is not closed at shutdown here: the held long poll keeps the
     // drain going until the test closes it.
-    let server = tokio::spawn(listener.serve(fx.router(), limits, async {
-        let _ = stopped.await;
-    }));
-    let poll = tokio::spawn(async move {
-        exchange(
-            tokio::net::TcpStream::connect(addr).await.unwrap(),
-            "/v1/changes?after=0&wait=50s",
-        )
-        .await
-    });
-    for _ in 0..1_000_000 {
-        if fx.state.waiters() == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(fx.state.waiters(), 1);
+    let (stop, server) = serve(listener, fx.router(), limits);
+    let poll = hold_long_poll(&fx, addr).await;
     stop.send(()).unwrap();
     // The server learns of the shutdown at its next turn; bounded.
     let mut refused = false;
