@@ -266,25 +266,19 @@ impl Feed {
         closing: &CancellationToken,
         want_json: bool,
     ) -> Result<Page, ApiError> {
-        if let Some(after) = after {
-            return self
-                .next_page_after(after, limit, hold, closing, want_json)
-                .await;
-        }
-        // No cursor: from the oldest retained change. A change log at its
-        // retention cap prunes on every commit, and may prune past that
-        // start while it is read: start again from the new oldest rather
-        // than answer 410 for a cursor the client never sent. Bounded: a
-        // few tries, then the answer stands.
-        let mut tries = 0;
-        loop {
-            let start = self.start_cursor();
-            match self
-                .next_page_after(start, limit, hold, closing, want_json)
-                .await
-            {
-                Err(ApiError::Gone { .. }) if tries < 3 => tries += 1,
-                answer => return answer,
+        match after {
+            Some(after) => {
+                self.next_page_after(after, Gaps::Refused, limit, hold, closing, want_json)
+                    .await
+            }
+            // No cursor: from the oldest retained change. A change log at
+            // its retention cap prunes on every commit, and may prune past
+            // that start while it is read; the client never sent a cursor,
+            // so there is nothing it could miss, and no 410 to give.
+            None => {
+                let start = self.start_cursor();
+                self.next_page_after(start, Gaps::Allowed, limit, hold, closing, want_json)
+                    .await
             }
         }
     }
@@ -292,6 +286,7 @@ impl Feed {
     async fn next_page_after(
         &self,
         after: u64,
+        gaps: Gaps,
         limit: usize,
         hold: Option<Hold>,
         closing: &CancellationToken,
@@ -305,7 +300,7 @@ impl Feed {
         // the tail still holds some of what came after it, so that clients
         // see one rule.
         let oldest = self.store.oldest_seq();
-        if is_gone(after, oldest) {
+        if gaps == Gaps::Refused && is_gone(after, oldest) {
             return Err(gone(after, oldest));
         }
         let last = self.store.last_seq();
@@ -330,7 +325,7 @@ impl Feed {
             _ => {
                 // Boxed, here and below: a held request keeps its future's
                 // full size allocated, and this rare path is its largest.
-                let changes = Box::pin(self.read_store(after, limit)).await?;
+                let changes = Box::pin(self.read_store(after, gaps, limit)).await?;
                 if !changes.is_empty() || hold.is_none() {
                     return Ok(page(changes, after));
                 }
@@ -361,7 +356,7 @@ impl Feed {
                     // The tail moved past `after` in one jump (a burst of
                     // more than TAIL_CAP changes).
                     Step::ReadStore => {
-                        let changes = Box::pin(self.read_store(after, limit)).await?;
+                        let changes = Box::pin(self.read_store(after, gaps, limit)).await?;
                         return Ok(page(changes, after));
                     }
                     Step::Wait => woken.await,
@@ -423,9 +418,14 @@ impl Feed {
         self.store.oldest_seq().saturating_sub(1)
     }
 
-    /// Changes after `after` from the store, or 410 when some of them were
-    /// pruned already.
-    async fn read_store(&self, after: u64, limit: usize) -> Result<Vec<ChangeJson>, ApiError> {
+    /// Changes after `after` from the store, or (with [`Gaps::Refused`])
+    /// 410 when some of them were pruned already.
+    async fn read_store(
+        &self,
+        after: u64,
+        gaps: Gaps,
+        limit: usize,
+    ) -> Result<Vec<ChangeJson>, ApiError> {
         let store = self.store.clone();
         let read = blocking(move || {
             // Only changes `last_seq` already counts: a commit is readable a
@@ -438,7 +438,7 @@ impl Feed {
             // Checked after the read: `oldest_seq` only grows, so if nothing
             // after `after` was pruned now, the read saw no gap either.
             let oldest = store.oldest_seq();
-            if is_gone(after, oldest) {
+            if gaps == Gaps::Refused && is_gone(after, oldest) {
                 return Ok(Err(oldest));
             }
             Ok(Ok(changes))
@@ -449,6 +449,15 @@ impl Feed {
             Err(oldest) => Err(gone(after, oldest)),
         }
     }
+}
+
+/// Whether a page may start later than its cursor because changes after
+/// it were pruned: never for a client's cursor (it would miss them: 410),
+/// always for the start the feed chose itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gaps {
+    Refused,
+    Allowed,
 }
 
 fn gone(after: u64, oldest: u64) -> ApiError {
