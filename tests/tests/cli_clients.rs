@@ -243,8 +243,12 @@ async fn changes_follow_waits_for_the_token_file_of_a_first_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_follow_does_not_retry_a_wrong_token() {
     let daemon = Polld::start_with("api_token_file = \"{dir}/token\"", "");
-    eventually(Duration::from_secs(10), "the token file", || async {
-        daemon.dir.path().join("token").exists().then_some(())
+    // The daemon writes the token file before it binds the API: wait for
+    // the listener, or the follower's first try is refused and retried.
+    let listen = daemon.api.trim_start_matches("http://").to_owned();
+    eventually(Duration::from_secs(10), "the API's listener", || {
+        let listen = listen.clone();
+        async move { tokio::net::TcpStream::connect(listen).await.ok() }
     })
     .await;
     let wrong = daemon.dir.path().join("wrong-token");
