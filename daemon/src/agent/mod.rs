@@ -734,6 +734,10 @@ impl Agent {
                     ));
                 }
                 match status.as_u16() {
+                    301 | 308 if !redirect::may_re_point(&url, &target) => {
+                        permanent_chain = false;
+                        moved = None;
+                    }
                     301 | 308 => {
                         if permanent_chain {
                             moved = Some(target.clone());

@@ -88,6 +88,13 @@ pub fn needs_public_address(configured: &Url, from: &Url, to: &Url, allow_intern
         && !is_internal(from)
 }
 
+/// Whether a permanent redirect from `from` to `to` may re-point a watch.
+/// A move from https to plain http is followed for the poll but never
+/// re-points: every later answer could then be altered in transit.
+pub fn may_re_point(from: &Url, to: &Url) -> bool {
+    !(from.scheme() == "https" && to.scheme() != "https")
+}
+
 /// Whether two URLs share an origin (scheme, host and port).
 pub fn same_origin(a: &Url, b: &Url) -> bool {
     // `Url::origin` allocates; this runs twice per poll, so compare the
@@ -162,6 +169,18 @@ mod tests {
         assert!(refusal(&internal, &u("http://127.0.0.1:9090/b"), false).is_none());
         assert!(refusal(&public, &u("file:///etc/passwd"), true).is_some());
         assert!(refusal(&internal, &u("ftp://127.0.0.1/"), true).is_some());
+    }
+
+    #[test]
+    fn a_move_to_plain_http_never_re_points_an_https_watch() {
+        let secure = u("https://example.org/a");
+        assert!(!may_re_point(&secure, &u("http://example.org/a")));
+        assert!(!may_re_point(&secure, &u("http://elsewhere.example/a")));
+        assert!(may_re_point(&secure, &u("https://example.org/b")));
+        // Upgrades and plain-http moves re-point as before.
+        let plain = u("http://example.org/a");
+        assert!(may_re_point(&plain, &u("https://example.org/a")));
+        assert!(may_re_point(&plain, &u("http://example.org/b")));
     }
 
     #[test]
