@@ -97,8 +97,9 @@ pub struct Agent {
     public_client: Arc<std::sync::OnceLock<Transport>>,
     user_agent: HeaderValue,
     /// The connect timeout belongs to the connector, not the request, so a
-    /// watch's `connect_timeout` gets a client built with it, one per value.
-    by_connect_timeout: Arc<Mutex<HashMap<Duration, Transport>>>,
+    /// watch's `connect_timeout` gets a client built with it, one per value
+    /// and kind (public-only or not).
+    by_connect_timeout: Arc<Mutex<HashMap<(Duration, bool), Transport>>>,
     allow_private_redirects: bool,
     idle_per_host: usize,
 }
@@ -262,8 +263,9 @@ impl Agent {
     }
 
     /// The client whose connect timeout is `connect_timeout`, when it is
-    /// not the shared one (`None`: use that).
-    fn client_for(&self, connect_timeout: Duration) -> Option<Transport> {
+    /// not the default (`None`: use the shared client, or the public-only
+    /// one, of the default timeout).
+    fn client_for(&self, connect_timeout: Duration, public_only: bool) -> Option<Transport> {
         if connect_timeout == DEFAULT_CONNECT_TIMEOUT || connect_timeout.is_zero() {
             return None;
         }
@@ -271,19 +273,25 @@ impl Agent {
             .by_connect_timeout
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(client) = clients.get(&connect_timeout) {
+        let key = (connect_timeout, public_only);
+        if let Some(client) = clients.get(&key) {
             return Some(client.clone());
         }
         if clients.len() >= MAX_CONNECT_CLIENTS {
             return None;
         }
-        let client = Transport::new(connect_timeout, self.idle_per_host).ok()?;
-        clients.insert(connect_timeout, client.clone());
+        let client = if public_only {
+            Transport::public_only(connect_timeout, self.idle_per_host)
+        } else {
+            Transport::new(connect_timeout, self.idle_per_host)
+        }
+        .ok()?;
+        clients.insert(key, client.clone());
         Some(client)
     }
 
-    /// The public-only client; `None` if it cannot be built (the shared
-    /// one, built the same way, could).
+    /// The public-only client of the default connect timeout; `None` if it
+    /// cannot be built (the shared one, built the same way, could).
     fn public_client(&self) -> Option<&Transport> {
         if let Some(client) = self.public_client.get() {
             return Some(client);
@@ -676,14 +684,10 @@ impl Agent {
                         false,
                     )
                 })?;
-            // The public-only client has the default connect timeout; the
-            // poll's own timeout still bounds it.
-            let own_client = if public_only {
-                None
-            } else {
-                self.client_for(watch.policy.connect_timeout)
-            };
-            let client = if public_only {
+            let own_client = self.client_for(watch.policy.connect_timeout, public_only);
+            let client = if let Some(own) = &own_client {
+                own
+            } else if public_only {
                 self.public_client().ok_or_else(|| {
                     PollOutcome::failed(
                         request,
@@ -695,7 +699,7 @@ impl Agent {
                     )
                 })?
             } else {
-                own_client.as_ref().unwrap_or(&self.client)
+                &self.client
             };
             let response = match client.send(http_request).await {
                 Ok(response) => response,
@@ -1121,5 +1125,44 @@ mod tests {
                 ("link".to_owned(), "</b>; rel=last".to_owned()),
             ]
         );
+    }
+
+    /// A hop a server chose keeps to public addresses when the watch sets
+    /// its own connect timeout too: the client for that timeout is a
+    /// public-only one, not the watch's own.
+    #[tokio::test]
+    async fn a_watch_s_connect_timeout_keeps_server_chosen_hops_public() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        let url = Url::parse(&format!("http://localhost:{}/", server.address().port())).unwrap();
+        let agent = Agent::new(AgentOptions {
+            user_agent: "polld-test".to_owned(),
+            allow_private_redirects: false,
+            idle_per_host: 1,
+        })
+        .unwrap();
+        let get = || {
+            transport::request(
+                &Method::GET,
+                &url,
+                HeaderMap::new(),
+                None,
+                &agent.user_agent,
+                false,
+            )
+            .unwrap()
+        };
+        let timeout = Duration::from_secs(3);
+        let own = agent.client_for(timeout, false).expect("a client for 3 s");
+        assert_eq!(own.send(get()).await.unwrap().status(), 200);
+        let public = agent.client_for(timeout, true).expect("a client for 3 s");
+        let err = public.send(get()).await.expect_err("connected to loopback");
+        let text = transport::error_text(&err);
+        assert!(text.contains("resolves to the internal address"), "{text}");
+        assert_eq!(server.received_requests().await.unwrap().len(), 1);
     }
 }
