@@ -299,6 +299,29 @@ async fn api_listener(listen: &Listen) -> anyhow::Result<polld_api::Listener> {
     Ok(polld_api::bind(listen).await?)
 }
 
+/// Warns when users other than the file's owner may read the token: they
+/// can then use the whole API. A group may be deliberate (operators running
+/// `polld status`), so it is a warning, not a refusal.
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o044 != 0 {
+        let who = if mode & 0o004 != 0 {
+            "every local user"
+        } else {
+            "its group"
+        };
+        tracing::warn!(
+            path = %path.display(),
+            mode = %format_args!("{mode:04o}"),
+            "the API token file is readable by {who}, who can then use the whole API; chmod 600 it unless that is meant"
+        );
+    }
+}
+
 /// Reads the API token; a missing file gets a new random token (mode 0600)
 /// so that a first start works; an empty file is refused.
 fn load_or_create_token(path: &Path) -> anyhow::Result<polld_api::ApiToken> {
@@ -312,9 +335,12 @@ fn load_or_create_token_once(path: &Path, again: bool) -> anyhow::Result<polld_a
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read_to_string(path) {
-        Ok(text) => polld_api::ApiToken::new(&text).with_context(|| {
-            format!("the API token file {} is empty; write a token into it or remove the api_token_file key", path.display())
-        }),
+        Ok(text) => {
+            warn_if_shared(path);
+            polld_api::ApiToken::new(&text).with_context(|| {
+                format!("the API token file {} is empty; write a token into it or remove the api_token_file key", path.display())
+            })
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound && again => Err(err).with_context(|| {
             format!(
                 "cannot read the API token file {}: something is in its place (a symlink to a missing file?)",

@@ -292,5 +292,33 @@ async fn the_token_guards_v1() {
         !polld.log().contains(token.trim()),
         "the token never reaches the log"
     );
+    assert!(!polld.log().contains("token file is readable"));
+    assert!(polld.stop().success());
+}
+
+/// A token file others may read still works, with a warning that says who
+/// can read it: they can use the whole API.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut polld = Polld::prepare_with("api_token_file = \"{dir}/token\"", "");
+    let token_path = polld.dir.path().join("token");
+    std::fs::write(&token_path, "shared-token\n").unwrap();
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    polld.spawn();
+    let client = reqwest::Client::new();
+    ready(&polld, &client).await;
+    let ok = client
+        .get(format!("{}/v1/watches", polld.api))
+        .bearer_auth("shared-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let log = polld.log();
+    assert!(
+        log.contains("the API token file is readable by its group") && log.contains("0640"),
+        "{log}"
+    );
     assert!(polld.stop().success());
 }
