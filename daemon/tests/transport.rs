@@ -101,6 +101,90 @@ async fn every_offered_coding_is_asked_for_and_decoded() {
     }
 }
 
+/// Codings stacked by a server (`Content-Encoding: gzip, br`, on one field
+/// line or several) are undone in reverse order; a list with one coding
+/// polld does not know is kept as sent.
+#[tokio::test]
+async fn stacked_codings_are_undone_last_first() {
+    let plain = "stacked codings, line after line\n".repeat(100);
+    let twice = encode("br", &encode("gzip", plain.as_bytes()).await).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/one-line"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip, identity, BR")
+                .set_body_bytes(twice.clone()),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/two-lines"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .append_header("content-encoding", "gzip")
+                .append_header("content-encoding", "br")
+                .set_body_bytes(twice.clone()),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/unknown"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "x-custom, br")
+                .set_body_bytes(twice.clone()),
+        )
+        .mount(&server)
+        .await;
+    for at in ["/one-line", "/two-lines"] {
+        let out = poll(&watch(&format!("{}{at}", server.uri()), "")).await;
+        assert_eq!(changed_body(&out), plain.as_bytes(), "{at}");
+    }
+    let out = poll(&watch(&format!("{}/unknown", server.uri()), "")).await;
+    assert_eq!(changed_body(&out), &twice[..]);
+}
+
+/// RFC 9659: a zstd content coding uses a window of at most 8 MB. A frame
+/// that asks for more (here 16 MiB) is refused, not given the memory; one
+/// at the limit decodes.
+#[tokio::test]
+async fn a_zstd_window_above_8_mb_is_refused() {
+    use async_compression::{Level, tokio::bufread::ZstdEncoder, zstd::CParameter};
+    let plain = "a line of text that repeats\n".repeat(100);
+    let at = |log: u32| {
+        let plain = plain.clone();
+        async move {
+            let mut out = Vec::new();
+            ZstdEncoder::with_quality_and_params(
+                plain.as_bytes(),
+                Level::Default,
+                &[CParameter::window_log(log)],
+            )
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+            out
+        }
+    };
+    let (large, limit) = (at(24).await, at(23).await);
+    let server = MockServer::start().await;
+    for (name, body) in [("/large", large), ("/limit", limit)] {
+        Mock::given(path(name))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-encoding", "zstd")
+                    .set_body_bytes(body),
+            )
+            .mount(&server)
+            .await;
+    }
+    let out = poll(&watch(&format!("{}/large", server.uri()), "")).await;
+    match &out.kind {
+        OutcomeKind::Failed { error, .. } => assert!(error.contains("body"), "{error}"),
+        other => panic!("a 16 MiB window was decoded: {other:?}"),
+    }
+    let out = poll(&watch(&format!("{}/limit", server.uri()), "")).await;
+    assert_eq!(changed_body(&out), plain.as_bytes());
+}
+
 #[tokio::test]
 async fn a_coding_polld_does_not_decode_is_kept_as_sent() {
     let server = encoded_at("/x", "x-custom", &b"\x01\x02opaque"[..]).await;

@@ -64,12 +64,13 @@ enum Coding {
     Zstd,
 }
 
+/// Codings one response may stack (`Content-Encoding: gzip, br`); a
+/// longer list is kept as sent.
+const MAX_CODINGS: usize = 4;
+
 impl Coding {
-    /// The coding of a response's `Content-Encoding`; `None` for identity
-    /// and for codings polld does not decode (the body is then kept as
-    /// sent).
-    fn of(headers: &HeaderMap) -> Option<Coding> {
-        let value = headers.get(header::CONTENT_ENCODING)?.to_str().ok()?.trim();
+    /// The coding named `name`; `None` for codings polld does not decode.
+    fn named(name: &str) -> Option<Coding> {
         let codings = [
             ("gzip", Coding::Gzip),
             ("x-gzip", Coding::Gzip),
@@ -79,8 +80,27 @@ impl Coding {
         ];
         codings
             .into_iter()
-            .find(|(name, _)| value.eq_ignore_ascii_case(name))
+            .find(|(known, _)| name.eq_ignore_ascii_case(known))
             .map(|(_, coding)| coding)
+    }
+
+    /// The codings of a response's `Content-Encoding`, in the order they
+    /// were applied (RFC 9110 §8.4: the list, over every field line, names
+    /// them in that order; `identity` is none). `None` for an identity
+    /// body, and for one with a coding polld does not decode (the body is
+    /// then kept as sent).
+    fn of(headers: &HeaderMap) -> Option<Vec<Coding>> {
+        let values = headers.get_all(header::CONTENT_ENCODING);
+        let mut codings = Vec::new();
+        for value in values {
+            for name in value.to_str().ok()?.split(',').map(str::trim) {
+                if name.is_empty() || name.eq_ignore_ascii_case("identity") {
+                    continue;
+                }
+                codings.push(Coding::named(name)?);
+            }
+        }
+        (!codings.is_empty() && codings.len() <= MAX_CODINGS).then_some(codings)
     }
 }
 
@@ -106,23 +126,36 @@ pub async fn read_counting(
     let Some(response) = response else {
         return Ok(Bytes::new());
     };
-    let coding = Coding::of(response.headers());
+    let codings = Coding::of(response.headers());
     let declared = response
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if coding.is_none() && declared.is_some_and(|len| len > max) {
+    if codings.is_none() && declared.is_some_and(|len| len > max) {
         return Err(BodyError::TooLarge {
             url: url.clone(),
             max,
         });
     }
     let body = response.into_body();
-    match coding {
-        None => read_plain(body, max, url, received).await,
-        Some(coding) => read_decoded(body, coding, max, url, received).await,
+    let Some(mut codings) = codings else {
+        return read_plain(body, max, url, received).await;
+    };
+    // The last coding applied is undone first, as the body arrives; the
+    // ones under it (rare) from memory, each cut at `max` too.
+    let outer = codings.pop().expect("at least one coding");
+    let mut decoded = read_decoded(body, outer, max, url, received).await?;
+    while let Some(coding) = codings.pop() {
+        if decoded.is_empty() {
+            break;
+        }
+        let mut data = &decoded[..];
+        let mut out = BytesMut::new();
+        decode(&mut data, coding, &mut out, max, url, &AtomicU64::new(0)).await?;
+        decoded = out.freeze();
     }
+    Ok(decoded)
 }
 
 /// A body as sent, frame by frame.
@@ -186,24 +219,7 @@ async fn read_decoded(
         .map_err(std::io::Error::other);
     let mut reader = StreamReader::new(stream);
     let mut out = BytesMut::new();
-    loop {
-        let decoder: Pin<Box<dyn AsyncRead + Send + '_>> = match coding {
-            Coding::Gzip => Box::pin(GzipDecoder::new(&mut reader)),
-            Coding::Deflate => Box::pin(ZlibDecoder::new(&mut reader)),
-            Coding::Brotli => Box::pin(BrotliDecoder::new(&mut reader)),
-            Coding::Zstd => {
-                let mut d = ZstdDecoder::new(&mut reader);
-                d.multiple_members(true);
-                Box::pin(d)
-            }
-        };
-        read_to_limit(decoder, &mut out, max, url, received).await?;
-        // Several gzip members are one body (RFC 1952); anything else after
-        // one (padding, a newline) is not part of it.
-        if coding != Coding::Gzip || !next_is_gzip_member(&mut reader).await {
-            break;
-        }
-    }
+    decode(&mut reader, coding, &mut out, max, url, received).await?;
     // Whatever follows the encoded data (and the end of a chunked body,
     // which may come just after) is read and dropped, so that the
     // connection can go back to the pool; briefly, and only a little of it:
@@ -222,6 +238,45 @@ async fn read_decoded(
     .await;
     Ok(out.freeze())
 }
+
+/// Appends to `out` what `reader` decodes to by `coding`, at most `max`
+/// bytes.
+async fn decode<R: AsyncBufRead + Unpin + Send>(
+    mut reader: &mut R,
+    coding: Coding,
+    out: &mut BytesMut,
+    max: u64,
+    url: &Url,
+    received: &AtomicU64,
+) -> Result<(), BodyError> {
+    loop {
+        let decoder: Pin<Box<dyn AsyncRead + Send + '_>> = match coding {
+            Coding::Gzip => Box::pin(GzipDecoder::new(&mut reader)),
+            Coding::Deflate => Box::pin(ZlibDecoder::new(&mut reader)),
+            Coding::Brotli => Box::pin(BrotliDecoder::new(&mut reader)),
+            Coding::Zstd => {
+                // RFC 9659 §3: a zstd content coding's window is at most
+                // 8 MB; a larger one would make the decoder allocate up to
+                // zstd's own limit (128 MiB) per poll.
+                let window = [async_compression::zstd::DParameter::window_log_max(
+                    ZSTD_WINDOW_LOG_MAX,
+                )];
+                let mut d = ZstdDecoder::with_params(&mut reader, &window);
+                d.multiple_members(true);
+                Box::pin(d)
+            }
+        };
+        read_to_limit(decoder, out, max, url, received).await?;
+        // Several gzip members are one body (RFC 1952); anything else after
+        // one (padding, a newline) is not part of it.
+        if coding != Coding::Gzip || !next_is_gzip_member(&mut reader).await {
+            return Ok(());
+        }
+    }
+}
+
+/// 2^23 bytes: the 8 MB window RFC 9659 allows a zstd content coding.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// How long, and how much, the end of an encoded body is read after its
 /// data: enough for a chunked body's last chunk.
