@@ -210,8 +210,27 @@ async fn bind_unix(path: &Path) -> Result<Listener, ServeError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    // Bound under a temporary name, given its mode, then renamed into
+    // place: bound at `path`, the socket had the umask's mode for a moment
+    // (0777 under umask 0), and anyone could connect.
+    // A temporary name too long for a socket address (108 bytes) falls
+    // back to binding in place.
+    let bound = path.with_file_name(format!(".polld-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&bound);
+    let listener = match UnixListener::bind(&bound) {
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            let listener = UnixListener::bind(path).map_err(err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+            return Ok(Listener::Unix(listener, Some(path.to_owned())));
+        }
+        bound => bound.map_err(err)?,
+    };
+    let placed = std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o660))
+        .and_then(|()| std::fs::rename(&bound, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&bound);
+        return Err(err(e));
+    }
     Ok(Listener::Unix(listener, Some(path.to_owned())))
 }
 

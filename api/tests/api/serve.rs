@@ -197,6 +197,26 @@ async fn unix_socket_mode_0660_and_stale_files() {
     assert!(matches!(listener, Listener::Unix(..)));
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
+    // It was given its mode under another name, which is gone.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["api.sock"]);
+
+    // A path with no room for the temporary name is bound in place.
+    let deep = dir
+        .path()
+        .join("d".repeat(100 - dir.path().as_os_str().len()));
+    std::fs::create_dir(&deep).unwrap();
+    let short = deep.join("s");
+    assert!(short.as_os_str().len() < 104);
+    let in_place = polld_api::bind(&Listen::Unix(short.clone())).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&short).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    drop(in_place);
 
     // One that answers belongs to a running polld: left alone.
     let err = polld_api::bind(&Listen::Unix(path.clone()))
