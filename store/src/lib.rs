@@ -38,7 +38,8 @@ pub use model::{
 };
 pub use schema::SCHEMA_VERSION;
 pub use store::{
-    DEFAULT_CACHE_BYTES, DEFAULT_MAX_CHANGES, DEFAULT_ZSTD_LEVEL, Store, StoreOptions, error_chain,
+    DEFAULT_CACHE_BYTES, DEFAULT_MAX_CHANGES, DEFAULT_ZSTD_LEVEL, Store, StoreOptions,
+    VersionsView, error_chain,
 };
 pub use writer::{CommitReport, Writer, WriterConfig};
 

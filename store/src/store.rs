@@ -962,48 +962,42 @@ impl Store {
         self.watches(None, usize::MAX)
     }
 
+    /// Reads a watch's versions through one read transaction: however many
+    /// reads `f` makes, they all see the same commit, so a version listed
+    /// (or found as the latest) is still there when its body is read, even
+    /// if a commit has pruned it since.
+    pub fn read_versions<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&VersionsView<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.read(|txn| {
+            f(&VersionsView {
+                id,
+                versions: txn.open_table(VERSIONS)?,
+                bodies: txn.open_table(BODIES)?,
+            })
+        })
+    }
+
     /// The retained versions of a watch, oldest first.
     pub fn versions(&self, id: &str) -> Result<Vec<Version>, StoreError> {
-        self.read(|txn| {
-            let t = txn.open_table(VERSIONS)?;
-            let mut out = Vec::new();
-            for item in t.range((id, 0u64)..=(id, u64::MAX))? {
-                let (k, v) = item?;
-                out.push(decode_version(k.value().1, v.value())?);
-            }
-            Ok(out)
-        })
+        self.read_versions(id, |view| view.list())
     }
 
     /// One version's metadata.
     pub fn version(&self, id: &str, number: u64) -> Result<Option<Version>, StoreError> {
-        self.read(|txn| {
-            let t = txn.open_table(VERSIONS)?;
-            let g = t.get((id, number))?;
-            Ok(g.map(|g| decode_version(number, g.value())).transpose()?)
-        })
+        self.read_versions(id, |view| view.get(number))
     }
 
     /// One version with its body (decompressed).
     pub fn body(&self, id: &str, number: u64) -> Result<Option<(Version, Vec<u8>)>, StoreError> {
-        self.read(|txn| {
-            let versions = txn.open_table(VERSIONS)?;
-            let Some(g) = versions.get((id, number))? else {
-                return Ok(None);
-            };
-            let version = decode_version(number, g.value())?;
-            let bodies = txn.open_table(BODIES)?;
-            let blob = bodies.get(&version.hash)?.ok_or_else(|| {
-                StoreError::Inconsistent(format!("the body of {id} version {number} is missing"))
-            })?;
-            let body = unpack_body(blob.value(), version.size).map_err(|source| {
-                StoreError::Decompress {
-                    watch: id.to_owned(),
-                    version: number,
-                    source,
-                }
-            })?;
-            Ok(Some((version, body)))
+        self.read_versions(id, |view| match view.get(number)? {
+            Some(version) => {
+                let body = view.body(&version)?;
+                Ok(Some((version, body)))
+            }
+            None => Ok(None),
         })
     }
 
@@ -1627,5 +1621,56 @@ mod readahead_tests {
             "reading every watch brought {read} of {len} bytes into the page cache"
         );
         store.close().unwrap();
+    }
+}
+
+/// One watch's retained versions as of one commit ([`Store::read_versions`]).
+#[derive(Debug)]
+pub struct VersionsView<'a> {
+    id: &'a str,
+    versions: redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    bodies: redb::ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
+}
+
+impl VersionsView<'_> {
+    /// Every retained version, oldest first.
+    pub fn list(&self) -> Result<Vec<Version>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.versions.range((self.id, 0u64)..=(self.id, u64::MAX))? {
+            let (k, v) = item?;
+            out.push(decode_version(k.value().1, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Version `number`, if it is retained.
+    pub fn get(&self, number: u64) -> Result<Option<Version>, StoreError> {
+        let g = self.versions.get((self.id, number))?;
+        Ok(g.map(|g| decode_version(number, g.value())).transpose()?)
+    }
+
+    /// The newest version, if the watch has one.
+    pub fn latest(&self) -> Result<Option<Version>, StoreError> {
+        let last = self
+            .versions
+            .range((self.id, 0u64)..=(self.id, u64::MAX))?
+            .next_back()
+            .transpose()?;
+        Ok(last
+            .map(|(k, v)| decode_version(k.value().1, v.value()))
+            .transpose()?)
+    }
+
+    /// The body of `version` (one of this view's), decompressed.
+    pub fn body(&self, version: &Version) -> Result<Vec<u8>, StoreError> {
+        let (id, number) = (self.id, version.number);
+        let blob = self.bodies.get(&version.hash)?.ok_or_else(|| {
+            StoreError::Inconsistent(format!("the body of {id} version {number} is missing"))
+        })?;
+        unpack_body(blob.value(), version.size).map_err(|source| StoreError::Decompress {
+            watch: id.to_owned(),
+            version: number,
+            source,
+        })
     }
 }

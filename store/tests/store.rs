@@ -279,6 +279,33 @@ fn watches_page_in_id_order() {
     assert!(store.watches(None, 0).unwrap().is_empty());
 }
 
+/// Reads through one view see one commit: the latest version found there
+/// still has its body after a commit has made a newer one and pruned it
+/// (`keep_versions = 1`). Separate reads answered 404 for `latest` then.
+#[test]
+fn a_versions_view_keeps_what_a_later_commit_prunes() {
+    let (_dir, store) = fresh();
+    store.apply_blocking(vec![changed("a", b"one", 1)]).unwrap();
+    let (latest, body) = store
+        .read_versions("a", |view| {
+            let latest = view.latest()?.expect("version 1");
+            store.apply_blocking(vec![changed("a", b"two", 1)]).unwrap();
+            assert_eq!(view.list()?.len(), 1);
+            let body = view.body(&latest)?;
+            Ok((latest, body))
+        })
+        .unwrap();
+    assert_eq!((latest.number, &body[..]), (1, &b"one"[..]));
+    // Outside the view, version 1 is gone and 2 is the latest.
+    assert_eq!(store.body("a", 1).unwrap(), None);
+    let now = store.read_versions("a", |view| view.latest()).unwrap();
+    assert_eq!(now.map(|v| v.number), Some(2));
+    assert_eq!(
+        store.read_versions("none", |view| view.latest()).unwrap(),
+        None
+    );
+}
+
 #[test]
 fn retention_prunes_old_versions_and_unreferenced_bodies() {
     let (_dir, store) = fresh();

@@ -11,7 +11,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use polld_store::Version;
+use polld_store::{StoreError, Version, VersionsView};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -135,25 +135,30 @@ pub(crate) async fn body(
     let conditional = headers.contains_key(header::IF_NONE_MATCH)
         || headers.contains_key(header::IF_MODIFIED_SINCE);
     let found = blocking(move || {
-        let Some(watch) = store.watch(&key)? else {
+        if store.watch(&key)?.is_none() {
             return Ok(Lookup::NoWatch);
-        };
-        let number = match wanted.or(watch.latest_version) {
-            Some(n) => n,
-            None => return Ok(Lookup::NoVersions),
-        };
-        // A conditional request reads the small record first: a 304 needs
-        // no body, which may be megabytes to decompress.
-        if conditional {
-            match store.version(&key, number)? {
-                Some(v) if not_modified(&headers, &v) => return Ok(Lookup::Found((v, None))),
-                Some(_) => {}
-                None => return Ok(Lookup::NoVersion(number)),
-            }
         }
-        Ok(match store.body(&key, number)? {
-            Some((v, body)) => Lookup::Found((v, Some(body))),
-            None => Lookup::NoVersion(number),
+        // One read transaction: `latest` is still there when its body is
+        // read, whatever a commit pruned in between.
+        store.read_versions(&key, |view| {
+            let version = match wanted {
+                Some(n) => view.get(n)?.ok_or(n),
+                None => match view.latest()? {
+                    Some(v) => Ok(v),
+                    None => return Ok(Lookup::NoVersions),
+                },
+            };
+            let version = match version {
+                Ok(version) => version,
+                Err(n) => return Ok(Lookup::NoVersion(n)),
+            };
+            // A conditional request checks the small record first: a 304
+            // needs no body, which may be megabytes to decompress.
+            if conditional && not_modified(&headers, &version) {
+                return Ok(Lookup::Found((version, None)));
+            }
+            let body = view.body(&version)?;
+            Ok(Lookup::Found((version, Some(body))))
         })
     })
     .await?;
@@ -265,42 +270,8 @@ pub(crate) async fn diff(
         if store.watch(&key)?.is_none() {
             return Ok(Err(no_watch(&key)));
         }
-        let versions = store.versions(&key)?;
-        let to = match to.or(versions.last().map(|v| v.number)) {
-            Some(to) => to,
-            None => {
-                return Ok(Err(ApiError::NotFound(format!(
-                    "watch {key:?} has no versions yet"
-                ))));
-            }
-        };
-        if !versions.iter().any(|v| v.number == to) {
-            return Ok(Err(ApiError::NotFound(format!(
-                "watch {key:?} has no version {to} (never made, or pruned)"
-            ))));
-        }
-        let from = match from.or_else(|| versions.iter().rev().map(|v| v.number).find(|&n| n < to))
-        {
-            Some(from) => from,
-            None => {
-                return Ok(Err(ApiError::NotFound(format!(
-                    "watch {key:?} has no version before {to} to compare with; \
-                     name one with from=N"
-                ))));
-            }
-        };
-        let mut pair = Vec::with_capacity(2);
-        for n in [from, to] {
-            match store.body(&key, n)? {
-                Some(found) => pair.push(found),
-                None => {
-                    return Ok(Err(ApiError::NotFound(format!(
-                        "watch {key:?} has no version {n} (never made, or pruned)"
-                    ))));
-                }
-            }
-        }
-        Ok(Ok(pair))
+        // One read transaction: the versions listed are the ones read.
+        store.read_versions(&key, |view| pick_pair(view, &key, from, to))
     })
     .await??;
     let [(va, a), (vb, b)]: [(Version, Vec<u8>); 2] = bodies
@@ -335,6 +306,56 @@ enum DiffFormat {
     /// An RFC 6902 patch; when a body is not JSON, the unified diff if the
     /// client accepts text too (`or_text`), else 406.
     Patch { or_text: bool },
+}
+
+/// The two versions a diff compares, with their bodies: `to` (default: the
+/// latest) and `from` (default: the one before `to`). The inner error is
+/// the answer for a version that is not there.
+#[allow(clippy::type_complexity)]
+fn pick_pair(
+    view: &VersionsView<'_>,
+    key: &str,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> Result<Result<Vec<(Version, Vec<u8>)>, ApiError>, StoreError> {
+    let versions = view.list()?;
+    let to = match to.or(versions.last().map(|v| v.number)) {
+        Some(to) => to,
+        None => {
+            return Ok(Err(ApiError::NotFound(format!(
+                "watch {key:?} has no versions yet"
+            ))));
+        }
+    };
+    if !versions.iter().any(|v| v.number == to) {
+        return Ok(Err(ApiError::NotFound(format!(
+            "watch {key:?} has no version {to} (never made, or pruned)"
+        ))));
+    }
+    let from = match from.or_else(|| versions.iter().rev().map(|v| v.number).find(|&n| n < to)) {
+        Some(from) => from,
+        None => {
+            return Ok(Err(ApiError::NotFound(format!(
+                "watch {key:?} has no version before {to} to compare with; \
+                 name one with from=N"
+            ))));
+        }
+    };
+    let mut pair = Vec::with_capacity(2);
+    for n in [from, to] {
+        match view.get(n)? {
+            Some(version) => {
+                let body = view.body(&version)?;
+                pair.push((version, body));
+            }
+            None => {
+                return Ok(Err(ApiError::NotFound(format!(
+                    "watch {key:?} has no version {n} (never made, or pruned)"
+                ))));
+            }
+        }
+    }
+    Ok(Ok(pair))
 }
 
 /// Negotiates the diff's format from `Accept` (RFC 9110 12.5.1): each
