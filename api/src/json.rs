@@ -213,7 +213,7 @@ pub(crate) struct ChangeJson {
     #[schema(required = true)]
     pub(crate) version: Option<u64>,
     /// `new_version`, `watch_added`, `watch_removed`, `error_started`,
-    /// `error_cleared` or `done`.
+    /// `error_cleared`, `rate_limited`, `rate_limit_cleared` or `done`.
     pub(crate) kind: &'static str,
     /// When (RFC 3339).
     pub(crate) at: String,

@@ -245,6 +245,8 @@ fn kind_code(k: ChangeKind) -> u8 {
         ChangeKind::ErrorStarted => 3,
         ChangeKind::ErrorCleared => 4,
         ChangeKind::Done => 5,
+        ChangeKind::RateLimited => 6,
+        ChangeKind::RateLimitCleared => 7,
     }
 }
 
@@ -256,6 +258,8 @@ fn kind_from(code: u8) -> Option<ChangeKind> {
         3 => ChangeKind::ErrorStarted,
         4 => ChangeKind::ErrorCleared,
         5 => ChangeKind::Done,
+        6 => ChangeKind::RateLimited,
+        7 => ChangeKind::RateLimitCleared,
         _ => return None,
     })
 }

@@ -145,6 +145,11 @@ pub enum ChangeKind {
     ErrorCleared,
     /// `until` / `fail_if` held: polling stopped.
     Done,
+    /// The server started answering 429/503: polls wait as it asks.
+    RateLimited,
+    /// A poll after a 429/503 got another answer (a success or a
+    /// failure).
+    RateLimitCleared,
 }
 
 impl ChangeKind {
@@ -158,6 +163,8 @@ impl ChangeKind {
             ChangeKind::ErrorStarted => "error_started",
             ChangeKind::ErrorCleared => "error_cleared",
             ChangeKind::Done => "done",
+            ChangeKind::RateLimited => "rate_limited",
+            ChangeKind::RateLimitCleared => "rate_limit_cleared",
         }
     }
 }

@@ -21,6 +21,9 @@
 //!   fold of `store.rs`), and an open folds what a crash left. The
 //!   migration only creates the table; an older polld must refuse the file,
 //!   since it would not read the log.
+//! - **7**: change-log entries may be of kind 6 (`rate_limited`) and 7
+//!   (`rate_limit_cleared`). Nothing is rewritten; an older polld must
+//!   refuse the file, since it could not decode them.
 
 use std::collections::HashMap;
 
@@ -31,7 +34,7 @@ use crate::codec::decode_version;
 use crate::error::StoreError;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// `schema_version`, `last_seq` (newest seq ever appended, 0 before the
 /// first) and `oldest_seq` (oldest retained; `last_seq + 1` when the log is
@@ -67,6 +70,7 @@ pub(crate) const KEY_OLDEST_SEQ: &str = "oldest_seq";
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 const MIGRATIONS: [Migration; (SCHEMA_VERSION - 1) as usize] = [
     v1_to_v2,
+    version_only,
     version_only,
     version_only,
     version_only,

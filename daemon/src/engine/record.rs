@@ -135,6 +135,10 @@ pub(crate) fn apply(
     if status != WatchStatus::Error {
         state.last_error = None;
     }
+    // The state left is recorded before the state entered.
+    if previous == WatchStatus::RateLimited && status != WatchStatus::RateLimited {
+        events.push(ChangeKind::RateLimitCleared);
+    }
     match (previous, status) {
         (WatchStatus::Error, WatchStatus::Error) => {}
         (_, WatchStatus::Error) => events.push(ChangeKind::ErrorStarted),
@@ -152,6 +156,7 @@ pub(crate) fn apply(
         _ => {}
     }
     if status == WatchStatus::RateLimited && previous != WatchStatus::RateLimited {
+        events.push(ChangeKind::RateLimited);
         tracing::warn!(
             watch = %id,
             status = outcome.status,

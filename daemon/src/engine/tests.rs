@@ -1639,3 +1639,45 @@ async fn poll_now_waits_out_a_rate_limit_and_polls_when_it_ends() {
     assert_near(poller.times("w0")[2], asked, "poll now");
     running.stop().await;
 }
+
+/// The change log records a watch's state changes: errors start and clear,
+/// and so does a server's rate limit (429/503), in the order they happened.
+#[tokio::test(start_paused = true)]
+async fn state_changes_reach_the_change_log_in_order() {
+    let config = watch_list(
+        "interval = \"10s\"\nmin_interval = \"1s\"\nmax_retry_after = \"1h\"\njitter = 0.0",
+        1,
+    );
+    let (_dir, store) = open_store();
+    let poller = Scripted::new(wall_clock(1_700_000_000), |_, n| match n {
+        0 => Reply::Changed,
+        1 | 2 => Reply::RateLimited(secs(30)),
+        3 => Reply::Failed,
+        4 => Reply::RateLimited(secs(30)),
+        _ => Reply::NotModified,
+    });
+    let running = start(&config, &store, poller.clone()).await;
+    run_until(secs(600), || poller.times("w0").len() >= 6).await;
+    running.stop().await;
+
+    let kinds: Vec<&str> = store
+        .changes_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|c| c.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "watch_added",
+            "new_version",
+            "rate_limited",
+            // The second 429 in a row is no change.
+            "rate_limit_cleared",
+            "error_started",
+            "error_cleared",
+            "rate_limited",
+            "rate_limit_cleared",
+        ]
+    );
+}
