@@ -310,6 +310,7 @@ async fn agent_poll(agent: &Agent, target: &Target) -> Answer {
             last_modified: None,
             cursor: None,
             last_hash: None,
+            cursor_page_hash: None,
             job: None,
         })
         .await;

@@ -45,6 +45,7 @@ async fn poll_with(
             last_modified,
             cursor,
             last_hash: None,
+            cursor_page_hash: None,
             job: None,
         })
         .await
@@ -844,6 +845,7 @@ async fn poll_hash(watch: &Watch, etag: Option<&str>, last_hash: [u8; 32]) -> Po
             last_modified: None,
             cursor: None,
             last_hash: Some(last_hash),
+            cursor_page_hash: None,
             job: None,
         })
         .await
@@ -1331,6 +1333,7 @@ async fn credentials_do_not_follow_a_permanent_move_to_another_origin() {
             last_modified: None,
             cursor: None,
             last_hash: None,
+            cursor_page_hash: None,
             job: None,
         })
         .await;
@@ -1428,6 +1431,7 @@ async fn a_job_longer_than_the_timeout_is_resumed_by_the_next_poll_not_restarted
             last_modified: None,
             cursor: None,
             last_hash: None,
+            cursor_page_hash: None,
             job: Some(job.as_str()),
         })
         .await;
@@ -1699,6 +1703,7 @@ async fn a_302_or_307_retry_after_beyond_the_deadline_leaves_its_target_to_the_n
                 last_modified: None,
                 cursor: None,
                 last_hash: None,
+                cursor_page_hash: None,
                 job: Some(job.as_str()),
             })
             .await;
@@ -1780,6 +1785,7 @@ async fn a_get_answered_202_without_location_makes_no_version() {
             last_modified: None,
             cursor: None,
             last_hash: None,
+            cursor_page_hash: None,
             job: Some(job.as_str()),
         })
         .await;

@@ -28,6 +28,7 @@ async fn poll(watch: &Watch) -> PollOutcome {
         last_modified: None,
         cursor: None,
         last_hash: None,
+        cursor_page_hash: None,
         job: None,
     })
     .await

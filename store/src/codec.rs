@@ -18,6 +18,9 @@ const RECORD_V1: u8 = 1;
 /// fields are all present, each an option, instead of V1's "absent at the
 /// end".
 const RECORD_V2: u8 = 2;
+/// Format byte of a watch state with a cursor page's hash (schema 7): the
+/// V2 layout, then the hash.
+const RECORD_V3: u8 = 3;
 
 /// Body blob tags: bodies that zstd does not shrink are kept as they are, so
 /// that tiny or already-compressed bodies cost no CPU to read back.
@@ -202,7 +205,7 @@ impl<'a> Dec<'a> {
     /// The format byte of a watch state: V1 or V2.
     fn state_format(&mut self) -> Result<u8, DecodeError> {
         match self.u8()? {
-            f @ (RECORD_V1 | RECORD_V2) => Ok(f),
+            f @ (RECORD_V1 | RECORD_V2 | RECORD_V3) => Ok(f),
             _ => Err(self.err("unknown record format")),
         }
     }
@@ -345,8 +348,15 @@ pub(crate) fn logged_state_at(
 
 fn encode_state_into(e: &mut Enc, s: &WatchState, v: VersionFields) {
     // Most records have no hold and keep the V1 layout byte for byte.
-    let v2 = s.hold_until_ms.is_some();
-    e.u8(if v2 { RECORD_V2 } else { RECORD_V1 });
+    let v3 = s.cursor_page_hash.is_some();
+    let v2 = v3 || s.hold_until_ms.is_some();
+    e.u8(if v3 {
+        RECORD_V3
+    } else if v2 {
+        RECORD_V2
+    } else {
+        RECORD_V1
+    });
     e.str(&s.url);
     // A hash is uniformly spread, so a varint would only make it longer.
     e.fixed64(s.fingerprint);
@@ -387,6 +397,9 @@ fn encode_state_into(e: &mut Enc, s: &WatchState, v: VersionFields) {
         e.opt_str(s.pending_job.as_deref());
         e.opt_varint(s.base_interval_ms);
         e.opt_varint(s.hold_until_ms);
+        if let Some(page) = &s.cursor_page_hash {
+            e.hash(page);
+        }
         return;
     }
     // Schema 3 and 4: appended, so that older records (without them) still
@@ -470,11 +483,16 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
     let versions = d.varint()?;
     let latest_version = d.opt_varint()?;
     let latest_hash = d.opt_hash()?;
-    let (pending_job, base_interval_ms, hold_until_ms) = if format == RECORD_V2 {
-        (d.opt_string()?, d.opt_varint()?, d.opt_varint()?)
-    } else {
+    let (pending_job, base_interval_ms, hold_until_ms) = if format == RECORD_V1 {
         let (pending_job, base_interval_ms) = decode_v1_trailer(&mut d)?;
         (pending_job, base_interval_ms, None)
+    } else {
+        (d.opt_string()?, d.opt_varint()?, d.opt_varint()?)
+    };
+    let cursor_page_hash = if format == RECORD_V3 {
+        Some(Box::new(d.hash()?))
+    } else {
+        None
     };
     d.end()?;
     Ok(WatchState {
@@ -507,6 +525,7 @@ pub(crate) fn decode_state(id: &str, b: &[u8]) -> Result<WatchState, DecodeError
         pending_job,
         base_interval_ms,
         hold_until_ms,
+        cursor_page_hash,
     })
 }
 
@@ -650,6 +669,7 @@ mod tests {
             pending_job: None,
             base_interval_ms: Some(60_000),
             hold_until_ms: None,
+            cursor_page_hash: None,
         }
     }
 
@@ -660,6 +680,10 @@ mod tests {
             hold_until_ms: Some(1_700_000_123_456),
             ..full_state()
         };
+        let v3 = WatchState {
+            cursor_page_hash: Some(Box::new([5; 32])),
+            ..full_state()
+        };
         let bare = WatchState {
             latest_hash: None,
             latest_version: None,
@@ -668,7 +692,7 @@ mod tests {
             base_interval_ms: None,
             ..full_state()
         };
-        for s in [v1, v2, bare] {
+        for s in [v1, v2, v3, bare] {
             let record = encode_state(&s);
             let fields = decode_version_fields(&record).unwrap();
             assert_eq!(
@@ -775,8 +799,28 @@ mod tests {
         }
         // A format this build does not know is refused, not misread.
         let mut unknown = encode_state(&full_state());
-        unknown[0] = 3;
+        unknown[0] = 4;
         assert!(decode_state("w", &unknown).is_err());
+    }
+
+    #[test]
+    fn a_cursor_page_hash_round_trips_in_format_3() {
+        for hold in [None, Some(1_700_000_123_456)] {
+            let s = WatchState {
+                hold_until_ms: hold,
+                cursor_page_hash: Some(Box::new([7; 32])),
+                ..full_state()
+            };
+            let b = encode_state(&s);
+            assert_eq!(b[0], RECORD_V3);
+            assert_eq!(decode_state("w", &b).unwrap(), s);
+            for cut in 0..b.len() {
+                assert!(decode_state("w", &b[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut long = b.clone();
+            long.push(0);
+            assert!(decode_state("w", &long).is_err(), "garbage after it");
+        }
     }
 
     #[test]

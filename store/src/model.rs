@@ -111,6 +111,11 @@ pub struct WatchState {
     /// poll forward, never before this. `None` when the last answer asked
     /// for nothing (and in records from before schema 5).
     pub hold_until_ms: Option<u64>,
+    /// For a `link:next` watch whose last version joined several pages:
+    /// the hash of the last page, where the stored cursor points and the
+    /// next poll starts. That page alone, unchanged, is nothing new (its
+    /// hash is not the version's). Boxed: 8 bytes in every other state.
+    pub cursor_page_hash: Option<Box<Hash>>,
 }
 
 /// One stored version of a watch's body.

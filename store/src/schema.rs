@@ -22,8 +22,9 @@
 //!   migration only creates the table; an older polld must refuse the file,
 //!   since it would not read the log.
 //! - **7**: change-log entries may be of kind 6 (`rate_limited`) and 7
-//!   (`rate_limit_cleared`). Nothing is rewritten; an older polld must
-//!   refuse the file, since it could not decode them.
+//!   (`rate_limit_cleared`), and watch states with a cursor page's hash use
+//!   record format 3. Nothing is rewritten; an older polld must refuse the
+//!   file, since it could not decode them.
 
 use std::collections::HashMap;
 

@@ -483,3 +483,64 @@ async fn each_state_change_is_logged_once_and_named_for_what_it_is() {
         "a 429 after an error is no recovery; log:\n{log}"
     );
 }
+
+/// Serves page 2 of a `link:next` feed: `two` to the first `n` requests,
+/// then `two-b`; no validators, so every poll gets a 200.
+struct LastPage {
+    n: usize,
+    seen: AtomicUsize,
+}
+
+impl Respond for LastPage {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let i = self.seen.fetch_add(1, Ordering::SeqCst);
+        ResponseTemplate::new(200).set_body_string(if i < self.n { "two" } else { "two-b" })
+    }
+}
+
+/// A `link:next` watch resumes at the last page it saw. That page alone,
+/// unchanged, is nothing new: it used to make a version of its own after
+/// every multi-page poll (its hash against the hash of all pages joined).
+/// A change on it is still one version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_next_watch_makes_no_version_for_the_page_it_resumes_at() {
+    use wiremock::matchers::query_param;
+    let server = MockServer::start().await;
+    Mock::given(path("/feed"))
+        .and(query_param("page", "1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", "</feed?page=2>; rel=\"next\"")
+                .set_body_string("one"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/feed"))
+        .and(query_param("page", "2"))
+        .respond_with(LastPage {
+            n: 4,
+            seen: AtomicUsize::new(0),
+        })
+        .mount(&server)
+        .await;
+    let watch = fast("feed", &format!("{}/feed?page=1", server.uri()))
+        + "[watch.cursor]\nfrom = \"link:next\"\n";
+    let mut polld = Polld::start(&watch);
+    eventually(
+        Duration::from_secs(10),
+        "six requests of page 2",
+        || async { (requests_to(&server, "/feed").await.len() >= 7).then_some(()) },
+    )
+    .await;
+    assert!(polld.stop().success());
+    let store = polld.open_store();
+    let bodies: Vec<Vec<u8>> = store
+        .versions("feed")
+        .unwrap()
+        .iter()
+        .map(|v| store.body("feed", v.number).unwrap().unwrap().1)
+        .collect();
+    assert_eq!(bodies, [&b"one\ntwo"[..], &b"two-b"[..]]);
+    let state = store.watch("feed").unwrap().unwrap();
+    assert!(state.unchanged >= 3, "{state:?}");
+}

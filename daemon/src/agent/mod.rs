@@ -119,6 +119,10 @@ pub struct PollRequest<'a> {
     pub cursor: Option<&'a str>,
     /// BLAKE3 of the latest stored body.
     pub last_hash: Option<[u8; 32]>,
+    /// BLAKE3 of the page the stored cursor points at, when the latest
+    /// version joined several pages (`link:next`): found alone and
+    /// unchanged, it is nothing new.
+    pub cursor_page_hash: Option<[u8; 32]>,
     /// The status URL of an async job an earlier poll left running: this
     /// poll resumes there (a GET) instead of starting a new job.
     pub job: Option<&'a str>,
@@ -203,6 +207,9 @@ pub struct PollOutcome {
     pub cursor: Option<String>,
     /// A 410 on a cursored request: go back to the initial cursor.
     pub cursor_reset: bool,
+    /// After a 200: the hash of the page the cursor now points at, when it
+    /// is not the new version's hash (see [`PollRequest::cursor_page_hash`]).
+    pub cursor_page_hash: Option<[u8; 32]>,
     /// `until` / `fail_if` held on this response.
     pub finished: Option<Finished>,
     /// Body bytes received (after decompression).
@@ -223,6 +230,7 @@ impl PollOutcome {
             moved_permanently: None,
             cursor: None,
             cursor_reset: false,
+            cursor_page_hash: None,
             finished: None,
             bytes_received: 0,
             elapsed: Duration::ZERO,
@@ -502,7 +510,8 @@ impl Agent {
 
         let first = first.expect("at least one page");
         let last = last.expect("at least one page");
-        let body: Bytes = if pages.len() == 1 {
+        let page_count = pages.len();
+        let body: Bytes = if page_count == 1 {
             pages.pop().expect("one page")
         } else {
             // Several pages: joined by newlines, so JSON-lines style feeds stay readable.
@@ -515,7 +524,11 @@ impl Agent {
             )
         };
         let hash = *blake3::hash(&body).as_bytes();
-        let kind = if request.last_hash == Some(hash) || nothing_new {
+        // The page the last poll ended on, fetched alone and as it was: its
+        // content is in the latest version already, joined with the pages
+        // before it, so the hashes cannot match.
+        let cursor_page_unchanged = page_count == 1 && request.cursor_page_hash == Some(hash);
+        let kind = if request.last_hash == Some(hash) || nothing_new || cursor_page_unchanged {
             OutcomeKind::Unchanged { hash }
         } else {
             OutcomeKind::Changed {
@@ -536,6 +549,19 @@ impl Agent {
         let validated = (last_url.as_ref() == Some(&next_start)).then_some(&last.headers);
         outcome.etag = validated.and_then(|h| header_value(h, header::ETAG));
         outcome.last_modified = validated.and_then(|h| header_value(h, header::LAST_MODIFIED));
+        let link_next = watch
+            .cursor
+            .as_ref()
+            .is_some_and(|c| matches!(c.from, polld_config::CursorSource::LinkNext));
+        outcome.cursor_page_hash = if cursor_page_unchanged {
+            Some(hash)
+        } else if link_next && page_count > 1 && validated.is_some() {
+            last.body
+                .as_deref()
+                .map(|page| *blake3::hash(page).as_bytes())
+        } else {
+            None
+        };
         outcome.hints = hints::hints(
             last.status.as_u16(),
             &last.headers,

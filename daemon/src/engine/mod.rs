@@ -940,6 +940,7 @@ impl<P: Poller> Engine<P> {
             let last_modified = state.last_modified.clone();
             let cursor = state.cursor.clone();
             let last_hash = state.latest_hash;
+            let cursor_page_hash = state.cursor_page_hash.as_deref().copied();
             let job = state.pending_job.clone();
             let generation = entry.generation;
             let agent = self.agent.clone();
@@ -964,6 +965,7 @@ impl<P: Poller> Engine<P> {
                     last_modified: last_modified.as_deref(),
                     cursor: cursor.as_deref(),
                     last_hash,
+                    cursor_page_hash,
                     job: job.as_deref(),
                 };
                 // Boxed: the poll's state machine (the agent's, the
@@ -1092,12 +1094,14 @@ impl<P: Poller> Engine<P> {
                     state.latest_version = stored.latest_version;
                     state.versions = stored.versions;
                     state.cursor = stored.cursor;
+                    state.cursor_page_hash = stored.cursor_page_hash;
                 }
                 None => {
                     state.etag = None;
                     state.last_modified = None;
                     state.latest_hash = None;
                     state.cursor = entry.watch.cursor.as_ref().and_then(|c| c.initial.clone());
+                    state.cursor_page_hash = None;
                 }
             }
         }

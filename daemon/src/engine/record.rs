@@ -65,8 +65,16 @@ pub(crate) fn apply(
     }
     if outcome.cursor_reset {
         state.cursor = watch.cursor.as_ref().and_then(|c| c.initial.clone());
+        state.cursor_page_hash = None;
     } else if let Some(cursor) = &outcome.cursor {
         state.cursor = Some(cursor.clone());
+    }
+    if matches!(
+        outcome.kind,
+        OutcomeKind::Changed { .. } | OutcomeKind::Unchanged { .. }
+    ) && state.cursor_page_hash.as_deref() != outcome.cursor_page_hash.as_ref()
+    {
+        state.cursor_page_hash = outcome.cursor_page_hash.map(Box::new);
     }
 
     let mut events = Vec::new();

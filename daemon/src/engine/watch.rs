@@ -119,6 +119,7 @@ pub(crate) fn reset_request_state(state: &mut WatchState, watch: &Watch, fingerp
     state.etag = None;
     state.last_modified = None;
     state.cursor = watch.cursor.as_ref().and_then(|c| c.initial.clone());
+    state.cursor_page_hash = None;
     state.consecutive_moves = 0;
     state.pending_job = None;
     if is_stopped(state) {
