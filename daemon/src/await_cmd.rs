@@ -43,7 +43,10 @@ pub struct AwaitArgs {
     /// The URL of the first request.
     pub url: String,
     /// Method of the first request. Status checks at a job URL it leads to
-    /// (202/303 Location) are GETs; an answer without one repeats this request.
+    /// (202/303 Location) are GETs; an answer without one repeats this
+    /// request, except that a method that is not idempotent (POST, PATCH)
+    /// is not sent again after a server error or a connection broken after
+    /// sending: the server may have acted on it.
     #[arg(
         short = 'X',
         long = "request",
@@ -318,7 +321,7 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                         None,
                         http::HeaderMap::new(),
                         url.clone(),
-                        Err(agent::transport::error_text(&err)),
+                        Err((agent::transport::error_text(&err), err.is_connect())),
                     );
                 }
                 Ok(Ok(response)) => response,
@@ -360,8 +363,18 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
         let floor = interval.min(agent::MIN_JOB_CHECK_GAP);
         let server_wait = hints::retry_after(&headers, SystemTime::now())
             .map(|d| d.min(args.max_retry_after).max(floor));
+        // A request that is not idempotent (a POST that starts a job) is
+        // not sent again once the server may have acted on it: sent twice,
+        // it could start two jobs. Refused connections, 429, 503, 408 and
+        // 425 say it was not acted on, and are tried again.
+        let once_only = !method.is_idempotent();
         let (wait, why): (Duration, String) = match (status, response) {
-            (_, Err(error)) => {
+            (_, Err((error, connect))) => {
+                if once_only && !connect {
+                    return Ok(Ending::Failed(format!(
+                        "attempt {attempt}, {method} {shown_final}: {error}; not sent again: the server may have acted on it"
+                    )));
+                }
                 if args.verbose {
                     eprintln!("polld await: attempt {attempt}, {method} {shown_final}: {error}");
                 }
@@ -445,6 +458,12 @@ async fn wait(args: &AwaitArgs, plan: &Plan) -> Result<Ending, String> {
                 } else {
                     if plan.until.is_empty() && status.is_success() {
                         return Ok(Ending::Done(payload.to_vec()));
+                    }
+                    if once_only && status.is_server_error() {
+                        return Ok(Ending::Failed(format!(
+                            "attempt {attempt}, {method} {shown_final}: HTTP {code} {}; not sent again: the server may have acted on it",
+                            status.canonical_reason().unwrap_or("")
+                        )));
                     }
                     if status.is_client_error() && !matches!(code, 408 | 425) {
                         return Ok(Ending::Failed(format!(

@@ -465,3 +465,77 @@ async fn messages_keep_the_urls_secrets_out() {
         }
     }
 }
+
+/// A POST (not idempotent: it may start a job) is not sent again once the
+/// server may have acted on it: after a 500, or a connection that broke
+/// after the request went out. A GET is asked again after a 500, and a POST
+/// whose connection was refused (never sent) is tried again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_post_the_server_may_have_acted_on_is_not_sent_again() {
+    let server = MockServer::start().await;
+    Mock::given(path("/jobs"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&server)
+        .await;
+    let url = format!("{}/jobs", server.uri());
+    let run = polld_await(&["-X", "POST", "--interval", "50ms", "--timeout", "5s", &url]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("HTTP 500") && run.stderr.contains("not sent again"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+
+    let run = polld_await(&["--interval", "50ms", "--max-attempts", "3", &url]).await;
+    assert_eq!(run.code, Some(2), "a GET is asked again: {}", run.stderr);
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+
+    // Reads the request, then closes without an answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broken = format!("http://{}/jobs", listener.local_addr().unwrap());
+    let accepted = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut connections = 0;
+        while let Ok(Ok((mut conn, _))) =
+            tokio::time::timeout(Duration::from_secs(2), listener.accept()).await
+        {
+            connections += 1;
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+        }
+        connections
+    });
+    let run = polld_await(&[
+        "-X",
+        "POST",
+        "--interval",
+        "50ms",
+        "--timeout",
+        "5s",
+        &broken,
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("not sent again"), "{}", run.stderr);
+    assert_eq!(accepted.await.unwrap(), 1, "one POST only");
+
+    // Nobody listens: the POST never left, and is tried again.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/jobs", l.local_addr().unwrap())
+    };
+    let run = polld_await(&[
+        "-X",
+        "POST",
+        "--interval",
+        "50ms",
+        "--max-attempts",
+        "3",
+        "--verbose",
+        &closed,
+    ])
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("attempt 3"), "{}", run.stderr);
+}
