@@ -3,9 +3,11 @@
 //! always agree) every export interval, and one span per poll, batched.
 //!
 //! Configured by `[telemetry] otlp_endpoint` or the standard variables
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS` and
-//! `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds). An export the collector
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip` or `none`),
+//! `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), each also per signal
+//! (`OTEL_EXPORTER_OTLP_METRICS_…`, `OTEL_EXPORTER_OTLP_TRACES_…`, which
+//! win), and `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds). An export the collector
 //! answers 429, 502, 503 or 504, or that cannot connect, is retried with
 //! backoff, after the collector's `Retry-After` if it sent one (bounded:
 //! [`RETRY`]); a partial success is logged. Export failures are logged and
@@ -43,15 +45,30 @@ const SPAN_INTERVAL: Duration = Duration::from_secs(5);
 /// Where and how to export.
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
-    /// `…/v1/metrics`.
-    pub metrics_url: Url,
-    /// `…/v1/traces`.
-    pub traces_url: Url,
-    /// Extra request headers (`OTEL_EXPORTER_OTLP_HEADERS`).
-    pub headers: Vec<(String, String)>,
+    /// Metrics, to `…/v1/metrics`.
+    pub metrics: SignalExport,
+    /// Poll spans, to `…/v1/traces`.
+    pub traces: SignalExport,
     /// Metric export interval.
     pub interval: Duration,
 }
+
+/// Where and how one signal is exported.
+#[derive(Debug, Clone)]
+pub struct SignalExport {
+    /// The URL exports are POSTed to.
+    pub url: Url,
+    /// Extra request headers: `OTEL_EXPORTER_OTLP_HEADERS`, then the
+    /// signal's own, which replace those of the same name.
+    pub headers: Vec<(String, String)>,
+    /// Send bodies gzip-compressed.
+    pub gzip: bool,
+    /// Longest wait for one export's answer.
+    pub timeout: Duration,
+}
+
+/// The OTLP exporter's default timeout (the spec's 10 s).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl OtlpConfig {
     /// The export settings from the config and the environment, or None
@@ -69,43 +86,88 @@ impl OtlpConfig {
                 None => None,
             },
         };
-        let signal = |var: &str, path: &str| -> Result<Option<Url>, String> {
-            if let Some(text) = env(var) {
-                return Url::parse(&text)
-                    .map(Some)
-                    .map_err(|e| format!("{var} {text:?} is not a URL: {e}"));
+        let signal = |name: &str, path: &str| -> Result<Option<SignalExport>, String> {
+            let var = |key: &str| format!("OTEL_EXPORTER_OTLP_{name}_{key}");
+            let url = match env(&var("ENDPOINT")) {
+                Some(text) => Url::parse(&text)
+                    .map_err(|e| format!("{} {text:?} is not a URL: {e}", var("ENDPOINT")))?,
+                None => match &base {
+                    Some(base) => join(base, path),
+                    None => return Ok(None),
+                },
+            };
+            // The signal's own setting, else the general one.
+            let setting = |key: &str| {
+                let own = var(key);
+                match env(&own) {
+                    Some(value) => Some((own, value)),
+                    None => {
+                        let general = format!("OTEL_EXPORTER_OTLP_{key}");
+                        env(&general).map(|value| (general, value))
+                    }
+                }
+            };
+            let mut headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
+                Some(text) => parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &text)?,
+                None => Vec::new(),
+            };
+            if let Some(text) = env(&var("HEADERS")) {
+                for (key, value) in parse_headers(&var("HEADERS"), &text)? {
+                    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+                    headers.push((key, value));
+                }
             }
-            Ok(base.as_ref().map(|b| join(b, path)))
+            let gzip = match setting("COMPRESSION") {
+                None => false,
+                Some((name, value)) => match value.trim().to_ascii_lowercase().as_str() {
+                    "gzip" => true,
+                    "none" | "" => false,
+                    other => return Err(format!("{name} {other:?}: only gzip or none")),
+                },
+            };
+            let timeout = match setting("TIMEOUT") {
+                None => DEFAULT_TIMEOUT,
+                Some((name, value)) => match value.trim().parse::<u64>() {
+                    Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                    _ => {
+                        return Err(format!(
+                            "{name} {value:?}: not a timeout in milliseconds (more than 0)"
+                        ));
+                    }
+                },
+            };
+            Ok(Some(SignalExport {
+                url,
+                headers,
+                gzip,
+                timeout,
+            }))
         };
-        let (Some(metrics_url), Some(traces_url)) = (
-            signal("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "v1/metrics")?,
-            signal("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "v1/traces")?,
+        let (Some(metrics), Some(traces)) = (
+            signal("METRICS", "v1/metrics")?,
+            signal("TRACES", "v1/traces")?,
         ) else {
             return Ok(None);
-        };
-        let headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
-            Some(text) => parse_headers(&text)?,
-            None => Vec::new(),
         };
         let interval = env("OTEL_METRIC_EXPORT_INTERVAL")
             .and_then(|ms| ms.trim().parse::<u64>().ok())
             .map_or(Duration::from_secs(60), Duration::from_millis)
             .max(Duration::from_millis(100));
         Ok(Some(OtlpConfig {
-            metrics_url,
-            traces_url,
-            headers,
+            metrics,
+            traces,
             interval,
         }))
     }
 }
 
-/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, in
+/// `OTEL_EXPORTER_OTLP_HEADERS` (or a signal's own, named `var`):
+/// `key=value` pairs separated by commas, in
 /// the W3C Baggage format, so keys and values are percent-decoded
 /// (`Authorization=Bearer%20TOKEN`). A pair that is no valid HTTP header is
 /// an error at start rather than a failure of every export. The values
 /// are credentials more often than not: the error names the key only.
-fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+fn parse_headers(var: &str, text: &str) -> Result<Vec<(String, String)>, String> {
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s.trim())
             .decode_utf8_lossy()
@@ -114,20 +176,17 @@ fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut headers = Vec::new();
     for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(
-                "OTEL_EXPORTER_OTLP_HEADERS: a pair is not key=value (comma-separated, values percent-encoded)"
-                    .to_owned(),
-            );
+            return Err(format!(
+                "{var}: a pair is not key=value (comma-separated, values percent-encoded)"
+            ));
         };
         let (key, value) = (decode(key), decode(value));
         if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
-            return Err(format!(
-                "OTEL_EXPORTER_OTLP_HEADERS: {key:?} is not a valid header name"
-            ));
+            return Err(format!("{var}: {key:?} is not a valid header name"));
         }
         if http::HeaderValue::from_str(&value).is_err() {
             return Err(format!(
-                "OTEL_EXPORTER_OTLP_HEADERS: the value of {key:?} is not a valid header value"
+                "{var}: the value of {key:?} is not a valid header value"
             ));
         }
         headers.push((key, value));
@@ -150,6 +209,8 @@ pub struct PollSpan {
     pub watch: String,
     /// The URL polled.
     pub url: String,
+    /// The method of the watch's request.
+    pub method: http::Method,
     /// The `result` label of `polld_polls_total`.
     pub result: &'static str,
     /// Final HTTP status.
@@ -201,12 +262,12 @@ pub fn start(
 ) -> (SpanSink, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(SPAN_QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
+    // Each export sets its signal's timeout.
     let client = reqwest::Client::builder()
         .user_agent(user_agent)
-        .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default();
-    tracing::info!(metrics = %redact::url(&config.metrics_url), traces = %redact::url(&config.traces_url), interval = ?config.interval, "exporting telemetry over OTLP/HTTP");
+    tracing::info!(metrics = %redact::url(&config.metrics.url), traces = %redact::url(&config.traces.url), interval = ?config.interval, gzip = config.metrics.gzip || config.traces.gzip, "exporting telemetry over OTLP/HTTP");
     let exporter = Exporter {
         client,
         config,
@@ -316,16 +377,17 @@ impl Exporter {
     /// `cancel` ends the waits between tries (shutdown flushes once more,
     /// without them).
     async fn post(&self, signal: Signal, body: Vec<u8>, cancel: &CancellationToken) {
-        let (client, config, policy) = (&self.client, &self.config, self.policy);
-        let url = match signal {
-            Signal::Metrics => &config.metrics_url,
-            Signal::Traces => &config.traces_url,
+        let (client, policy) = (&self.client, self.policy);
+        let export = match signal {
+            Signal::Metrics => &self.config.metrics,
+            Signal::Traces => &self.config.traces,
         };
+        let url = &export.url;
+        let body = if export.gzip { gzip(&body).await } else { body };
         let body = bytes::Bytes::from(body);
         let mut backoff = policy.first_backoff;
         for attempt in 1..=policy.attempts.max(1) {
-            let (retry_after, why) = match try_post(client, config, url, body.clone(), signal).await
-            {
+            let (retry_after, why) = match try_post(client, export, body.clone(), signal).await {
                 Try::Done | Try::Failed => return,
                 Try::Again(retry_after, why) => (retry_after, why),
             };
@@ -356,18 +418,32 @@ impl Exporter {
     }
 }
 
+/// A body compressed for `Content-Encoding: gzip`.
+async fn gzip(body: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::with_capacity(body.len() / 4);
+    let mut encoder = async_compression::tokio::bufread::GzipEncoder::new(body);
+    // Reading from memory into memory cannot fail.
+    let _ = encoder.read_to_end(&mut out).await;
+    out
+}
+
 async fn try_post(
     client: &reqwest::Client,
-    config: &OtlpConfig,
-    url: &Url,
+    export: &SignalExport,
     body: bytes::Bytes,
     signal: Signal,
 ) -> Try {
+    let url = &export.url;
     let mut request = client
         .post(url.clone())
         .header("content-type", "application/x-protobuf")
+        .timeout(export.timeout)
         .body(body);
-    for (name, value) in &config.headers {
+    if export.gzip {
+        request = request.header("content-encoding", "gzip");
+    }
+    for (name, value) in &export.headers {
         request = request.header(name, value);
     }
     let response = match request.send().await {
@@ -734,6 +810,7 @@ pub fn traces_request(polls: &[PollSpan]) -> ExportTraceServiceRequest {
             let mut attributes = vec![
                 attr("polld.watch", &p.watch),
                 attr("url.full", &span_url(&p.url)),
+                attr("http.request.method", p.method.as_str()),
                 attr("polld.result", p.result),
             ];
             if let Ok(url) = Url::parse(&p.url) {
@@ -891,7 +968,11 @@ mod tests {
     #[test]
     fn otlp_headers_are_percent_decoded_and_checked() {
         assert_eq!(
-            parse_headers("Authorization=Bearer%20abc%3D%3D, x-tenant = a%2Cb ,").unwrap(),
+            parse_headers(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization=Bearer%20abc%3D%3D, x-tenant = a%2Cb ,"
+            )
+            .unwrap(),
             vec![
                 ("Authorization".to_owned(), "Bearer abc==".to_owned()),
                 ("x-tenant".to_owned(), "a,b".to_owned()),
@@ -899,14 +980,20 @@ mod tests {
         );
         // Base64 padding needs no encoding: the first `=` splits.
         assert_eq!(
-            parse_headers("authorization=Basic dXNlcjpwYXNz==").unwrap()[0].1,
+            parse_headers(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Basic dXNlcjpwYXNz=="
+            )
+            .unwrap()[0]
+                .1,
             "Basic dXNlcjpwYXNz=="
         );
-        let err = parse_headers("bad name=1").unwrap_err();
+        let err = parse_headers("OTEL_EXPORTER_OTLP_HEADERS", "bad name=1").unwrap_err();
         assert!(err.contains("\"bad name\""), "{err}");
-        let err = parse_headers("x-key=line%0Abreak-secret").unwrap_err();
+        let err =
+            parse_headers("OTEL_EXPORTER_OTLP_HEADERS", "x-key=line%0Abreak-secret").unwrap_err();
         assert!(err.contains("x-key") && !err.contains("secret"), "{err}");
-        assert!(parse_headers("novalue").is_err());
+        assert!(parse_headers("OTEL_EXPORTER_OTLP_HEADERS", "novalue").is_err());
         assert!(
             OtlpConfig::resolve(None, |n| match n {
                 "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4318".to_owned()),
@@ -960,6 +1047,7 @@ mod tests {
         let span = || PollSpan {
             watch: "w".into(),
             url: "http://127.0.0.1/".into(),
+            method: http::Method::GET,
             result: "not_modified",
             status: Some(304),
             error: None,
@@ -1069,6 +1157,11 @@ mod tests {
         let span = |url: &str, status: Option<u16>, error: Option<&str>| PollSpan {
             watch: "w".into(),
             url: url.into(),
+            method: if error.is_some() {
+                http::Method::POST
+            } else {
+                http::Method::GET
+            },
             result: if error.is_some() { "error" } else { "changed" },
             status,
             error: error.map(str::to_owned),
@@ -1102,6 +1195,8 @@ mod tests {
             text("https://REDACTED:REDACTED@example.org/x?token=REDACTED&a=1")
         );
         assert_eq!(get(0, "server.address"), text("example.org"));
+        assert_eq!(get(0, "http.request.method"), text("GET"));
+        assert_eq!(get(1, "http.request.method"), text("POST"));
         assert_eq!(get(0, "server.port"), Some(any_value::Value::IntValue(443)));
         assert_eq!(get(0, "error.type"), None);
         assert_eq!(spans[0].status, None, "success leaves the status Unset");
@@ -1130,15 +1225,22 @@ mod tests {
         let base = Url::parse("http://127.0.0.1:4318").unwrap();
         let config = OtlpConfig::resolve(Some(&base), env).unwrap().unwrap();
         assert_eq!(
-            config.metrics_url.as_str(),
+            config.metrics.url.as_str(),
             "http://127.0.0.1:4318/v1/metrics"
         );
         assert_eq!(
-            config.traces_url.as_str(),
+            config.traces.url.as_str(),
             "http://127.0.0.1:4318/v1/traces"
         );
-        assert_eq!(config.headers[1], ("tenant".to_owned(), "t".to_owned()));
+        assert_eq!(
+            config.traces.headers[1],
+            ("tenant".to_owned(), "t".to_owned())
+        );
         assert_eq!(config.interval, Duration::from_millis(1500));
+        assert_eq!(
+            (config.metrics.gzip, config.metrics.timeout),
+            (false, DEFAULT_TIMEOUT)
+        );
         assert!(OtlpConfig::resolve(None, |_| None).unwrap().is_none());
         let from_env = OtlpConfig::resolve(None, |n| {
             (n == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://collector:4318/otlp/".to_owned())
@@ -1146,8 +1248,70 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            from_env.traces_url.as_str(),
+            from_env.traces.url.as_str(),
             "http://collector:4318/otlp/v1/traces"
         );
+    }
+
+    /// A signal's own settings win over the general ones; headers are
+    /// merged by name.
+    #[test]
+    fn per_signal_settings_win_over_the_general_ones() {
+        let env = |name: &str| {
+            let value = match name {
+                "OTEL_EXPORTER_OTLP_HEADERS" => "x-api-key=k1,tenant=t",
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => "X-Api-Key=k2",
+                "OTEL_EXPORTER_OTLP_COMPRESSION" => "gzip",
+                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION" => "none",
+                "OTEL_EXPORTER_OTLP_TIMEOUT" => "2500",
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT" => "500",
+                _ => return None,
+            };
+            Some(value.to_owned())
+        };
+        let base = Url::parse("http://127.0.0.1:4318").unwrap();
+        let config = OtlpConfig::resolve(Some(&base), env).unwrap().unwrap();
+        let (m, t) = (&config.metrics, &config.traces);
+        assert_eq!((m.gzip, m.timeout), (false, Duration::from_millis(2500)));
+        assert_eq!((t.gzip, t.timeout), (true, Duration::from_millis(500)));
+        assert_eq!(m.headers.len(), 2);
+        assert_eq!(
+            t.headers,
+            [
+                ("tenant".to_owned(), "t".to_owned()),
+                ("X-Api-Key".to_owned(), "k2".to_owned())
+            ]
+        );
+        for (var, value, says) in [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "br", "only gzip or none"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "10s", "milliseconds"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                "a b=c",
+                "not a valid header name",
+            ),
+        ] {
+            let err = OtlpConfig::resolve(Some(&base), |n| (n == var).then(|| value.to_owned()))
+                .unwrap_err();
+            assert!(err.contains(var) && err.contains(says), "{err}");
+        }
+    }
+
+    /// With compression on, the collector gets the batch gzip-compressed
+    /// and labelled so.
+    #[tokio::test]
+    async fn a_gzip_export_is_labelled_and_decodes_to_the_batch() {
+        use std::io::Read;
+        let (server, mut config) = collector(ResponseTemplate::new(200), 1).await;
+        config.metrics.gzip = true;
+        export(&config, FAST).await;
+        let requests = server.received_requests().await.unwrap();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].headers["content-encoding"], "gzip");
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&requests[0].body[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, b"batch");
     }
 }

@@ -1030,6 +1030,7 @@ impl<P: Poller> Engine<P> {
             spans.record(crate::telemetry::PollSpan {
                 watch: completion.id.clone(),
                 url: entry.state.url.clone(),
+                method: entry.watch.method.clone(),
                 result: recorded.result,
                 status: outcome.status,
                 error: match &outcome.kind {
