@@ -1143,6 +1143,13 @@ async fn a_reload_of_many_watches_logs_a_bounded_number_of_lines() {
             .with_writer(move || writer.clone())
             .finish(),
     );
+    // With one scoped subscriber alive, tracing-core judges a log line
+    // that another test's thread meets first by that thread's subscriber
+    // only (none), and caches "nobody listens" for every thread: this test
+    // then missed "watch list reloaded" whenever another reload test ran
+    // beside it. A second subscriber makes it ask each one.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    tracing::callsite::rebuild_interest_cache();
     let defaults = "interval = \"1h\"\nmin_interval = \"1s\"\njitter = 0.0";
     let (_dir, store) = open_store();
     let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
