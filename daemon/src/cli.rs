@@ -65,6 +65,11 @@ pub enum Command {
     /// 202/303 + Location + Retry-After), then print the final body. Exit 0
     /// when done, 1 on --fail-if or a permanent error, 2 on timeout.
     Await(crate::await_cmd::AwaitArgs),
+    /// Ask the running daemon to reload its watch list (SIGHUP) and wait
+    /// until it has: exit 0 once applied, 1 when refused (the file's
+    /// problems on stderr) or when no daemon answers. The unit's
+    /// `ExecReload=`, so that `systemctl reload polld` reports the outcome.
+    Reload(crate::reload_cmd::ReloadArgs),
     /// Print a shell completion script, e.g.
     /// `polld completions bash > /usr/share/bash-completion/completions/polld`.
     Completions {
@@ -132,6 +137,7 @@ pub fn main(cli: Cli) -> ExitCode {
             })
         }
         Command::Await(args) => crate::await_cmd::run(args),
+        Command::Reload(args) => crate::reload_cmd::run(&args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "polld", &mut std::io::stdout());

@@ -13,6 +13,7 @@ pub mod exit;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod reload_cmd;
 // Shared with the API, which shows watch URLs as logs do.
 pub use polld_config::redact;
 pub mod run;

@@ -17,6 +17,7 @@ use crate::engine::{Engine, EngineHandle, EngineOptions, WallClock};
 use crate::exit;
 use crate::metrics::Metrics;
 use crate::notify;
+use crate::reload_cmd::ReloadStatus;
 use crate::telemetry::{self, OtlpConfig};
 
 /// The database file inside the state directory.
@@ -206,6 +207,12 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     let mut engine_task = tokio::spawn(engine.run(shutdown.clone()));
     tracing::info!(watches = watch_count, %listen, "polld running");
     notify::ready(&status_line(&metrics, 0, Duration::ZERO));
+    let reload_status = crate::reload_cmd::status_path(&state_dir);
+    write_reload_status(
+        &reload_status,
+        ReloadStatus::of_this_process(0, true, "started".to_owned()),
+    )
+    .await;
     let watchdog = {
         let handle = handle.clone();
         tokio::spawn(notify::watchdog(
@@ -216,7 +223,7 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
     let status = tokio::spawn(status_updates(metrics.clone(), background.clone()));
 
     let stopped_early = tokio::select! {
-        () = signals.wait(&config_path, &handle, &config) => None,
+        () = signals.wait(&config_path, &handle, &config, &reload_status) => None,
         result = &mut writer_task => Some(match result {
             // A failed commit: exit 74 (EX_IOERR) so that operators and
             // systemd can tell it from other failures.
@@ -227,6 +234,9 @@ pub async fn run(mut config: Config) -> Result<(), RunError> {
         result = &mut engine_task => Some(RunError::Other(anyhow::anyhow!("the engine stopped unexpectedly: {result:?}"))),
     };
     notify::stopping();
+    // A `polld reload` from now on finds no daemon to ask, rather than a
+    // status of one that is going.
+    let _ = std::fs::remove_file(&reload_status);
     tracing::info!("shutting down");
     shutdown.cancel();
     background.cancel();
@@ -458,22 +468,34 @@ impl Signals {
         })
     }
 
-    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT. `running` is what
-    /// the process started with, for [`reload`] to name what it cannot apply.
-    async fn wait(mut self, config_path: &Path, engine: &EngineHandle, running: &Config) {
+    /// Reloads on SIGHUP, saying how each ended in `reload_status` (for
+    /// `polld reload`); returns on SIGTERM or SIGINT. `running` is what the
+    /// process started with, for [`reload`] to name what it cannot apply.
+    async fn wait(
+        mut self,
+        config_path: &Path,
+        engine: &EngineHandle,
+        running: &Config,
+        reload_status: &Path,
+    ) {
+        let mut generation = 0;
         loop {
             tokio::select! {
                 _ = self.terminate.recv() => return,
                 _ = self.interrupt.recv() => return,
                 _ = self.hangup.recv() => {
                     notify::reloading();
-                    let status = match reload(config_path, engine, running).await {
-                        Some(summary) => format!(
+                    let result = reload(config_path, engine, running).await;
+                    let status = match &result {
+                        Ok(summary) => format!(
                             "reloaded: {} added, {} removed, {} changed",
                             summary.added, summary.removed, summary.changed
                         ),
-                        None => "reload refused: the running watch list stays; see the log".to_owned(),
+                        Err(why) => format!("reload refused, the running watch list stays: {why}"),
                     };
+                    generation += 1;
+                    let said = ReloadStatus::of_this_process(generation, result.is_ok(), status.clone());
+                    write_reload_status(reload_status, said).await;
                     // READY=1 ends the reload either way; the status line
                     // says which it was until the next periodic update.
                     notify::ready(&status);
@@ -483,16 +505,30 @@ impl Signals {
     }
 }
 
+/// Writes the status `polld reload` waits for; a failure is logged (the
+/// reload itself is done).
+async fn write_reload_status(path: &Path, status: ReloadStatus) {
+    let target = path.to_owned();
+    let written = tokio::task::spawn_blocking(move || status.write(&target)).await;
+    if let Ok(Err(err)) = written {
+        tracing::warn!(path = %path.display(), error = %err, "cannot write the reload status file; `polld reload` will not see this reload");
+    }
+}
+
+/// Problems of an invalid watch list named in a reload's refusal (the log
+/// has them all).
+const PROBLEMS_NAMED: usize = 3;
+
 /// Parses the watch list again and hands its watches to the engine; an
 /// invalid file is logged problem by problem and the running list stays
-/// untouched (None). `[daemon]` and `[telemetry]` settings are read at start
-/// only: an edited one is named in a warning, to take effect at the next
-/// restart.
+/// untouched (`Err` says why, in one line). `[daemon]` and `[telemetry]`
+/// settings are read at start only: an edited one is named in a warning, to
+/// take effect at the next restart.
 pub async fn reload(
     config_path: &Path,
     engine: &EngineHandle,
     running: &Config,
-) -> Option<crate::engine::ReloadSummary> {
+) -> Result<crate::engine::ReloadSummary, String> {
     tracing::info!(path = %config_path.display(), "SIGHUP: reloading the watch list");
     let path = config_path.to_owned();
     let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
@@ -506,22 +542,37 @@ pub async fn reload(
                 );
             }
             // The engine logs what it added, removed and changed.
-            let applied = engine.reload(config).await;
-            if applied.is_none() {
-                tracing::warn!(
-                    "reload not applied: the engine is stopping, or could not read the stored states (logged above)"
-                );
-            }
-            applied
+            engine.reload(config).await.ok_or_else(|| {
+                let why =
+                    "the engine is stopping, or could not read the stored states (see the log)";
+                tracing::warn!("reload not applied: {why}");
+                why.to_owned()
+            })
         }
         Ok(Err(err)) => {
             log_config_error(&err, "cannot reload the watch list");
             tracing::error!("reload refused: the running watch list stays as it was");
-            None
+            let problems = err.problems();
+            Err(if problems.is_empty() {
+                err.to_string()
+            } else {
+                let mut named: Vec<String> = problems
+                    .iter()
+                    .take(PROBLEMS_NAMED)
+                    .map(ToString::to_string)
+                    .collect();
+                if problems.len() > PROBLEMS_NAMED {
+                    named.push(format!(
+                        "and {} more (see the log)",
+                        problems.len() - PROBLEMS_NAMED
+                    ));
+                }
+                named.join("; ")
+            })
         }
         Err(err) => {
             tracing::error!(error = %err, "reload panicked");
-            None
+            Err(format!("the reload panicked: {err}"))
         }
     }
 }

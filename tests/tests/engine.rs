@@ -300,6 +300,67 @@ async fn sighup_with_a_broken_file_keeps_the_old_list_and_an_edited_file_reconci
     assert_eq!(store.watch("c").unwrap().unwrap().status.as_str(), "ok");
 }
 
+/// `polld reload` (the unit's `ExecReload=`) returns once the daemon has
+/// reloaded: 0 with what changed, or 1 with the file's problems when the
+/// daemon refused it. With no daemon running it says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn polld_reload_waits_for_the_reload_and_reports_a_refusal() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("x"))
+        .mount(&server)
+        .await;
+    let a = fast("a", &format!("{}/a", server.uri()));
+    let b = fast("b", &format!("{}/b", server.uri()));
+    let mut polld = Polld::start(&a);
+    let status = polld.dir.path().join("state").join("reload-status.json");
+    eventually(Duration::from_secs(10), "the daemon started", || async {
+        status.exists().then_some(())
+    })
+    .await;
+    let config = std::fs::read_to_string(polld.config_path()).unwrap();
+    let reload = |polld: &Polld| {
+        let out = std::process::Command::new(polld_tests::polld_bin())
+            .args(["reload", "--timeout", "20s", "--config"])
+            .arg(polld.config_path())
+            .output()
+            .expect("polld reload runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    std::fs::write(polld.config_path(), format!("{config}{b}")).unwrap();
+    let (code, stdout, stderr) = reload(&polld);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), "reloaded: 1 added, 0 removed, 0 changed");
+    // Returned after the reload: b is in the list by then.
+    eventually(Duration::from_secs(10), "b polled", || async {
+        (!requests_to(&server, "/b").await.is_empty()).then_some(())
+    })
+    .await;
+
+    std::fs::write(
+        polld.config_path(),
+        format!("{config}{b}\n[[watch]]\nid = \"BAD ID\"\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = reload(&polld);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("reload refused") && stderr.contains("watchlist.toml:"),
+        "the refusal names the problem's place: {stderr}"
+    );
+
+    assert!(polld.stop().success());
+    assert!(!status.exists(), "a stopped daemon leaves no status behind");
+    let (code, _, stderr) = reload(&polld);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no running polld"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_exits_zero_within_the_grace_period_and_keeps_every_change() {
     let server = MockServer::start().await;
