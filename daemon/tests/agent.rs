@@ -1941,3 +1941,95 @@ async fn validators_stored_after_pages_are_those_of_where_the_next_poll_starts()
     assert_eq!(out.etag, None);
     assert_eq!(out.last_modified, None);
 }
+
+/// An https watch is never re-pointed to plain http, and a watch is never
+/// re-pointed to a page of its feed. A `link:next` watch starts its poll at
+/// the stored cursor, which a server chose (here an http page); a 301 there
+/// (http -> http) was judged hop by hop, and after three polls re-pointed
+/// the https watch to that plain-http page.
+#[tokio::test]
+async fn a_cursor_page_s_permanent_move_never_re_points_the_watch() {
+    let server = MockServer::start().await;
+    Mock::given(path("/p2"))
+        .respond_with(ResponseTemplate::new(301).insert_header("location", "/p2-moved"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/p2-moved"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("two"))
+        .mount(&server)
+        .await;
+    // The watch itself is https (never contacted in this poll: the poll
+    // resumes at the stored cursor).
+    let w = watch(
+        "https://127.0.0.1:1/feed",
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let cursor = format!("{}/p2", server.uri());
+    let out = poll_with(&w, None, None, Some(&cursor)).await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Changed { .. }),
+        "{:?}",
+        out.kind
+    );
+    assert_eq!(
+        out.moved_permanently
+            .as_ref()
+            .map(|u| u.scheme().to_owned()),
+        None,
+        "an https watch offered a re-point to {:?}",
+        out.moved_permanently.map(|u| u.to_string())
+    );
+}
+
+/// The cursor page's hash belongs to the page the cursor points at. When
+/// the resumed page is unchanged but names a next page that fails, the
+/// cursor moves to that next page: the old page's hash kept with it would
+/// take that page, alone, for "unchanged" when its body equals the old
+/// page's, and no version of it would ever be made.
+#[tokio::test]
+async fn the_cursor_page_hash_follows_the_cursor() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}")
+    };
+    let server = MockServer::start().await;
+    Mock::given(path("/p2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", format!("<{dead}/p3>; rel=\"next\"").as_str())
+                .set_body_string("[]"),
+        )
+        .mount(&server)
+        .await;
+    let w = watch(
+        &format!("{}/p1", server.uri()),
+        "[watch.cursor]\nfrom = \"link:next\"",
+    );
+    let cursor = format!("{}/p2", server.uri());
+    let page = *blake3::hash(b"[]").as_bytes();
+    let out = agent()
+        .poll(PollRequest {
+            watch: &w,
+            url: &w.url,
+            etag: None,
+            last_modified: None,
+            cursor: Some(&cursor),
+            last_hash: Some(*blake3::hash(b"[1]\n[]").as_bytes()),
+            cursor_page_hash: Some(page),
+            job: None,
+        })
+        .await;
+    assert!(
+        matches!(out.kind, OutcomeKind::Unchanged { .. }),
+        "{:?}",
+        out.kind
+    );
+    let moved_to = format!("{dead}/p3");
+    assert_eq!(out.cursor.as_deref(), Some(moved_to.as_str()));
+    assert_eq!(
+        out.cursor_page_hash, None,
+        "the cursor now points at /p3, never fetched, yet keeps /p2's hash"
+    );
+}

@@ -351,6 +351,10 @@ impl Agent {
         let watch = request.watch;
         let policy = &watch.policy;
         let first_url = cursor::request_url(watch, request.url, request.cursor);
+        // Only a poll of the watch's own URL can learn that it moved: a
+        // permanent move of a cursor's page (a server-chosen `rel=next`, a
+        // URL with the cursor in it) would re-point the watch to that page.
+        let at_watch_url = first_url == *request.url;
         let mut pages: Vec<Bytes> = Vec::new();
         let mut cursor_now = request.cursor.map(str::to_owned);
         let mut page_url = first_url;
@@ -423,7 +427,11 @@ impl Agent {
                     .unwrap_or_default();
                     exchange.body = Some(body);
                 }
-                return self.non_success(request, exchange);
+                let mut outcome = self.non_success(request, exchange);
+                if !at_watch_url {
+                    outcome.moved_permanently = None;
+                }
+                return outcome;
             }
             // A job's 202 that settled the watch comes with its body read.
             let read = match exchange.body.take() {
@@ -553,15 +561,17 @@ impl Agent {
             .cursor
             .as_ref()
             .is_some_and(|c| matches!(c.from, polld_config::CursorSource::LinkNext));
-        outcome.cursor_page_hash = if cursor_page_unchanged {
-            Some(hash)
-        } else if link_next && page_count > 1 && validated.is_some() {
-            last.body
-                .as_deref()
-                .map(|page| *blake3::hash(page).as_bytes())
-        } else {
-            None
-        };
+        // The hash belongs to the page the cursor points at after this poll.
+        outcome.cursor_page_hash =
+            if cursor_page_unchanged && cursor_now.as_deref() == request.cursor {
+                Some(hash)
+            } else if link_next && page_count > 1 && validated.is_some() {
+                last.body
+                    .as_deref()
+                    .map(|page| *blake3::hash(page).as_bytes())
+            } else {
+                None
+            };
         outcome.hints = hints::hints(
             last.status.as_u16(),
             &last.headers,
@@ -569,7 +579,7 @@ impl Agent {
             policy.max_retry_after,
         );
         outcome.headers = first.headers;
-        outcome.moved_permanently = first.moved_permanently;
+        outcome.moved_permanently = first.moved_permanently.filter(|_| at_watch_url);
         if cursor_now.as_deref() != request.cursor {
             outcome.cursor = cursor_now;
         }
@@ -764,7 +774,12 @@ impl Agent {
                     ));
                 }
                 match status.as_u16() {
-                    301 | 308 if !redirect::may_re_point(&url, &target) => {
+                    // Judged against the watch's URL too: a poll may start at
+                    // a server-chosen http page of an https watch.
+                    301 | 308
+                        if !redirect::may_re_point(&url, &target)
+                            || !redirect::may_re_point(request.url, &target) =>
+                    {
                         permanent_chain = false;
                         moved = None;
                     }
