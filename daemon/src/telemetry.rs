@@ -58,8 +58,8 @@ pub struct OtlpConfig {
 pub struct SignalExport {
     /// The URL exports are POSTed to.
     pub url: Url,
-    /// Extra request headers: `OTEL_EXPORTER_OTLP_HEADERS`, then the
-    /// signal's own, which replace those of the same name.
+    /// Extra request headers: the signal's own, else
+    /// `OTEL_EXPORTER_OTLP_HEADERS`.
     pub headers: Vec<(String, String)>,
     /// Send bodies gzip-compressed.
     pub gzip: bool,
@@ -77,6 +77,8 @@ impl OtlpConfig {
         configured: Option<&Url>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<OtlpConfig>, String> {
+        // The spec reads an empty variable as unset.
+        let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
         let base = match configured {
             Some(url) => Some(url.clone()),
             None => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
@@ -107,22 +109,24 @@ impl OtlpConfig {
                     }
                 }
             };
-            let mut headers = match env("OTEL_EXPORTER_OTLP_HEADERS") {
-                Some(text) => parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &text)?,
+            // A signal's own headers replace the general ones whole, as
+            // the SDKs do: a general `Authorization` must not go to another
+            // vendor's collector for that signal.
+            let headers = match setting("HEADERS") {
+                Some((name, text)) => parse_headers(&name, &text)?,
                 None => Vec::new(),
             };
-            if let Some(text) = env(&var("HEADERS")) {
-                for (key, value) in parse_headers(&var("HEADERS"), &text)? {
-                    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
-                    headers.push((key, value));
-                }
-            }
+            // A value that cannot be used is ignored with a warning, as the
+            // spec asks, rather than stopping polld.
             let gzip = match setting("COMPRESSION") {
                 None => false,
                 Some((name, value)) => match value.trim().to_ascii_lowercase().as_str() {
                     "gzip" => true,
-                    "none" | "" => false,
-                    other => return Err(format!("{name} {other:?}: only gzip or none")),
+                    "none" => false,
+                    other => {
+                        tracing::warn!(variable = %name, value = other, "OTLP compression is gzip or none; sending uncompressed");
+                        false
+                    }
                 },
             };
             let timeout = match setting("TIMEOUT") {
@@ -130,9 +134,8 @@ impl OtlpConfig {
                 Some((name, value)) => match value.trim().parse::<u64>() {
                     Ok(ms) if ms > 0 => Duration::from_millis(ms),
                     _ => {
-                        return Err(format!(
-                            "{name} {value:?}: not a timeout in milliseconds (more than 0)"
-                        ));
+                        tracing::warn!(variable = %name, value = %value, default = ?DEFAULT_TIMEOUT, "OTLP timeout is milliseconds, more than 0; using the default");
+                        DEFAULT_TIMEOUT
                     }
                 },
             };
@@ -267,7 +270,7 @@ pub fn start(
         .user_agent(user_agent)
         .build()
         .unwrap_or_default();
-    tracing::info!(metrics = %redact::url(&config.metrics.url), traces = %redact::url(&config.traces.url), interval = ?config.interval, gzip = config.metrics.gzip || config.traces.gzip, "exporting telemetry over OTLP/HTTP");
+    tracing::info!(metrics = %redact::url(&config.metrics.url), traces = %redact::url(&config.traces.url), interval = ?config.interval, metrics_gzip = config.metrics.gzip, traces_gzip = config.traces.gzip, "exporting telemetry over OTLP/HTTP");
     let exporter = Exporter {
         client,
         config,
@@ -1253,8 +1256,9 @@ mod tests {
         );
     }
 
-    /// A signal's own settings win over the general ones; headers are
-    /// merged by name.
+    /// A signal's own settings win over the general ones, its headers
+    /// replacing the general set whole; values polld cannot use are
+    /// ignored (the defaults hold), except headers, which are checked.
     #[test]
     fn per_signal_settings_win_over_the_general_ones() {
         let env = |name: &str| {
@@ -1275,26 +1279,25 @@ mod tests {
         assert_eq!((m.gzip, m.timeout), (false, Duration::from_millis(2500)));
         assert_eq!((t.gzip, t.timeout), (true, Duration::from_millis(500)));
         assert_eq!(m.headers.len(), 2);
-        assert_eq!(
-            t.headers,
-            [
-                ("tenant".to_owned(), "t".to_owned()),
-                ("X-Api-Key".to_owned(), "k2".to_owned())
-            ]
-        );
-        for (var, value, says) in [
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "br", "only gzip or none"),
-            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "10s", "milliseconds"),
-            (
-                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-                "a b=c",
-                "not a valid header name",
-            ),
+        assert_eq!(t.headers, [("X-Api-Key".to_owned(), "k2".to_owned())]);
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "br"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "10s"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
         ] {
-            let err = OtlpConfig::resolve(Some(&base), |n| (n == var).then(|| value.to_owned()))
-                .unwrap_err();
-            assert!(err.contains(var) && err.contains(says), "{err}");
+            let config = OtlpConfig::resolve(Some(&base), |n| (n == var).then(|| value.to_owned()))
+                .unwrap()
+                .unwrap();
+            assert!(!config.traces.gzip, "{var}");
+            assert_eq!(config.traces.timeout, DEFAULT_TIMEOUT, "{var}");
         }
+        let var = "OTEL_EXPORTER_OTLP_METRICS_HEADERS";
+        let err = OtlpConfig::resolve(Some(&base), |n| (n == var).then(|| "a b=c".to_owned()))
+            .unwrap_err();
+        assert!(
+            err.contains(var) && err.contains("not a valid header name"),
+            "{err}"
+        );
     }
 
     /// With compression on, the collector gets the batch gzip-compressed
@@ -1313,5 +1316,24 @@ mod tests {
             .read_to_end(&mut plain)
             .unwrap();
         assert_eq!(plain, b"batch");
+    }
+
+    /// The OTel spec reads an empty variable as unset: an empty
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (as templated environments often set)
+    /// stopped polld's start, and an empty per-signal compression hid the
+    /// general `gzip`.
+    #[test]
+    fn empty_variables_are_unset() {
+        let base = Url::parse("http://127.0.0.1:4318").unwrap();
+        let config = OtlpConfig::resolve(Some(&base), |n| match n {
+            "OTEL_EXPORTER_OTLP_TIMEOUT" => Some(String::new()),
+            "OTEL_EXPORTER_OTLP_COMPRESSION" => Some("gzip".to_owned()),
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION" => Some(String::new()),
+            _ => None,
+        })
+        .expect("an empty variable is unset")
+        .unwrap();
+        assert_eq!(config.metrics.timeout, DEFAULT_TIMEOUT);
+        assert!(config.traces.gzip, "the empty TRACES_COMPRESSION is unset");
     }
 }
