@@ -143,8 +143,11 @@ pub(crate) fn apply(
     if status != WatchStatus::Error {
         state.last_error = None;
     }
-    // The state left is recorded before the state entered.
-    if previous == WatchStatus::RateLimited && status != WatchStatus::RateLimited {
+    // The state left is recorded before the state entered. A watch that
+    // stops here (`until` / `fail_if`) ends `done` or `error`, not rate
+    // limited, whatever its answer was.
+    let limited = status == WatchStatus::RateLimited && outcome.finished.is_none();
+    if previous == WatchStatus::RateLimited && !limited {
         events.push(ChangeKind::RateLimitCleared);
     }
     match (previous, status) {
@@ -163,8 +166,10 @@ pub(crate) fn apply(
         }
         _ => {}
     }
-    if status == WatchStatus::RateLimited && previous != WatchStatus::RateLimited {
+    if limited && previous != WatchStatus::RateLimited {
         events.push(ChangeKind::RateLimited);
+    }
+    if status == WatchStatus::RateLimited && previous != WatchStatus::RateLimited {
         tracing::warn!(
             watch = %id,
             status = outcome.status,

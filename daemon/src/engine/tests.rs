@@ -21,6 +21,8 @@ enum Reply {
     Failed,
     /// 429 with `Retry-After`.
     RateLimited(Duration),
+    /// 429, and one of the watch's `fail_if` conditions holds.
+    RateLimitedFailIf,
     /// 304 with `X-Poll-Interval`.
     NotModifiedPollInterval(Duration),
     /// 304 with `Cache-Control: max-age`.
@@ -164,7 +166,9 @@ impl Poller for Scripted {
                     500,
                 )
             }
-            Reply::RateLimited(_) | Reply::Panic => (OutcomeKind::RateLimited, 429),
+            Reply::RateLimited(_) | Reply::RateLimitedFailIf | Reply::Panic => {
+                (OutcomeKind::RateLimited, 429)
+            }
             Reply::JobPending(_) => (
                 OutcomeKind::JobPending {
                     job: "http://127.0.0.1:9/jobs/1".parse().unwrap(),
@@ -195,6 +199,11 @@ impl Poller for Scripted {
             Reply::FailIf => {
                 outcome.finished = Some(crate::agent::Finished::Failed {
                     condition: "status=200".to_owned(),
+                });
+            }
+            Reply::RateLimitedFailIf => {
+                outcome.finished = Some(crate::agent::Finished::Failed {
+                    condition: "status=429".to_owned(),
                 });
             }
             _ => {}
@@ -1686,5 +1695,41 @@ async fn state_changes_reach_the_change_log_in_order() {
             "rate_limited",
             "rate_limit_cleared",
         ]
+    );
+}
+
+/// A watch that stops on a 429 (`fail_if = ["status=429"]`) ends `done`,
+/// not rate limited; one stopped while rate limited has its limit cleared
+/// first, so that every `rate_limited` in the feed is followed by a
+/// `rate_limit_cleared`.
+#[tokio::test(start_paused = true)]
+async fn a_watch_stopped_on_a_429_is_not_left_rate_limited_in_the_feed() {
+    let config = watch_list(
+        "interval = \"10s\"\nmin_interval = \"1s\"\nmax_retry_after = \"1h\"\njitter = 0.0",
+        2,
+    );
+    let (_dir, store) = open_store();
+    // w0 stops on its first 429; w1 is rate limited, then stops on a 429.
+    let poller = Scripted::new(wall_clock(1_700_000_000), |id, n| match (id, n) {
+        ("w0", _) | (_, 1) => Reply::RateLimitedFailIf,
+        _ => Reply::RateLimited(secs(30)),
+    });
+    let running = start(&config, &store, poller.clone()).await;
+    run_until(secs(600), || poller.times("w1").len() >= 2).await;
+    running.stop().await;
+
+    let kinds = |id: &str| -> Vec<String> {
+        store
+            .changes_after(0, 100)
+            .unwrap()
+            .iter()
+            .filter(|c| c.watch == id)
+            .map(|c| c.kind.as_str().to_owned())
+            .collect()
+    };
+    assert_eq!(kinds("w0"), ["watch_added", "done"]);
+    assert_eq!(
+        kinds("w1"),
+        ["watch_added", "rate_limited", "rate_limit_cleared", "done"]
     );
 }
