@@ -309,25 +309,31 @@ async fn api_listener(listen: &Listen) -> anyhow::Result<polld_api::Listener> {
     Ok(polld_api::bind(listen).await?)
 }
 
-/// Warns when users other than the file's owner may read the token: they
-/// can then use the whole API. A group may be deliberate (operators running
-/// `polld status`), so it is a warning, not a refusal.
+/// Warns when users other than the file's owner may read the token (they
+/// can then use the whole API) or write it (they can then put in a token
+/// of their own). A group may be deliberate (operators running `polld
+/// status`), so it is a warning, not a refusal.
 fn warn_if_shared(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o044 != 0 {
-        let who = if mode & 0o004 != 0 {
+    if mode & 0o066 != 0 {
+        let who = if mode & 0o006 != 0 {
             "every local user"
         } else {
             "its group"
         };
+        let can = match (mode & 0o044 != 0, mode & 0o022 != 0) {
+            (true, true) => "readable and writable",
+            (true, false) => "readable",
+            _ => "writable",
+        };
         tracing::warn!(
             path = %path.display(),
             mode = %format_args!("{mode:04o}"),
-            "the API token file is readable by {who}, who can then use the whole API; chmod 600 it unless that is meant"
+            "the API token file is {can} by {who}, who can then use the whole API; chmod 600 it unless that is meant"
         );
     }
 }

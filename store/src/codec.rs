@@ -274,6 +274,7 @@ fn state_size_hint(s: &WatchState) -> usize {
         + s.last_modified.as_ref().map_or(0, String::len)
         + s.cursor.as_ref().map_or(0, String::len)
         + s.last_error.as_ref().map_or(0, String::len)
+        + s.cursor_page_hash.as_ref().map_or(0, |_| 32)
 }
 
 /// A state record alone, as a row of `watches` holds it (the id is the key
