@@ -156,6 +156,46 @@ pub fn activated() -> Result<Option<Listener>, ServeError> {
     Ok(Some(listener))
 }
 
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Binds a socket at `path` that nobody could connect to before it had mode
+/// 0660: bound inside a fresh directory only this user can enter, given its
+/// mode, then linked into place. Bound at `path` itself it had the umask's
+/// mode for a moment (0777 under umask 0), and a connection queued then is
+/// accepted later. A hard link, unlike a rename, fails when something took
+/// `path` since the check for a stale socket (another polld starting).
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tries = 0;
+    let private = loop {
+        let name = format!(
+            ".polld-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let dir = parent.join(name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => break dir,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let inner = private.join("s");
+    let bound = UnixListener::bind(&inner).and_then(|listener| {
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o660))?;
+        std::fs::hard_link(&inner, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
 /// Binds `listen`. For a Unix socket, a stale socket file left by a crashed
 /// run is removed (one that still answers is not), and the new socket gets
 /// mode 0660 so that only the service's user and group can talk to it.
@@ -177,6 +217,12 @@ async fn bind_unix(path: &Path) -> Result<Listener, ServeError> {
         path: path.to_owned(),
         source,
     };
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("longer than the {MAX_SOCKET_PATH} bytes a Unix socket address holds"),
+        )));
+    }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             let connected = tokio::net::UnixStream::connect(path)
@@ -210,27 +256,17 @@ async fn bind_unix(path: &Path) -> Result<Listener, ServeError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    // Bound under a temporary name, given its mode, then renamed into
-    // place: bound at `path`, the socket had the umask's mode for a moment
-    // (0777 under umask 0), and anyone could connect.
-    // A temporary name too long for a socket address (108 bytes) falls
-    // back to binding in place.
-    let bound = path.with_file_name(format!(".polld-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&bound);
-    let listener = match UnixListener::bind(&bound) {
+    let listener = match bind_private(path) {
+        Ok(listener) => listener,
+        // No room in a socket address for the private directory's name:
+        // bound in place, the socket has the umask's mode until the chmod.
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
             let listener = UnixListener::bind(path).map_err(err)?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-            return Ok(Listener::Unix(listener, Some(path.to_owned())));
+            listener
         }
-        bound => bound.map_err(err)?,
+        Err(e) => return Err(err(e)),
     };
-    let placed = std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o660))
-        .and_then(|()| std::fs::rename(&bound, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&bound);
-        return Err(err(e));
-    }
     Ok(Listener::Unix(listener, Some(path.to_owned())))
 }
 
@@ -374,5 +410,36 @@ async fn serve_io<I>(
     };
     if let Err(err) = result {
         tracing::debug!(error = %err, "API connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What appears at the path between the check for a stale socket and
+    /// the link (another polld starting at the same path) is left alone: a
+    /// rename would have replaced it silently. Nothing of the private
+    /// directory is left either way.
+    #[tokio::test]
+    async fn a_socket_is_linked_into_place_never_over_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        std::fs::write(&path, "someone else's").unwrap();
+        let err = bind_private(&path).expect_err("replaced what was there");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
+        std::fs::remove_file(&path).unwrap();
+
+        let listener = bind_private(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        drop(listener);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["api.sock"]);
     }
 }

@@ -197,14 +197,15 @@ async fn unix_socket_mode_0660_and_stale_files() {
     assert!(matches!(listener, Listener::Unix(..)));
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
-    // It was given its mode under another name, which is gone.
+    // It was given its mode in a private directory, which is gone.
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["api.sock"]);
 
-    // A path with no room for the temporary name is bound in place.
+    // A path with no room for the private directory's name is bound in
+    // place.
     let deep = dir
         .path()
         .join("d".repeat(100 - dir.path().as_os_str().len()));
@@ -352,4 +353,23 @@ async fn new_clients_are_refused_while_draining() {
         .await
         .expect("no drain")
         .unwrap();
+}
+
+/// A socket path longer than a socket address holds (108 bytes) is refused
+/// at start. Bound under a shorter temporary name and renamed into place,
+/// the socket listened at a path no client can connect to, and a socket
+/// file left there by a crash then stopped the next start.
+#[tokio::test]
+async fn a_socket_path_too_long_to_connect_to_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "polld-api-socket-for-the-review.sock";
+    let room = 110 - dir.path().as_os_str().len() - 2 - name.len();
+    let deep = dir.path().join("d".repeat(room));
+    std::fs::create_dir(&deep).unwrap();
+    let path = deep.join(name);
+    assert_eq!(path.as_os_str().len(), 110);
+    if let Ok(_listener) = polld_api::bind(&Listen::Unix(path.clone())).await {
+        let connected = tokio::net::UnixStream::connect(&path).await;
+        panic!("bound at a path no client can reach; connecting there: {connected:?}");
+    }
 }
