@@ -1241,12 +1241,7 @@ async fn a_link_next_that_is_not_http_is_neither_followed_nor_stored() {
 
 #[tokio::test]
 async fn a_later_page_that_breaks_keeps_the_earlier_pages() {
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        format!("http://{addr}")
-    };
+    let dead = common::nobody_listens();
     let server = MockServer::start().await;
     Mock::given(path("/p"))
         .respond_with(
@@ -1375,13 +1370,8 @@ async fn secrets_in_the_url_stay_out_of_error_messages() {
         )
     );
     // So does a transport error, and reqwest's own text in it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let w = watch(
-        &format!("http://127.0.0.1:{closed_port}/x?apiKey=t0ps3cret"),
-        "",
-    );
+    let closed = common::nobody_listens();
+    let w = watch(&format!("{closed}/x?apiKey=t0ps3cret"), "");
     let error = match poll(&w).await.kind {
         OutcomeKind::Failed { error, .. } => error,
         other => panic!("{other:?}"),
@@ -1988,12 +1978,7 @@ async fn a_cursor_page_s_permanent_move_never_re_points_the_watch() {
 /// page's, and no version of it would ever be made.
 #[tokio::test]
 async fn the_cursor_page_hash_follows_the_cursor() {
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        format!("http://{addr}")
-    };
+    let dead = common::nobody_listens();
     let server = MockServer::start().await;
     Mock::given(path("/p2"))
         .respond_with(

@@ -18,6 +18,16 @@ fn fast(id: &str, url: &str) -> String {
     )
 }
 
+/// A server that answers every GET with 200 and the body `x`.
+async fn serving_x() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("x"))
+        .mount(&server)
+        .await;
+    server
+}
+
 async fn requests_to(server: &MockServer, p: &str) -> Vec<Request> {
     server
         .received_requests()
@@ -216,11 +226,7 @@ async fn per_host_limit_holds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_with_a_broken_file_keeps_the_old_list_and_an_edited_file_reconciles() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("x"))
-        .mount(&server)
-        .await;
+    let server = serving_x().await;
     let a = fast("a", &format!("{}/a", server.uri()));
     let b = fast("b", &format!("{}/b", server.uri()));
     let c = fast("c", &format!("{}/c", server.uri()));
@@ -305,11 +311,7 @@ async fn sighup_with_a_broken_file_keeps_the_old_list_and_an_edited_file_reconci
 /// daemon refused it. With no daemon running it says so.
 #[tokio::test(flavor = "multi_thread")]
 async fn polld_reload_waits_for_the_reload_and_reports_a_refusal() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("x"))
-        .mount(&server)
-        .await;
+    let server = serving_x().await;
     let a = fast("a", &format!("{}/a", server.uri()));
     let b = fast("b", &format!("{}/b", server.uri()));
     let mut polld = Polld::start(&a);

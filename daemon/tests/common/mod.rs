@@ -20,3 +20,11 @@ pub fn watch(url: &str, extra: &str) -> Watch {
         .as_ref()
         .clone()
 }
+
+/// `http://127.0.0.1:PORT` of a port nobody listens on (bound, then let
+/// go): a connection there is refused.
+#[allow(dead_code)] // each test binary compiles this module; not all use it
+pub fn nobody_listens() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
