@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use polld_tests::{Polld, eventually, free_port, polld_bin};
@@ -63,24 +64,39 @@ fn follower(api: &str, config: &Path) -> Reaped {
 }
 
 /// The first line a follower says on stderr, checking that it then keeps
-/// waiting rather than giving up.
-fn first_said_while_waiting(child: &mut Reaped) -> String {
+/// waiting rather than giving up; and what it says after that, read on
+/// another thread for as long as it runs. Its stderr must stay open: it
+/// says every retry there, and a closed pipe ends it (`eprintln!` panics on
+/// EPIPE, exit 101) at its next retry, as when the token file appears a
+/// moment before the daemon binds its API.
+fn first_said_while_waiting(child: &mut Reaped) -> (String, Arc<Mutex<String>>) {
+    let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
     let mut said = String::new();
-    BufReader::new(child.0.stderr.take().expect("stderr"))
-        .read_line(&mut said)
-        .expect("read stderr");
+    stderr.read_line(&mut said).expect("read stderr");
     assert!(
         child.0.try_wait().expect("try_wait").is_none(),
         "it gave up: {said:?}"
     );
-    said
+    let later = Arc::new(Mutex::new(String::new()));
+    std::thread::spawn({
+        let later = later.clone();
+        move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut later = later.lock().unwrap();
+                later.push_str(&line);
+                later.push('\n');
+            }
+        }
+    });
+    (said, later)
 }
 
 /// The first line a follower prints once the daemon has started. Read on
 /// another thread, so that a follower that never prints fails the test
 /// instead of hanging it; retries come 2, 6, 14, 30 and 62 s after the
-/// first failure: room for a slow start on a loaded machine.
-fn first_change_printed(child: &mut Reaped) -> String {
+/// first failure: room for a slow start on a loaded machine. `said` is
+/// what it said on stderr meanwhile, for the failure message.
+fn first_change_printed(child: &mut Reaped, said: &Mutex<String>) -> String {
     let stdout = child.0.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -88,8 +104,16 @@ fn first_change_printed(child: &mut Reaped) -> String {
         let _ = BufReader::new(stdout).read_line(&mut first);
         let _ = tx.send(first);
     });
-    rx.recv_timeout(Duration::from_secs(70))
-        .unwrap_or_else(|_| panic!("no change printed 70 s after the daemon started"))
+    let first = rx
+        .recv_timeout(Duration::from_secs(70))
+        .unwrap_or_else(|_| panic!("no change printed 70 s after the daemon started"));
+    assert!(
+        !first.is_empty(),
+        "the follower ended without printing a change ({:?}); its stderr:\n{}",
+        child.0.try_wait(),
+        said.lock().unwrap()
+    );
+    first
 }
 
 /// A server that always answers the same body, and the watch list of one
@@ -204,7 +228,7 @@ async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
     let (_server, watches) = same_body_server().await;
     let mut polld = Polld::prepare_with("", &watches);
     let mut child = follower(&polld.api, &polld.config_path());
-    let said = first_said_while_waiting(&mut child);
+    let (said, later) = first_said_while_waiting(&mut child);
     assert!(
         said.starts_with(&format!(
             "polld: cannot reach the polld API at {}",
@@ -214,7 +238,7 @@ async fn changes_follow_waits_for_a_daemon_that_is_not_up_yet() {
     );
 
     polld.spawn();
-    let first = first_change_printed(&mut child);
+    let first = first_change_printed(&mut child, &later);
     assert!(first.contains("watch_added"), "{first:?}");
 }
 
@@ -226,14 +250,14 @@ async fn changes_follow_waits_for_the_token_file_of_a_first_start() {
     let (_server, watches) = same_body_server().await;
     let mut polld = Polld::prepare_with("api_token_file = \"{dir}/token\"", &watches);
     let mut child = follower(&polld.api, &polld.config_path());
-    let said = first_said_while_waiting(&mut child);
+    let (said, later) = first_said_while_waiting(&mut child);
     assert!(
         said.contains("token file") && said.contains("does not exist yet"),
         "{said:?}"
     );
 
     polld.spawn();
-    let first = first_change_printed(&mut child);
+    let first = first_change_printed(&mut child, &later);
     assert!(first.contains("watch_added"), "{first:?}");
 }
 
