@@ -1096,7 +1096,17 @@ async fn a_reload_to_min_interval_waits_at_least_min_interval() {
     let (_dir, store) = open_store();
     let poller = Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified);
     let running = start(&list("1h"), &store, poller.clone()).await;
-    run_until(secs(7_200), || poller.firsts().len() == 20).await;
+    // Every watch polled now, not at a moment spread over its first hour:
+    // each next poll is then 30 to 90 minutes away, so the reload shortens
+    // every wait. A wait already shorter than the new interval is kept
+    // (rightly: the last poll was long ago), and with the first polls
+    // spread, one in about 25 runs had a watch whose hourly poll fell due
+    // a few seconds after the reload, which this test took for a wait below
+    // `min_interval`.
+    for i in 0..20 {
+        assert!(running.handle.poll_now(&format!("w{i}")).await);
+    }
+    run_until(secs(60), || poller.firsts().len() == 20).await;
     // Taken once the reload is applied: the paused clock may move on to a
     // poll due on the old schedule while the reload reads the store.
     running.handle.reload(list("10s")).await.expect("reloaded");
