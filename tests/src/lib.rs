@@ -57,6 +57,9 @@ pub struct Polld {
     pub api: String,
     /// Everything the daemon wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
+    /// Disconnected once the thread copying the process's stderr into `log`
+    /// has read it to its end.
+    log_read: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Polld {
@@ -90,6 +93,7 @@ impl Polld {
             dir,
             api: format!("http://127.0.0.1:{port}"),
             log: Arc::default(),
+            log_read: None,
         }
     }
 
@@ -136,13 +140,16 @@ impl Polld {
             .expect("spawn polld");
         let stderr = child.stderr.take().expect("stderr");
         let log = self.log.clone();
+        let (read, log_read) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _read = read;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
         });
+        self.log_read = Some(log_read);
         self.child = Some(child);
     }
 
@@ -156,13 +163,20 @@ impl Polld {
         kill(self.pid(), signal).expect("kill");
     }
 
-    /// Waits up to `limit` for the process to exit.
+    /// Waits up to `limit` for the process to exit. Once it has, `log`
+    /// holds all it wrote (its last lines, such as "stopped", may still have
+    /// been in the pipe when it exited).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 self.child = None;
+                if let Some(log_read) = self.log_read.take() {
+                    // Bounded: a child of polld that kept the pipe open
+                    // must not hang the test.
+                    let _ = log_read.recv_timeout(Duration::from_secs(5));
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {
