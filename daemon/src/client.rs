@@ -229,7 +229,13 @@ fn retry_delay(err: anyhow::Error, failures: &mut u32) -> anyhow::Result<Duratio
     let delay = retry_after.map_or(Duration::from_secs(1 << (*failures).min(5)), |wait| {
         wait.min(Duration::from_secs(60))
     });
-    eprintln!("polld: {err:#}; retrying in {} s", delay.as_secs());
+    // Not `eprintln!`, which panics when stderr is closed (a supervisor
+    // that went away): the follower goes on following.
+    let _ = writeln!(
+        io::stderr(),
+        "polld: {err:#}; retrying in {} s",
+        delay.as_secs()
+    );
     Ok(delay)
 }
 
