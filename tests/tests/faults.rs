@@ -652,11 +652,13 @@ async fn hostile_servers_end_in_error_without_starving_a_healthy_watch() {
         "not in error within {deadline:?}: {not_error:#?}"
     );
     assert!(rss > 0 && rss < 300 * 1024, "peak RSS {} KiB", rss);
-    // 200 ms interval: at least half of the expected polls arrived.
+    // 200 ms interval: not starved. A fifth of the polls its schedule asks
+    // for, at least three: a slow or loaded machine (one core, CI) makes
+    // fewer than half, and a starved watch makes none or one.
     let expected = window.as_millis() / 200;
     assert!(
-        healthy_polls as u128 * 2 >= expected,
-        "the healthy watch kept its schedule: {healthy_polls} polls in {window:?}"
+        healthy_polls >= 3 && healthy_polls as u128 * 5 >= expected,
+        "the healthy watch was starved: {healthy_polls} polls in {window:?}"
     );
     assert!(polld.stop().success());
 }
