@@ -59,6 +59,21 @@ async fn received(server: &MockServer) -> Vec<Request> {
     server.received_requests().await.unwrap_or_default()
 }
 
+/// Mounts at `at` a 200 with `body` whose `rel=next` names a port nobody
+/// listens on; returns that next page's URL.
+async fn page_with_a_dead_next(server: &MockServer, at: &str, body: &str) -> String {
+    let next = format!("{}/next", common::nobody_listens());
+    Mock::given(path(at))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("link", format!("<{next}>; rel=\"next\"").as_str())
+                .set_body_string(body),
+        )
+        .mount(server)
+        .await;
+    next
+}
+
 /// Records when each request arrived, then answers with `response`.
 struct Timed {
     times: Arc<Mutex<Vec<Instant>>>,
@@ -1241,16 +1256,8 @@ async fn a_link_next_that_is_not_http_is_neither_followed_nor_stored() {
 
 #[tokio::test]
 async fn a_later_page_that_breaks_keeps_the_earlier_pages() {
-    let dead = common::nobody_listens();
     let server = MockServer::start().await;
-    Mock::given(path("/p"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("link", format!("<{dead}/p2>; rel=\"next\"").as_str())
-                .set_body_string("page one"),
-        )
-        .mount(&server)
-        .await;
+    let dead_next = page_with_a_dead_next(&server, "/p", "page one").await;
     let w = watch(
         &format!("{}/p", server.uri()),
         "[watch.cursor]\nfrom = \"link:next\"",
@@ -1262,7 +1269,7 @@ async fn a_later_page_that_breaks_keeps_the_earlier_pages() {
     }
     assert_eq!(
         out.cursor.as_deref(),
-        Some(format!("{dead}/p2").as_str()),
+        Some(dead_next.as_str()),
         "the next poll starts at the page that failed"
     );
 }
@@ -1978,16 +1985,8 @@ async fn a_cursor_page_s_permanent_move_never_re_points_the_watch() {
 /// page's, and no version of it would ever be made.
 #[tokio::test]
 async fn the_cursor_page_hash_follows_the_cursor() {
-    let dead = common::nobody_listens();
     let server = MockServer::start().await;
-    Mock::given(path("/p2"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("link", format!("<{dead}/p3>; rel=\"next\"").as_str())
-                .set_body_string("[]"),
-        )
-        .mount(&server)
-        .await;
+    let dead_next = page_with_a_dead_next(&server, "/p2", "[]").await;
     let w = watch(
         &format!("{}/p1", server.uri()),
         "[watch.cursor]\nfrom = \"link:next\"",
@@ -2011,8 +2010,7 @@ async fn the_cursor_page_hash_follows_the_cursor() {
         "{:?}",
         out.kind
     );
-    let moved_to = format!("{dead}/p3");
-    assert_eq!(out.cursor.as_deref(), Some(moved_to.as_str()));
+    assert_eq!(out.cursor.as_deref(), Some(dead_next.as_str()));
     assert_eq!(
         out.cursor_page_hash, None,
         "the cursor now points at /p3, never fetched, yet keeps /p2's hash"
