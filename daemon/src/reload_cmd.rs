@@ -148,10 +148,12 @@ fn reload(path: &Path, pid: Option<u32>, timeout: Duration) -> Result<String, St
         }
     };
     // The reload to wait for comes after what the file says now, if it
-    // says it of this process; a daemon still starting writes generation 0
+    // says it of this process (its pid and start time: a file a crash left
+    // may name a reused pid); a daemon still starting writes generation 0
     // first, then handles the signal.
+    let started = start_time(pid);
     let seen = before
-        .filter(|status| status.pid == pid)
+        .filter(|status| status.pid == pid && Some(status.started) == started)
         .map(|status| status.generation);
     let target = rustix::process::Pid::from_raw(pid as i32)
         .ok_or_else(|| format!("--pid {pid} is not a process id"))?;
@@ -161,6 +163,7 @@ fn reload(path: &Path, pid: Option<u32>, timeout: Duration) -> Result<String, St
     loop {
         if let Some(status) = ReloadStatus::read(path)
             && status.pid == pid
+            && Some(status.started) == started
             && seen.is_none_or(|seen| status.generation > seen)
             && status.generation > 0
         {
