@@ -109,15 +109,8 @@ async fn every_offered_coding_is_asked_for_and_decoded() {
 async fn stacked_codings_are_undone_last_first() {
     let plain = "stacked codings, line after line\n".repeat(100);
     let twice = encode("br", &encode("gzip", plain.as_bytes()).await).await;
-    let server = MockServer::start().await;
-    Mock::given(path("/one-line"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-encoding", "gzip, identity, BR")
-                .set_body_bytes(twice.clone()),
-        )
-        .mount(&server)
-        .await;
+    let one_line = encoded_at("/one-line", "gzip, identity, BR", twice.clone()).await;
+    let two_lines = MockServer::start().await;
     Mock::given(path("/two-lines"))
         .respond_with(
             ResponseTemplate::new(200)
@@ -125,21 +118,17 @@ async fn stacked_codings_are_undone_last_first() {
                 .append_header("content-encoding", "br")
                 .set_body_bytes(twice.clone()),
         )
-        .mount(&server)
+        .mount(&two_lines)
         .await;
-    Mock::given(path("/unknown"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-encoding", "x-custom, br")
-                .set_body_bytes(twice.clone()),
-        )
-        .mount(&server)
-        .await;
-    for at in ["/one-line", "/two-lines"] {
-        let out = poll(&watch(&format!("{}{at}", server.uri()), "")).await;
-        assert_eq!(changed_body(&out), plain.as_bytes(), "{at}");
+    let unknown = encoded_at("/unknown", "x-custom, br", twice.clone()).await;
+    for url in [
+        format!("{}/one-line", one_line.uri()),
+        format!("{}/two-lines", two_lines.uri()),
+    ] {
+        let out = poll(&watch(&url, "")).await;
+        assert_eq!(changed_body(&out), plain.as_bytes(), "{url}");
     }
-    let out = poll(&watch(&format!("{}/unknown", server.uri()), "")).await;
+    let out = poll(&watch(&format!("{}/unknown", unknown.uri()), "")).await;
     assert_eq!(changed_body(&out), &twice[..]);
 }
 
@@ -165,24 +154,14 @@ async fn a_zstd_window_above_8_mb_is_refused() {
             out
         }
     };
-    let (large, limit) = (at(24).await, at(23).await);
-    let server = MockServer::start().await;
-    for (name, body) in [("/large", large), ("/limit", limit)] {
-        Mock::given(path(name))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .insert_header("content-encoding", "zstd")
-                    .set_body_bytes(body),
-            )
-            .mount(&server)
-            .await;
-    }
-    let out = poll(&watch(&format!("{}/large", server.uri()), "")).await;
+    let large = encoded_at("/large", "zstd", at(24).await).await;
+    let limit = encoded_at("/limit", "zstd", at(23).await).await;
+    let out = poll(&watch(&format!("{}/large", large.uri()), "")).await;
     match &out.kind {
         OutcomeKind::Failed { error, .. } => assert!(error.contains("body"), "{error}"),
         other => panic!("a 16 MiB window was decoded: {other:?}"),
     }
-    let out = poll(&watch(&format!("{}/limit", server.uri()), "")).await;
+    let out = poll(&watch(&format!("{}/limit", limit.uri()), "")).await;
     assert_eq!(changed_body(&out), plain.as_bytes());
 }
 
