@@ -13,8 +13,8 @@
 //! - `reqwest`: a `reqwest::Client` set up as the agent's was until
 //!   2026-12-01 (no redirects, no proxy, a pool of CONCURRENCY per host),
 //!   the response read to its end.
-//! - `client`: the agent's own client (`agent::transport`: hyper-util's
-//!   pooled `Client`, the one reqwest wraps, with its TLS connector), the
+//! - `client`: the agent's own client (`agent::transport`: hyper's
+//!   connections in polld's own pool, with hyper-rustls' TLS connector), the
 //!   response read to its end.
 //! - `agent`: `Agent::poll`, what the engine calls per poll (request
 //!   building, 304 handling, hints).
@@ -227,7 +227,10 @@ async fn client_get(agent: &Agent, target: &Target) -> Answer {
 }
 
 /// What a response came to, its body read to the end.
-async fn read_answer(response: http::Response<hyper::body::Incoming>) -> Answer {
+async fn read_answer<B>(response: http::Response<B>) -> Answer
+where
+    B: hyper::body::Body,
+{
     use http_body_util::BodyExt;
     let status = response.status();
     match response.into_body().collect().await {

@@ -1,9 +1,13 @@
 //! The agent's HTTP client (`agent::transport`, `agent::body`) against
 //! loopback servers: what goes on the wire besides the watch's own headers
 //! (User-Agent, Accept, Accept-Encoding, Basic auth from the URL), every
-//! content coding it offers decoded, and https going through TLS.
+//! content coding it offers decoded, https going through TLS, and kept-alive
+//! connections reused only when their last answer was read to its end.
 
 mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::watch;
 use polld_config::Watch;
@@ -460,4 +464,141 @@ async fn the_public_only_client_refuses_names_that_resolve_internal() {
     let text = transport::error_text(&err);
     assert!(text.contains("resolves to the internal address"), "{text}");
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+/// An HTTP/1.1 server on loopback that counts the connections it accepts
+/// and answers the requests on them in order, the `n`th (of all) with
+/// `answer(n)`; a connection stays open unless its answer closes it.
+async fn counting_server(answer: fn(usize) -> String) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Ok(read) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..read]);
+                    // GETs without a body: a request ends at its blank line.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let text = answer(requests.fetch_add(1, Ordering::SeqCst));
+                        if stream.write_all(text.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if text.to_ascii_lowercase().contains("connection: close") {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, connections)
+}
+
+fn agent() -> Agent {
+    Agent::new(AgentOptions {
+        user_agent: UA.into(),
+        allow_private_redirects: false,
+        idle_per_host: 4,
+    })
+    .unwrap()
+}
+
+async fn poll_with(agent: &Agent, watch: &Watch) -> PollOutcome {
+    agent
+        .poll(PollRequest {
+            watch,
+            url: &watch.url,
+            etag: None,
+            last_modified: None,
+            cursor: None,
+            last_hash: None,
+            cursor_page_hash: None,
+            job: None,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn polls_in_a_row_share_one_kept_alive_connection() {
+    let (url, connections) = counting_server(|n| {
+        let body = format!("answer {n}");
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let agent = agent();
+    let w = watch(&format!("{url}/kept"), "");
+    for n in 0..5 {
+        let out = poll_with(&agent, &w).await;
+        assert_eq!(changed_body(&out), format!("answer {n}").as_bytes());
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_answer_that_closes_its_connection_is_followed_on_a_new_one() {
+    let (url, connections) = counting_server(|n| {
+        let body = format!("answer {n}");
+        format!(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let agent = agent();
+    let w = watch(&format!("{url}/closing"), "");
+    for n in 0..3 {
+        let out = poll_with(&agent, &w).await;
+        assert_eq!(changed_body(&out), format!("answer {n}").as_bytes());
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_body_left_unread_is_not_taken_for_the_next_answer() {
+    // The first answer is refused for its length before its body is read;
+    // what is left of it on the connection must not be parsed as the
+    // second answer.
+    let (url, connections) = counting_server(|n| match n {
+        0 => {
+            let body = "HTTP/1.1 200 OK\r\n".repeat(200);
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        _ => "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond".to_owned(),
+    })
+    .await;
+    let agent = agent();
+    let w = watch(&format!("{url}/big"), "max_body = \"1KiB\"");
+    let out = poll_with(&agent, &w).await;
+    assert!(
+        matches!(&out.kind, OutcomeKind::Failed { error, .. } if error.contains("max_body") || error.contains("1 KiB") || error.contains("1024")),
+        "{:?}",
+        out.kind
+    );
+    let out = poll_with(&agent, &w).await;
+    assert_eq!(changed_body(&out), b"second");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }

@@ -10,11 +10,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, Response, header};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 use tokio_util::io::StreamReader;
 use url::Url;
 
+use super::transport::ResponseBody;
 use crate::redact;
 
 /// Longest wait for the next chunk of a body.
@@ -107,7 +108,7 @@ impl Coding {
 /// Reads the body of `response` (taken from an `Option` the caller holds),
 /// decoded by its `Content-Encoding`.
 pub async fn read(
-    response: Option<Response<Incoming>>,
+    response: Option<Response<ResponseBody>>,
     max: u64,
     url: &Url,
 ) -> Result<Bytes, BodyError> {
@@ -118,7 +119,7 @@ pub async fn read(
 /// was received is known also when the read fails or is cancelled (a body
 /// cut at `max`, a stall, the poll's timeout).
 pub async fn read_counting(
-    response: Option<Response<Incoming>>,
+    response: Option<Response<ResponseBody>>,
     max: u64,
     url: &Url,
     received: &AtomicU64,
@@ -160,7 +161,7 @@ pub async fn read_counting(
 
 /// A body as sent, frame by frame.
 async fn read_plain(
-    mut body: Incoming,
+    mut body: ResponseBody,
     max: u64,
     url: &Url,
     received: &AtomicU64,
@@ -198,7 +199,7 @@ async fn read_plain(
 /// and what follows them (padding, a newline) is ignored; zstd may be
 /// several frames.
 async fn read_decoded(
-    body: Incoming,
+    body: ResponseBody,
     coding: Coding,
     max: u64,
     url: &Url,

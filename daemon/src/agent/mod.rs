@@ -6,12 +6,14 @@
 //! - [`hints`]: `Retry-After`, `X-Poll-Interval`, rate limits, freshness.
 //! - [`redirect`]: which redirect targets are followed.
 //! - [`body`]: reading (and decoding) a body within its size and time bounds.
-//! - [`transport`]: the HTTP client the requests go out on.
+//! - [`transport`]: the HTTP client the requests go out on, and `pool` its
+//!   kept-alive connections.
 //! - [`cursor`]: the next cursor from a body, a header or `Link: rel=next`.
 
 pub mod body;
 pub mod cursor;
 pub mod hints;
+mod pool;
 pub mod redirect;
 pub mod transport;
 
@@ -22,12 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use polld_config::{Condition, ResponseView, Watch};
 use url::Url;
 
 use crate::redact;
-use transport::{RequestBody, SendError, Transport};
+use transport::{RequestBody, ResponseBody, SendError, Transport};
 
 pub use hints::{Hints, parse_retry_after};
 
@@ -1004,7 +1005,7 @@ impl Agent {
 /// watch (`until` / `fail_if` hold); `None` when the wait goes on.
 async fn settling(
     watch: &Watch,
-    response: Response<Incoming>,
+    response: Response<ResponseBody>,
     status: StatusCode,
     headers: &HeaderMap,
     url: &Url,
@@ -1031,7 +1032,7 @@ struct Exchange {
     headers: HeaderMap,
     final_url: Url,
     moved_permanently: Option<Url>,
-    response_body: Option<Response<Incoming>>,
+    response_body: Option<Response<ResponseBody>>,
     body: Option<Bytes>,
 }
 

@@ -1,15 +1,18 @@
-//! The agent's HTTP client: hyper-util's pooled `Client` over rustls
-//! (HTTP/1.1, or HTTP/2 when a TLS server offers it), sending exactly the
-//! request the agent built. No proxy from the environment, no redirects (the
-//! agent follows them itself, `redirect`), no retries but of what an HTTP/2
-//! server says it did not process; response bodies are decoded by `body`.
+//! The agent's HTTP client: hyper's HTTP/1.1 and HTTP/2 connections (HTTP/2
+//! when a TLS server offers it) over rustls, kept alive in polld's own pool
+//! (`pool`), sending exactly the request the agent built. No proxy from the
+//! environment, no redirects (the agent follows them itself, `redirect`), no
+//! retries but of a request no connection took (a kept-alive connection
+//! its server had just closed) or of what an HTTP/2 server says it did not
+//! process; response bodies are decoded by `body`.
 //!
 //! Why not reqwest, which the CLI clients and the OTLP export still use:
 //! the agent's requests are polld's hot path, and on the bench machine a
 //! conditional GET through reqwest cost 17–20 µs of CPU against 11 µs
 //! through the hyper-util client it wraps (`daemon/benches/http_stack.rs`):
 //! reqwest parses every response's URL again for a redirect layer it always
-//! installs, and clones its client and connector for every request.
+//! installs, and clones its client and connector for every request. Why not
+//! hyper-util's client either: see `pool`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,28 +22,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::BuilderVerifierExt;
+use tower::ServiceExt;
 use url::Url;
+
+use super::pool::{Conn, Origin, Pool};
 
 /// The body of a request: the watch's configured body, or nothing.
 pub type RequestBody = http_body_util::Full<Bytes>;
-
-/// A request's failure before any answer (connect, TLS, protocol).
-pub type SendError = hyper_util::client::legacy::Error;
 
 /// What polld offers in `Accept-Encoding` (unless a watch sets its own):
 /// every coding `body` decodes, spelled as reqwest spelled it, so that a
 /// server or cache that keys on the header's text sees no change.
 pub const ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("zstd,gzip,deflate,br");
 
-/// Keep-alive connections are closed after this long unused.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Response headers accepted at most (HTTP/1).
 const MAX_HEADERS: usize = 200;
 /// TCP keepalive probes on pooled connections (reqwest's defaults): a
@@ -52,7 +53,8 @@ const KEEPALIVE_RETRIES: u32 = 3;
 #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends of one request when an HTTP/2 server refuses it in a way that says
-/// it was not processed (as reqwest retried them).
+/// it was not processed (as reqwest retried them), or when the kept-alive
+/// connection it was given had closed before taking it.
 const MAX_SENDS: usize = 3;
 
 /// Why the client could not be built.
@@ -63,10 +65,40 @@ pub enum BuildError {
     Tls(#[from] rustls::Error),
 }
 
+/// A request's failure before any answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection (DNS, TCP, TLS, or the HTTP/2 handshake).
+    #[error("connect")]
+    Connect(#[source] BoxError),
+    /// The connection failed the request (reset, closed, malformed answer).
+    #[error("send")]
+    Send(#[source] hyper::Error),
+    /// The request's URI has no scheme or host (the agent's never lack one).
+    #[error("not an absolute http(s) URI: {0}")]
+    Uri(http::Uri),
+}
+
+impl SendError {
+    /// Whether no connection could be made.
+    #[must_use]
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+type Connector = ConnectTimeout<HttpsConnector<HttpConnector<Resolver>>>;
+
 /// The shared client. Cheap to clone; clones share the connection pool.
 #[derive(Debug, Clone)]
 pub struct Transport {
-    client: Client<ConnectTimeout<HttpsConnector<HttpConnector<Resolver>>>, RequestBody>,
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    connector: Connector,
+    pool: Arc<Pool>,
 }
 
 impl Transport {
@@ -126,39 +158,214 @@ impl Transport {
             inner: https,
             timeout: connect_timeout,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(idle_per_host)
-            .http1_max_headers(MAX_HEADERS)
-            .build(connector);
-        Ok(Transport { client })
+        Ok(Transport {
+            inner: Arc::new(Shared {
+                connector,
+                pool: Arc::new(Pool::new(idle_per_host)),
+            }),
+        })
     }
 
-    /// Sends one request; the answer's body is still to be read. A request
-    /// an HTTP/2 server did not process (a graceful `GOAWAY`, a
-    /// `REFUSED_STREAM`) is sent again, on another connection.
+    /// Sends one request on a kept-alive connection to its origin, or a
+    /// new one; the answer's body is still to be read (its connection goes
+    /// back to the pool when it ends). A request a kept-alive connection
+    /// did not take (its server had just closed it), or that an HTTP/2
+    /// server did not process (a graceful `GOAWAY`, a `REFUSED_STREAM`), is
+    /// sent again on another connection.
     pub async fn send(
         &self,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        // HTTP/2 is only ever negotiated over TLS here: a plain-HTTP request
-        // needs no spare copy.
-        let h2_possible = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let uri = request.uri().clone();
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(SendError::Uri(uri));
+        };
+        let origin = Origin {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+        };
         let mut sends = 1;
         let mut next = request;
         loop {
-            let retry = (h2_possible && sends < MAX_SENDS).then(|| copy(&next));
-            match self.client.request(next).await {
-                Err(err) if is_unprocessed(&err) && retry.is_some() => {
-                    sends += 1;
-                    next = retry.expect("checked above");
+            let (conn, reused) = match self.inner.pool.checkout(&origin) {
+                Some(conn) => (conn, true),
+                None => (self.connect(&origin, &uri).await?, false),
+            };
+            match conn {
+                Conn::Http1(mut sender) => {
+                    match sender.ready().await {
+                        Ok(()) => {}
+                        // Closed since it was checked in: another one.
+                        Err(_) if reused => continue,
+                        Err(err) => return Err(SendError::Send(err)),
+                    }
+                    let request = origin_form(next, &origin);
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            let keep = Keep {
+                                pool: self.inner.pool.clone(),
+                                origin,
+                                sender,
+                            };
+                            return Ok(response.map(|body| ResponseBody::new(body, Some(keep))));
+                        }
+                        Err(mut err) => match err.take_message() {
+                            // Not written: the connection had closed.
+                            Some(mut request) if reused && sends < MAX_SENDS => {
+                                *request.uri_mut() = uri.clone();
+                                sends += 1;
+                                next = request;
+                            }
+                            _ => return Err(SendError::Send(err.into_error())),
+                        },
+                    }
                 }
-                result => return result,
+                Conn::Http2(mut sender) => {
+                    match sender.ready().await {
+                        Ok(()) => {}
+                        Err(_) if reused => continue,
+                        Err(err) => return Err(SendError::Send(err)),
+                    }
+                    // Kept for a second send only when one may follow.
+                    let retry = (sends < MAX_SENDS).then(|| copy(&next));
+                    match sender.try_send_request(next).await {
+                        Ok(response) => {
+                            return Ok(response.map(|body| ResponseBody::new(body, None)));
+                        }
+                        Err(mut err) => {
+                            let unsent = err.take_message();
+                            let err = err.into_error();
+                            next = match (unsent, retry) {
+                                (Some(request), _) if sends < MAX_SENDS => request,
+                                (_, Some(request)) if is_unprocessed(&err) => request,
+                                _ => return Err(SendError::Send(err)),
+                            };
+                            sends += 1;
+                        }
+                    }
+                }
             }
         }
     }
+
+    /// A new connection to `origin`: HTTP/2 when TLS negotiated it (then
+    /// shared through the pool at once), HTTP/1.1 otherwise. Its task
+    /// reads and writes the socket until the connection closes.
+    async fn connect(&self, origin: &Origin, uri: &http::Uri) -> Result<Conn, SendError> {
+        let io = self
+            .inner
+            .connector
+            .clone()
+            .oneshot(uri.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "HTTP/2 connection ended");
+                }
+            });
+            self.inner.pool.share(origin, sender.clone());
+            Ok(Conn::Http2(sender))
+        } else {
+            let (sender, connection) = http1::Builder::new()
+                .max_headers(MAX_HEADERS)
+                .handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "HTTP/1 connection ended");
+                }
+            });
+            Ok(Conn::Http1(sender))
+        }
+    }
+}
+
+/// An answer's body. An HTTP/1 connection goes back to the pool when the
+/// body has ended, not before: the next request on it has to wait for
+/// that. A body dropped before its end takes its connection with it
+/// (closed: what is left of the body would be read as the next answer).
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Incoming,
+    keep: Option<Keep>,
+}
+
+/// The HTTP/1 connection an answer came on, and where it goes back to.
+#[derive(Debug)]
+struct Keep {
+    pool: Arc<Pool>,
+    origin: Origin,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl ResponseBody {
+    fn new(inner: Incoming, keep: Option<Keep>) -> ResponseBody {
+        let mut body = ResponseBody { inner, keep };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(keep) = self.keep.take() {
+            keep.pool.checkin(&keep.origin, keep.sender);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.keep = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `request` as HTTP/1.1 sends it: the target in origin form (path and
+/// query), the authority in `Host` unless the watch set its own (the URI
+/// is `request_uri`'s: no user info, no default port).
+fn origin_form(mut request: Request<RequestBody>, origin: &Origin) -> Request<RequestBody> {
+    if !request.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(origin.authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *request.uri_mut() = http::Uri::from(path);
+    request
 }
 
 /// A second copy of a request (the body is shared bytes).
@@ -173,7 +380,7 @@ fn copy(request: &Request<RequestBody>) -> Request<RequestBody> {
 
 /// Whether an HTTP/2 server said it did not process the request, so that
 /// sending it again is safe (RFC 9113, section 8.7).
-fn is_unprocessed(err: &SendError) -> bool {
+fn is_unprocessed(err: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
@@ -275,13 +482,12 @@ where
     }
 }
 
-/// A failed request in words: what failed and each cause, innermost last
-/// (hyper-util's own text is only "client error (Connect)").
+/// A failed request in words: what failed and each cause, innermost last.
 pub fn error_text(err: &SendError) -> String {
-    let mut text = if err.is_connect() {
-        "cannot connect".to_owned()
-    } else {
-        "request failed".to_owned()
+    let mut text = match err {
+        SendError::Connect(_) => "cannot connect".to_owned(),
+        SendError::Send(_) => "request failed".to_owned(),
+        SendError::Uri(_) => err.to_string(),
     };
     super::push_causes(&mut text, err);
     text
