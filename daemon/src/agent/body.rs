@@ -127,6 +127,17 @@ pub async fn read_counting(
     let Some(response) = response else {
         return Ok(Bytes::new());
     };
+    // Boxed: the decoders' state machines are kilobytes that every poll's
+    // future would carry, and copy when it is spawned, also a 304's.
+    Box::pin(read_response(response, max, url, received)).await
+}
+
+async fn read_response(
+    response: Response<ResponseBody>,
+    max: u64,
+    url: &Url,
+    received: &AtomicU64,
+) -> Result<Bytes, BodyError> {
     let codings = Coding::of(response.headers());
     let declared = response
         .headers()

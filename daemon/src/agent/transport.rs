@@ -176,6 +176,16 @@ impl Transport {
         &self,
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
+        // Boxed: requests and connections in flight are more than a
+        // kilobyte that every poll's future would carry, and copy when it
+        // is spawned.
+        Box::pin(self.send_on_pool(request)).await
+    }
+
+    async fn send_on_pool(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, SendError> {
         let uri = request.uri().clone();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(SendError::Uri(uri));
@@ -189,7 +199,9 @@ impl Transport {
         loop {
             let (conn, reused) = match self.inner.pool.checkout(&origin) {
                 Some(conn) => (conn, true),
-                None => (self.connect(&origin, &uri).await?, false),
+                // Boxed: a connect's state machine (DNS, TCP, TLS, the
+                // handshake) is kilobytes that every request would carry.
+                None => (Box::pin(self.connect(&origin, &uri)).await?, false),
             };
             match conn {
                 Conn::Http1(mut sender) => {
