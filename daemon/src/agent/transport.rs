@@ -136,6 +136,22 @@ impl Transport {
             .with_safe_default_protocol_versions()?
             .with_platform_verifier()?
             .with_no_client_auth();
+        Ok(Transport::with_tls(
+            tls,
+            connect_timeout,
+            idle_per_host,
+            public_only,
+        ))
+    }
+
+    /// The client over `tls` (the tests' own roots; the platform's in
+    /// [`Transport::build`]).
+    fn with_tls(
+        tls: rustls::ClientConfig,
+        connect_timeout: Duration,
+        idle_per_host: usize,
+        public_only: bool,
+    ) -> Transport {
         let mut http = HttpConnector::new_with_resolver(Resolver {
             gai: GaiResolver::new(),
             public_only,
@@ -158,12 +174,12 @@ impl Transport {
             inner: https,
             timeout: connect_timeout,
         };
-        Ok(Transport {
+        Transport {
             inner: Arc::new(Shared {
                 connector,
                 pool: Arc::new(Pool::new(idle_per_host)),
             }),
-        })
+        }
     }
 
     /// Sends one request on a kept-alive connection to its origin, or a
@@ -578,4 +594,93 @@ fn basic_auth(url: &Url) -> Option<HeaderValue> {
     let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
     value.set_sensitive(true);
     Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// An HTTP/2-only TLS server on loopback for `localhost` that counts
+    /// its connections and answers every request with its HTTP version;
+    /// and a client that trusts its certificate.
+    async fn h2_server() -> (String, Arc<AtomicUsize>, Transport) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service =
+                        hyper::service::service_fn(|request: Request<Incoming>| async move {
+                            let version = format!("{:?}", request.version());
+                            Ok::<_, std::convert::Infallible>(Response::new(RequestBody::new(
+                                Bytes::from(version),
+                            )))
+                        });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = Transport::with_tls(tls, Duration::from_secs(5), 4, false);
+        (format!("https://localhost:{port}/"), connections, client)
+    }
+
+    async fn get(client: &Transport, url: &str) -> String {
+        let request = request(
+            &Method::GET,
+            &Url::parse(url).unwrap(),
+            HeaderMap::new(),
+            None,
+            &HeaderValue::from_static("polld-test"),
+            false,
+        )
+        .unwrap();
+        let response = client.send(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_http2_server_s_connection_is_shared_by_requests_in_a_row_and_at_once() {
+        let (url, connections, client) = h2_server().await;
+        for _ in 0..3 {
+            assert_eq!(get(&client, &url).await, "HTTP/2.0");
+        }
+        let at_once = futures_util::future::join_all((0..8).map(|_| get(&client, &url))).await;
+        assert!(at_once.iter().all(|v| v == "HTTP/2.0"), "{at_once:?}");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
 }
