@@ -602,3 +602,86 @@ async fn a_body_left_unread_is_not_taken_for_the_next_answer() {
     assert_eq!(changed_body(&out), b"second");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_its_server_closed_while_idle_is_not_an_error() {
+    use tokio::io::AsyncWriteExt;
+    // Each connection gets one answer that announces nothing, then the
+    // server closes it (an idle timeout of zero); the test knows when.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/idle", listener.local_addr().unwrap());
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let body = format!("answer {n}");
+            let text = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(text.as_bytes()).await;
+            drop(stream);
+            let _ = closed_tx.send(n);
+        }
+    });
+    let agent = agent();
+    let w = watch(&url, "");
+    for n in 0..3 {
+        let out = poll_with(&agent, &w).await;
+        assert_eq!(changed_body(&out), format!("answer {n}").as_bytes());
+        assert_eq!(closed.recv().await, Some(n));
+    }
+}
+
+#[tokio::test]
+async fn a_get_its_kept_alive_connection_dropped_unanswered_is_sent_again_on_a_new_one() {
+    use tokio::io::AsyncWriteExt;
+    // Each connection answers its first request and closes on its second
+    // without a word: what a server's idle timeout does to a request that
+    // crossed its close on the wire.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/crossed", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let body = format!("answer {n}");
+                let text = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(text.as_bytes()).await;
+                if stream.read(&mut buf).await.unwrap_or(0) > 0 {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let agent = agent();
+    let w = watch(&url, "");
+    let out = poll_with(&agent, &w).await;
+    assert_eq!(changed_body(&out), b"answer 0");
+    let out = poll_with(&agent, &w).await;
+    // Request 1 went out on the first connection and was dropped; its
+    // second send was request 2.
+    assert_eq!(changed_body(&out), b"answer 2");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+}

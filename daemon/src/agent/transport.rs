@@ -32,7 +32,7 @@ use rustls_platform_verifier::BuilderVerifierExt;
 use tower::ServiceExt;
 use url::Url;
 
-use super::pool::{Conn, Origin, Pool};
+use super::pool::{Conn, Http1, Origin, Pool};
 
 /// The body of a request: the watch's configured body, or nothing.
 pub type RequestBody = http_body_util::Full<Bytes>;
@@ -212,28 +212,56 @@ impl Transport {
         };
         let mut sends = 1;
         let mut next = request;
+        // After a kept-alive connection failed a request: a new one.
+        let mut fresh = false;
         loop {
-            let (conn, reused) = match self.inner.pool.checkout(&origin) {
+            let pooled = if fresh {
+                None
+            } else {
+                self.inner.pool.checkout(&origin)
+            };
+            let (conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 // Boxed: a connect's state machine (DNS, TCP, TLS, the
                 // handshake) is kilobytes that every request would carry.
                 None => (Box::pin(self.connect(&origin, &uri)).await?, false),
             };
             match conn {
-                Conn::Http1(mut sender) => {
-                    match sender.ready().await {
+                Conn::Http1(mut conn) => {
+                    // Driven here, not by a task of its own: an idle one
+                    // finds out now if its server closed it meanwhile.
+                    let ready = std::future::poll_fn(|cx| {
+                        let _ = conn.poll_connection(cx);
+                        conn.sender.poll_ready(cx)
+                    })
+                    .await;
+                    match ready {
                         Ok(()) => {}
                         // Closed since it was checked in: another one.
                         Err(_) if reused => continue,
                         Err(err) => return Err(SendError::Send(err)),
                     }
+                    // A copy in case a kept-alive connection turns out to
+                    // have closed (below).
+                    let retry = (reused
+                        && sends < MAX_SENDS
+                        && matches!(*next.method(), Method::GET | Method::HEAD))
+                    .then(|| copy(&next));
                     let request = origin_form(next, &origin);
-                    match sender.try_send_request(request).await {
+                    let mut sent = std::pin::pin!(conn.sender.try_send_request(request));
+                    let answer = std::future::poll_fn(|cx| {
+                        // The connection first: it writes the request and
+                        // reads the answer that `sent` then finds.
+                        let _ = conn.poll_connection(cx);
+                        sent.as_mut().poll(cx)
+                    })
+                    .await;
+                    match answer {
                         Ok(response) => {
                             let keep = Keep {
                                 pool: self.inner.pool.clone(),
                                 origin,
-                                sender,
+                                conn,
                             };
                             return Ok(response.map(|body| ResponseBody::new(body, Some(keep))));
                         }
@@ -243,6 +271,15 @@ impl Transport {
                                 *request.uri_mut() = uri.clone();
                                 sends += 1;
                                 next = request;
+                            }
+                            // Written to a kept-alive connection that its
+                            // server closed as it went out, with no answer:
+                            // a GET or HEAD is sent again on a new one
+                            // (RFC 9110 §9.2.2), as curl and browsers do.
+                            None if retry.is_some() && err.error().is_incomplete_message() => {
+                                sends += 1;
+                                next = retry.expect("checked above");
+                                fresh = true;
                             }
                             _ => return Err(SendError::Send(err.into_error())),
                         },
@@ -277,8 +314,8 @@ impl Transport {
     }
 
     /// A new connection to `origin`: HTTP/2 when TLS negotiated it (then
-    /// shared through the pool at once), HTTP/1.1 otherwise. Its task
-    /// reads and writes the socket until the connection closes.
+    /// shared through the pool at once, its socket read and written by a
+    /// task of its own), HTTP/1.1 otherwise (driven by its user).
     async fn connect(&self, origin: &Origin, uri: &http::Uri) -> Result<Conn, SendError> {
         let io = self
             .inner
@@ -306,20 +343,16 @@ impl Transport {
                 .handshake(io)
                 .await
                 .map_err(|e| SendError::Connect(e.into()))?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "HTTP/1 connection ended");
-                }
-            });
-            Ok(Conn::Http1(sender))
+            Ok(Conn::Http1(Http1::new(sender, connection)))
         }
     }
 }
 
-/// An answer's body. An HTTP/1 connection goes back to the pool when the
-/// body has ended, not before: the next request on it has to wait for
-/// that. A body dropped before its end takes its connection with it
-/// (closed: what is left of the body would be read as the next answer).
+/// An answer's body. Reading it drives its HTTP/1 connection, which goes
+/// back to the pool when the body has ended, not before: the next request
+/// on it has to wait for that. A body dropped before its end takes its
+/// connection with it (closed: what is left of the body would be read as
+/// the next answer).
 #[derive(Debug)]
 pub struct ResponseBody {
     inner: Incoming,
@@ -331,7 +364,7 @@ pub struct ResponseBody {
 struct Keep {
     pool: Arc<Pool>,
     origin: Origin,
-    sender: http1::SendRequest<RequestBody>,
+    conn: Http1,
 }
 
 impl ResponseBody {
@@ -345,7 +378,7 @@ impl ResponseBody {
 
     fn release(&mut self) {
         if let Some(keep) = self.keep.take() {
-            keep.pool.checkin(&keep.origin, keep.sender);
+            keep.pool.checkin(&keep.origin, keep.conn);
         }
     }
 }
@@ -359,6 +392,10 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if let Some(keep) = &mut this.keep {
+            // The connection feeds the body: it is read as it is driven.
+            let _ = keep.conn.poll_connection(cx);
+        }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {
             Poll::Ready(None) => this.release(),
