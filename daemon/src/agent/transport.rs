@@ -32,7 +32,7 @@ use rustls_platform_verifier::BuilderVerifierExt;
 use tower::ServiceExt;
 use url::Url;
 
-use super::pool::{Conn, Http1, Origin, Pool};
+use super::pool::{Conn, Origin, Pool};
 
 /// The body of a request: the watch's configured body, or nothing.
 pub type RequestBody = http_body_util::Full<Bytes>;
@@ -227,15 +227,8 @@ impl Transport {
                 None => (Box::pin(self.connect(&origin, &uri)).await?, false),
             };
             match conn {
-                Conn::Http1(mut conn) => {
-                    // Driven here, not by a task of its own: an idle one
-                    // finds out now if its server closed it meanwhile.
-                    let ready = std::future::poll_fn(|cx| {
-                        let _ = conn.poll_connection(cx);
-                        conn.sender.poll_ready(cx)
-                    })
-                    .await;
-                    match ready {
+                Conn::Http1(mut sender) => {
+                    match sender.ready().await {
                         Ok(()) => {}
                         // Closed since it was checked in: another one.
                         Err(_) if reused => continue,
@@ -248,20 +241,12 @@ impl Transport {
                         && matches!(*next.method(), Method::GET | Method::HEAD))
                     .then(|| copy(&next));
                     let request = origin_form(next, &origin);
-                    let mut sent = std::pin::pin!(conn.sender.try_send_request(request));
-                    let answer = std::future::poll_fn(|cx| {
-                        // The connection first: it writes the request and
-                        // reads the answer that `sent` then finds.
-                        let _ = conn.poll_connection(cx);
-                        sent.as_mut().poll(cx)
-                    })
-                    .await;
-                    match answer {
+                    match sender.try_send_request(request).await {
                         Ok(response) => {
                             let keep = Keep {
                                 pool: self.inner.pool.clone(),
                                 origin,
-                                conn,
+                                sender,
                             };
                             return Ok(response.map(|body| ResponseBody::new(body, Some(keep))));
                         }
@@ -314,8 +299,8 @@ impl Transport {
     }
 
     /// A new connection to `origin`: HTTP/2 when TLS negotiated it (then
-    /// shared through the pool at once, its socket read and written by a
-    /// task of its own), HTTP/1.1 otherwise (driven by its user).
+    /// shared through the pool at once), HTTP/1.1 otherwise. Its task
+    /// reads and writes the socket until the connection closes.
     async fn connect(&self, origin: &Origin, uri: &http::Uri) -> Result<Conn, SendError> {
         let io = self
             .inner
@@ -343,16 +328,20 @@ impl Transport {
                 .handshake(io)
                 .await
                 .map_err(|e| SendError::Connect(e.into()))?;
-            Ok(Conn::Http1(Http1::new(sender, connection)))
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "HTTP/1 connection ended");
+                }
+            });
+            Ok(Conn::Http1(sender))
         }
     }
 }
 
-/// An answer's body. Reading it drives its HTTP/1 connection, which goes
-/// back to the pool when the body has ended, not before: the next request
-/// on it has to wait for that. A body dropped before its end takes its
-/// connection with it (closed: what is left of the body would be read as
-/// the next answer).
+/// An answer's body. An HTTP/1 connection goes back to the pool when the
+/// body has ended, not before: the next request on it has to wait for
+/// that. A body dropped before its end takes its connection with it
+/// (closed: what is left of the body would be read as the next answer).
 #[derive(Debug)]
 pub struct ResponseBody {
     inner: Incoming,
@@ -364,7 +353,7 @@ pub struct ResponseBody {
 struct Keep {
     pool: Arc<Pool>,
     origin: Origin,
-    conn: Http1,
+    sender: http1::SendRequest<RequestBody>,
 }
 
 impl ResponseBody {
@@ -378,7 +367,7 @@ impl ResponseBody {
 
     fn release(&mut self) {
         if let Some(keep) = self.keep.take() {
-            keep.pool.checkin(&keep.origin, keep.conn);
+            keep.pool.checkin(&keep.origin, keep.sender);
         }
     }
 }
@@ -392,10 +381,6 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some(keep) = &mut this.keep {
-            // The connection feeds the body: it is read as it is driven.
-            let _ = keep.conn.poll_connection(cx);
-        }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {
             Poll::Ready(None) => this.release(),
