@@ -51,6 +51,12 @@ impl Limits {
         host_of: impl Fn(&str) -> Option<Arc<str>>,
     ) -> Option<(String, Permits)> {
         loop {
+            // Before any id is looked up: at saturation the engine asks on
+            // every turn, and each lookup of a watch among 100,000 is a
+            // cache miss (2 % of a poll's CPU, for nothing).
+            if self.global.available_permits() == 0 {
+                return None;
+            }
             let (id, released) = match self.released.pop_front() {
                 Some(id) => (id, true),
                 None => (self.ready.pop_front()?, false),
@@ -178,5 +184,26 @@ mod tests {
             .map(|(id, _permits)| id)
             .collect();
         assert_eq!(order, ["a3", "a4"]);
+    }
+
+    #[test]
+    fn no_watch_is_looked_up_while_every_slot_is_taken() {
+        let mut limits = Limits::new(1, 1);
+        for id in ["a1", "b1"] {
+            limits.ready.push_back(id.to_owned());
+        }
+        let looked_up = std::cell::Cell::new(0);
+        let host = |id: &str| {
+            looked_up.set(looked_up.get() + 1);
+            Some(Arc::<str>::from(&id[..1]))
+        };
+        let a1 = limits.next_ready(host).unwrap();
+        assert_eq!(looked_up.get(), 1);
+        for _ in 0..3 {
+            assert!(limits.next_ready(host).is_none());
+        }
+        assert_eq!(looked_up.get(), 1, "asked again with no slot free");
+        drop(a1);
+        assert_eq!(limits.next_ready(host).unwrap().0, "b1");
     }
 }
