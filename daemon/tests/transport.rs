@@ -574,7 +574,28 @@ async fn a_body_left_unread_is_not_taken_for_the_next_answer() {
     );
     let out = poll_with(&agent, &w).await;
     assert_eq!(changed_body(&out), b"second");
-    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    // hyper read the rest of the first body, or closed its connection.
+    assert!(connections.load(Ordering::SeqCst) <= 2);
+}
+
+#[tokio::test]
+async fn answers_whose_bodies_go_unread_keep_their_connection() {
+    // A 404 on a watch without conditions and a redirect: their bodies are
+    // never read, and their connection serves the next request all the same.
+    let (url, connections) = counting_server(|n| match n % 3 {
+        0 => "HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot found".to_owned(),
+        1 => "HTTP/1.1 302 Found\r\nlocation: /final\r\ncontent-length: 5\r\n\r\nmoved".to_owned(),
+        _ => answer_200("", "final"),
+    })
+    .await;
+    let agent = agent();
+    let w = watch(&format!("{url}/start"), "");
+    for _ in 0..3 {
+        assert_eq!(poll_with(&agent, &w).await.status, Some(404));
+        let out = poll_with(&agent, &w).await;
+        assert_eq!(changed_body(&out), b"final");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -650,4 +671,40 @@ async fn a_get_its_kept_alive_connection_dropped_unanswered_is_sent_again_on_a_n
     assert_eq!(changed_body(&out), b"answer 2");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
     assert_eq!(requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_get_its_kept_alive_connection_reset_is_sent_again_on_a_new_one() {
+    use tokio::io::AsyncWriteExt;
+    // Each connection answers its first request, then closes with the next
+    // one unread, as an idle timeout firing just then does: the kernel
+    // answers that request with a reset, not an end of stream.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/reset", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let text = answer_200("", &format!("connection {n}"));
+                let _ = stream.write_all(text.as_bytes()).await;
+                // The next request has arrived; closing without reading
+                // it resets the connection.
+                let _ = stream.readable().await;
+            });
+        }
+    });
+    let agent = agent();
+    let w = watch(&url, "");
+    assert_eq!(changed_body(&poll_with(&agent, &w).await), b"connection 0");
+    assert_eq!(changed_body(&poll_with(&agent, &w).await), b"connection 1");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }

@@ -13,11 +13,11 @@
 //!
 //! A connection leaves the pool when its server closed it, when it has been
 //! idle for [`IDLE_TIMEOUT`], or when the origin already holds
-//! `idle_per_host` idle ones. Idle connections are looked over once every
-//! [`SWEEP_EVERY`], at the next check-in, so that origins polled rarely do
-//! not keep sockets open for ever.
+//! `idle_per_host` idle ones. A task of the pool's own looks idle
+//! connections over every [`SWEEP_EVERY`], so that origins polled rarely (or
+//! never again) do not keep sockets open past the timeout.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -57,7 +57,6 @@ pub struct Pool {
 #[derive(Debug)]
 struct Inner {
     origins: FxHashMap<Origin, Idle>,
-    last_sweep: Instant,
 }
 
 /// One origin's connections.
@@ -89,14 +88,20 @@ impl Idle {
 }
 
 impl Pool {
-    pub fn new(idle_per_host: usize) -> Pool {
-        Pool {
+    /// A pool whose idle connections a task of its own closes once they
+    /// have been idle for [`IDLE_TIMEOUT`] (outside a Tokio runtime, no
+    /// task: then only a checkout drops them).
+    pub fn new(idle_per_host: usize) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
             idle_per_host,
             inner: Mutex::new(Inner {
                 origins: FxHashMap::default(),
-                last_sweep: Instant::now(),
             }),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep_every(Arc::downgrade(&pool)));
         }
+        pool
     }
 
     /// A live connection to `origin`, if the pool holds one: the origin's
@@ -136,7 +141,6 @@ impl Pool {
         }
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.sweep(now);
         let idle = match inner.origins.get_mut(origin) {
             Some(idle) => idle,
             None => inner.origins.entry(origin.clone()).or_default(),
@@ -154,7 +158,6 @@ impl Pool {
     pub fn share(&self, origin: &Origin, conn: http2::SendRequest<RequestBody>) {
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.sweep(now);
         let idle = inner.origins.entry(origin.clone()).or_default();
         if idle.http2.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             idle.http2 = Some((conn, now));
@@ -169,17 +172,31 @@ impl Pool {
     }
 }
 
-impl Inner {
-    /// Looks the idle connections over, once every [`SWEEP_EVERY`].
-    fn sweep(&mut self, now: Instant) {
-        if now.duration_since(self.last_sweep) < SWEEP_EVERY {
-            return;
-        }
-        self.last_sweep = now;
-        self.origins.retain(|_, idle| {
+impl Pool {
+    /// Drops every idle connection its server closed or that has been idle
+    /// for [`IDLE_TIMEOUT`], and the origins left with none.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.origins.retain(|_, idle| {
             idle.sweep(now);
             !idle.is_empty()
         });
+    }
+}
+
+/// The pool's sweeper: every [`SWEEP_EVERY`], for as long as the pool is
+/// in use.
+async fn sweep_every(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.sweep();
     }
 }
 
@@ -249,19 +266,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_check_in_sweeps_every_origin_now_and_then() {
+    async fn an_idle_connection_is_closed_after_the_timeout_without_more_traffic() {
+        use tokio::io::AsyncReadExt;
         let pool = Pool::new(4);
         let other = Origin {
             scheme: Scheme::HTTP,
             authority: Authority::from_static("127.0.0.1:2"),
         };
-        let (a, _fa) = conn().await;
-        pool.checkin(&origin(), a);
-        tokio::time::advance(IDLE_TIMEOUT).await;
+        let (a, mut far) = conn().await;
         let (b, _fb) = conn().await;
+        pool.checkin(&origin(), a);
+        tokio::time::advance(IDLE_TIMEOUT / 2).await;
         pool.checkin(&other, b);
+        // Nothing else happens: the pool's own task closes the first one
+        // (its far end reads the end of the stream) and forgets its origin.
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(IDLE_TIMEOUT, far.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "still open: {read:?}");
         let inner = pool.inner.lock().unwrap();
         assert!(!inner.origins.contains_key(&origin()), "swept");
-        assert!(inner.origins.contains_key(&other));
+        assert!(
+            inner.origins.contains_key(&other),
+            "idle for less than the timeout"
+        );
     }
 }

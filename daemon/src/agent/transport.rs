@@ -52,6 +52,9 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// Unacknowledged data this old fails the connection (Linux).
 #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for a kept-alive HTTP/1 connection to finish
+/// its last exchange before it takes another.
+const REUSE_READY_WAIT: Duration = Duration::from_secs(1);
 /// Sends of one request when an HTTP/2 server refuses it in a way that says
 /// it was not processed (as reqwest retried them), or when the kept-alive
 /// connection it was given had closed before taking it.
@@ -177,7 +180,7 @@ impl Transport {
         Transport {
             inner: Arc::new(Shared {
                 connector,
-                pool: Arc::new(Pool::new(idle_per_host)),
+                pool: Pool::new(idle_per_host),
             }),
         }
     }
@@ -228,11 +231,17 @@ impl Transport {
             };
             match conn {
                 Conn::Http1(mut sender) => {
-                    match sender.ready().await {
-                        Ok(()) => {}
-                        // Closed since it was checked in: another one.
-                        Err(_) if reused => continue,
-                        Err(err) => return Err(SendError::Send(err)),
+                    if reused {
+                        // Checked in as its last answer's body ended (or was
+                        // dropped), it is ready within moments; one still
+                        // busy (a request body its server never reads) is
+                        // not waited for, nor one closed meanwhile.
+                        match tokio::time::timeout(REUSE_READY_WAIT, sender.ready()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) | Err(_) => continue,
+                        }
+                    } else {
+                        sender.ready().await.map_err(SendError::Send)?;
                     }
                     // A copy in case a kept-alive connection turns out to
                     // have closed (below).
@@ -261,7 +270,7 @@ impl Transport {
                             // server closed as it went out, with no answer:
                             // a GET or HEAD is sent again on a new one
                             // (RFC 9110 §9.2.2), as curl and browsers do.
-                            None if retry.is_some() && err.error().is_incomplete_message() => {
+                            None if retry.is_some() && crossed_close(err.error()) => {
                                 sends += 1;
                                 next = retry.expect("checked above");
                                 fresh = true;
@@ -338,10 +347,10 @@ impl Transport {
     }
 }
 
-/// An answer's body. An HTTP/1 connection goes back to the pool when the
-/// body has ended, not before: the next request on it has to wait for
-/// that. A body dropped before its end takes its connection with it
-/// (closed: what is left of the body would be read as the next answer).
+/// An answer's body. Its HTTP/1 connection goes back to the pool when the
+/// body has ended or is dropped (a redirect's, an error's: hyper reads what
+/// is left of a small body and drops the rest with the connection, which a
+/// later checkout then finds closed).
 #[derive(Debug)]
 pub struct ResponseBody {
     inner: Incoming,
@@ -369,6 +378,12 @@ impl ResponseBody {
         if let Some(keep) = self.keep.take() {
             keep.pool.checkin(&keep.origin, keep.sender);
         }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -401,11 +416,11 @@ impl Body for ResponseBody {
 }
 
 /// `request` as HTTP/1.1 sends it: the target in origin form (path and
-/// query), the authority in `Host` unless the watch set its own (the URI
-/// is `request_uri`'s: no user info, no default port).
+/// query), the host and any port but the scheme's default in `Host` unless
+/// the watch set its own.
 fn origin_form(mut request: Request<RequestBody>, origin: &Origin) -> Request<RequestBody> {
     if !request.headers().contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(origin.authority.as_str())
+        && let Ok(host) = HeaderValue::from_str(&host_header(origin))
     {
         request.headers_mut().insert(header::HOST, host);
     }
@@ -416,6 +431,31 @@ fn origin_form(mut request: Request<RequestBody>, origin: &Origin) -> Request<Re
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     *request.uri_mut() = http::Uri::from(path);
     request
+}
+
+/// `Host` for `origin`: its host (IPv6 in brackets, as the authority has
+/// it), and its port unless that is the scheme's default; never user info.
+fn host_header(origin: &Origin) -> String {
+    let host = origin.authority.host();
+    let default = match origin.scheme.as_str() {
+        "https" => 443,
+        _ => 80,
+    };
+    match origin.authority.port_u16() {
+        Some(port) if port != default => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    }
+}
+
+/// Whether a request on a kept-alive connection met its server's close: the
+/// end of the stream (the server read the request and closed), or a reset
+/// (it closed with the request unread, and the kernel answered with RST).
+fn crossed_close(err: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    err.is_incomplete_message()
+        || std::error::Error::source(err)
+            .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
 }
 
 /// A second copy of a request (the body is shared bytes).
@@ -622,6 +662,7 @@ fn basic_auth(url: &Url) -> Option<HeaderValue> {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::uri::Scheme;
     use http_body_util::BodyExt;
 
     use super::*;
@@ -693,6 +734,24 @@ mod tests {
         assert_eq!(response.version(), http::Version::HTTP_2);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn host_is_the_host_and_any_port_but_the_default() {
+        let host = |scheme: Scheme, authority: &'static str| {
+            host_header(&Origin {
+                scheme,
+                authority: http::uri::Authority::from_static(authority),
+            })
+        };
+        assert_eq!(host(Scheme::HTTP, "example.org:80"), "example.org");
+        assert_eq!(host(Scheme::HTTPS, "example.org:443"), "example.org");
+        assert_eq!(host(Scheme::HTTP, "example.org:443"), "example.org:443");
+        assert_eq!(
+            host(Scheme::HTTPS, "user:pw@example.org:8443"),
+            "example.org:8443"
+        );
+        assert_eq!(host(Scheme::HTTP, "[::1]:8080"), "[::1]:8080");
     }
 
     #[tokio::test]
