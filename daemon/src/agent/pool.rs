@@ -7,8 +7,9 @@
 //! is one request, and at saturation (`bench/engine`) that pool's checkout
 //! (a connect future made and raced for every request, a key of cloned
 //! URI parts, the waiters' bookkeeping) cost about a quarter of the HTTP
-//! stack's CPU per request. Here a checkout is one lock and a `pop`, and
-//! the connection goes back when the answer's body has ended
+//! stack's CPU per request (`daemon/benches/http_stack.rs`, BENCHMARKS.md).
+//! Here a checkout is one lock and a `pop`, and the connection goes back
+//! when the answer's body has ended or is dropped
 //! ([`super::transport::ResponseBody`]).
 //!
 //! A connection leaves the pool when its server closed it, when it has been
@@ -133,7 +134,7 @@ impl Pool {
         None
     }
 
-    /// Keeps an HTTP/1 connection whose answer has ended for the next
+    /// Keeps an HTTP/1 connection whose answer is done with for the next
     /// request to `origin`.
     pub fn checkin(&self, origin: &Origin, conn: http1::SendRequest<RequestBody>) {
         if conn.is_closed() || self.idle_per_host == 0 {
