@@ -598,29 +598,73 @@ async fn answers_whose_bodies_go_unread_keep_their_connection() {
     assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test]
-async fn a_kept_alive_connection_its_server_closed_while_idle_is_not_an_error() {
+/// What a connection of [`one_answer_server`] does after its one answer.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Close at once (an idle timeout of zero), and say so.
+    Close,
+    /// Read the next request, then close without answering it.
+    ReadAndClose,
+    /// Close with the next request unread: the kernel resets the
+    /// connection, as when an idle timeout fires just as a request arrives.
+    CloseUnread,
+}
+
+/// An HTTP/1.1 server on loopback each of whose connections answers one
+/// request, "answer N" (N counts the requests read, on all connections),
+/// then does `then`. Its URL, the connections and requests it counted, and
+/// the answers after which `Then::Close` closed.
+async fn one_answer_server(
+    then: Then,
+) -> (
+    String,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
     use tokio::io::AsyncWriteExt;
-    // Each connection gets one answer that announces nothing, then the
-    // server closes it (an idle timeout of zero); the test knows when.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/idle", listener.local_addr().unwrap());
-    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    let (counted, seen) = (connections.clone(), requests.clone());
     tokio::spawn(async move {
-        for n in 0.. {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf).await;
-            let text = answer_200("", &format!("answer {n}"));
-            let _ = stream.write_all(text.as_bytes()).await;
-            drop(stream);
-            let _ = closed_tx.send(n);
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let (seen, closed_tx) = (seen.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let text = answer_200("", &format!("answer {n}"));
+                let _ = stream.write_all(text.as_bytes()).await;
+                match then {
+                    Then::Close => {
+                        drop(stream);
+                        let _ = closed_tx.send(n);
+                    }
+                    Then::ReadAndClose => {
+                        if stream.read(&mut buf).await.unwrap_or(0) > 0 {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Then::CloseUnread => {
+                        let _ = stream.readable().await;
+                    }
+                }
+            });
         }
     });
+    (url, connections, requests, closed)
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_its_server_closed_while_idle_is_not_an_error() {
+    let (url, _, _, mut closed) = one_answer_server(Then::Close).await;
     let agent = agent();
-    let w = watch(&url, "");
+    let w = watch(&format!("{url}/idle"), "");
     for n in 0..3 {
         let out = poll_with(&agent, &w).await;
         assert_eq!(changed_body(&out), format!("answer {n}").as_bytes());
@@ -630,81 +674,23 @@ async fn a_kept_alive_connection_its_server_closed_while_idle_is_not_an_error() 
 
 #[tokio::test]
 async fn a_get_its_kept_alive_connection_dropped_unanswered_is_sent_again_on_a_new_one() {
-    use tokio::io::AsyncWriteExt;
-    // Each connection answers its first request and closes on its second
-    // without a word: what a server's idle timeout does to a request that
-    // crossed its close on the wire.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/crossed", listener.local_addr().unwrap());
-    let requests = Arc::new(AtomicUsize::new(0));
-    let seen = requests.clone();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            counted.fetch_add(1, Ordering::SeqCst);
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if stream.read(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let n = seen.fetch_add(1, Ordering::SeqCst);
-                let text = answer_200("", &format!("answer {n}"));
-                let _ = stream.write_all(text.as_bytes()).await;
-                if stream.read(&mut buf).await.unwrap_or(0) > 0 {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-        }
-    });
+    let (url, connections, requests, _) = one_answer_server(Then::ReadAndClose).await;
     let agent = agent();
-    let w = watch(&url, "");
-    let out = poll_with(&agent, &w).await;
-    assert_eq!(changed_body(&out), b"answer 0");
-    let out = poll_with(&agent, &w).await;
+    let w = watch(&format!("{url}/crossed"), "");
+    assert_eq!(changed_body(&poll_with(&agent, &w).await), b"answer 0");
     // Request 1 went out on the first connection and was dropped; its
     // second send was request 2.
-    assert_eq!(changed_body(&out), b"answer 2");
+    assert_eq!(changed_body(&poll_with(&agent, &w).await), b"answer 2");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
     assert_eq!(requests.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
 async fn a_get_its_kept_alive_connection_reset_is_sent_again_on_a_new_one() {
-    use tokio::io::AsyncWriteExt;
-    // Each connection answers its first request, then closes with the next
-    // one unread, as an idle timeout firing just then does: the kernel
-    // answers that request with a reset, not an end of stream.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/reset", listener.local_addr().unwrap());
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if stream.read(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let text = answer_200("", &format!("connection {n}"));
-                let _ = stream.write_all(text.as_bytes()).await;
-                // The next request has arrived; closing without reading
-                // it resets the connection.
-                let _ = stream.readable().await;
-            });
-        }
-    });
+    let (url, connections, _, _) = one_answer_server(Then::CloseUnread).await;
     let agent = agent();
-    let w = watch(&url, "");
-    assert_eq!(changed_body(&poll_with(&agent, &w).await), b"connection 0");
-    assert_eq!(changed_body(&poll_with(&agent, &w).await), b"connection 1");
+    let w = watch(&format!("{url}/reset"), "");
+    assert_eq!(changed_body(&poll_with(&agent, &w).await), b"answer 0");
+    assert_eq!(changed_body(&poll_with(&agent, &w).await), b"answer 1");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
