@@ -2,9 +2,9 @@
 //! when a TLS server offers it) over rustls, kept alive in polld's own pool
 //! (`pool`), sending exactly the request the agent built. No proxy from the
 //! environment, no redirects (the agent follows them itself, `redirect`), no
-//! retries but of a request no connection took (a kept-alive connection
-//! its server had just closed) or of what an HTTP/2 server says it did not
-//! process; response bodies are decoded by `body`.
+//! retries but of a request no connection took, of a GET or HEAD that met
+//! its kept-alive connection's close, and of what an HTTP/2 server says it
+//! did not process; response bodies are decoded by `body`.
 //!
 //! Why not reqwest, which the CLI clients and the OTLP export still use:
 //! the agent's requests are polld's hot path, and on the bench machine a
@@ -188,9 +188,10 @@ impl Transport {
     /// Sends one request on a kept-alive connection to its origin, or a
     /// new one; the answer's body is still to be read (its connection goes
     /// back to the pool when it ends). A request a kept-alive connection
-    /// did not take (its server had just closed it), or that an HTTP/2
-    /// server did not process (a graceful `GOAWAY`, a `REFUSED_STREAM`), is
-    /// sent again on another connection.
+    /// did not take (its server had just closed it), a GET or HEAD that got
+    /// no answer because its kept-alive connection closed as it went out,
+    /// and one that an HTTP/2 server did not process (a graceful `GOAWAY`,
+    /// a `REFUSED_STREAM`) are sent again on another connection.
     pub async fn send(
         &self,
         request: Request<RequestBody>,
