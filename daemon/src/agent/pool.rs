@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::transport::RequestBody;
 
 /// Kept-alive connections are closed after this long unused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often idle connections are looked over.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
@@ -52,12 +52,7 @@ pub enum Conn {
 #[derive(Debug)]
 pub struct Pool {
     idle_per_host: usize,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    origins: FxHashMap<Origin, Idle>,
+    origins: Mutex<FxHashMap<Origin, Idle>>,
 }
 
 /// One origin's connections.
@@ -77,15 +72,20 @@ impl Idle {
     /// Drops what the server closed or what has been idle too long.
     fn sweep(&mut self, now: Instant) {
         self.http1
-            .retain(|(c, since)| !c.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+            .retain(|(c, since)| !c.is_closed() && !expired(*since, now));
         if self
             .http2
             .as_ref()
-            .is_some_and(|(c, since)| c.is_closed() || now.duration_since(*since) >= IDLE_TIMEOUT)
+            .is_some_and(|(c, since)| c.is_closed() || expired(*since, now))
         {
             self.http2 = None;
         }
     }
+}
+
+/// Whether a connection idle since `since` has been idle too long by `now`.
+fn expired(since: Instant, now: Instant) -> bool {
+    now.duration_since(since) >= IDLE_TIMEOUT
 }
 
 impl Pool {
@@ -95,9 +95,7 @@ impl Pool {
     pub fn new(idle_per_host: usize) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             idle_per_host,
-            inner: Mutex::new(Inner {
-                origins: FxHashMap::default(),
-            }),
+            origins: Mutex::new(FxHashMap::default()),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep_every(Arc::downgrade(&pool)));
@@ -112,8 +110,8 @@ impl Pool {
     /// finishing it.
     pub fn checkout(&self, origin: &Origin) -> Option<Conn> {
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = inner.origins.get_mut(origin)?;
+        let mut origins = self.lock();
+        let idle = origins.get_mut(origin)?;
         if let Some((conn, since)) = &mut idle.http2 {
             if !conn.is_closed() {
                 *since = now;
@@ -122,7 +120,7 @@ impl Pool {
             idle.http2 = None;
         }
         while let Some((conn, since)) = idle.http1.pop() {
-            if now.duration_since(since) >= IDLE_TIMEOUT {
+            if expired(since, now) {
                 // The rest were idle longer still.
                 idle.http1.clear();
                 break;
@@ -141,10 +139,11 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = match inner.origins.get_mut(origin) {
+        let mut origins = self.lock();
+        // Looked up first: `entry` would clone the origin on every check-in.
+        let idle = match origins.get_mut(origin) {
             Some(idle) => idle,
-            None => inner.origins.entry(origin.clone()).or_default(),
+            None => origins.entry(origin.clone()).or_default(),
         };
         if idle.http1.len() >= self.idle_per_host {
             // The one idle longest goes.
@@ -158,31 +157,33 @@ impl Pool {
     /// raced this one to connect).
     pub fn share(&self, origin: &Origin, conn: http2::SendRequest<RequestBody>) {
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = inner.origins.entry(origin.clone()).or_default();
+        let mut origins = self.lock();
+        let idle = origins.entry(origin.clone()).or_default();
         if idle.http2.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             idle.http2 = Some((conn, now));
         }
     }
 
-    /// Idle HTTP/1 connections to `origin` (for tests).
-    #[cfg(test)]
-    fn idle_http1(&self, origin: &Origin) -> usize {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.origins.get(origin).map_or(0, |i| i.http1.len())
-    }
-}
-
-impl Pool {
     /// Drops every idle connection its server closed or that has been idle
     /// for [`IDLE_TIMEOUT`], and the origins left with none.
     fn sweep(&self) {
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.origins.retain(|_, idle| {
+        self.lock().retain(|_, idle| {
             idle.sweep(now);
             !idle.is_empty()
         });
+    }
+
+    /// The origins' connections; a panic elsewhere cannot leave them
+    /// half-changed (each change is one `push`, `pop` or `retain`).
+    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<Origin, Idle>> {
+        self.origins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Idle HTTP/1 connections to `origin` (for tests).
+    #[cfg(test)]
+    fn idle_http1(&self, origin: &Origin) -> usize {
+        self.lock().get(origin).map_or(0, |i| i.http1.len())
     }
 }
 
@@ -284,10 +285,10 @@ mod tests {
         let mut buf = [0u8; 1];
         let read = tokio::time::timeout(IDLE_TIMEOUT, far.read(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(0))), "still open: {read:?}");
-        let inner = pool.inner.lock().unwrap();
-        assert!(!inner.origins.contains_key(&origin()), "swept");
+        let origins = pool.lock();
+        assert!(!origins.contains_key(&origin()), "swept");
         assert!(
-            inner.origins.contains_key(&other),
+            origins.contains_key(&other),
             "idle for less than the timeout"
         );
     }

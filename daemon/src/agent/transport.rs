@@ -325,11 +325,7 @@ impl Transport {
                 .handshake(io)
                 .await
                 .map_err(|e| SendError::Connect(e.into()))?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "HTTP/2 connection ended");
-                }
-            });
+            drive(connection, "HTTP/2");
             self.inner.pool.share(origin, sender.clone());
             Ok(Conn::Http2(sender))
         } else {
@@ -338,14 +334,23 @@ impl Transport {
                 .handshake(io)
                 .await
                 .map_err(|e| SendError::Connect(e.into()))?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "HTTP/1 connection ended");
-                }
-            });
+            drive(connection, "HTTP/1");
             Ok(Conn::Http1(sender))
         }
     }
+}
+
+/// Reads and writes a connection's socket, in a task of its own, until the
+/// connection ends.
+fn drive(
+    connection: impl Future<Output = hyper::Result<()>> + Send + 'static,
+    protocol: &'static str,
+) {
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, protocol, "connection ended");
+        }
+    });
 }
 
 /// An answer's body. Its HTTP/1 connection goes back to the pool when the
