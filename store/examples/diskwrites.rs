@@ -18,6 +18,10 @@
 //!   memory pressure would; with `CAT=1` then read the whole file with
 //!   `cat`, as a backup would, which puts it in large folios;
 //! - `REOPEN_AT=MS`: close, evict, open again (a cold start, verified);
+//! - `CRASH_AT=MS`: exit there without closing the store (as a crash
+//!   would leave it: the state log not folded) and keep the file; then
+//!   `OPEN=path/to/polld.redb` (no other argument needed) times the
+//!   open that folds it;
 //! - `INSPECT=MS` and `FOLIOS=path/to/script`: every MS, run the script on
 //!   the file (`store/examples/folios.py` prints its folio sizes).
 //!
@@ -82,6 +86,18 @@ fn state(i: usize, polls: u64, now: u64, due: u64) -> WatchState {
 }
 
 fn main() {
+    if let Ok(path) = std::env::var("OPEN") {
+        let t = Instant::now();
+        Store::open(std::path::Path::new(&path))
+            .unwrap()
+            .close()
+            .unwrap();
+        println!(
+            "open after a crash, and close: {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        return;
+    }
     let mut args = std::env::args().skip(1);
     let seed: u64 = args.next().map_or(1, |s| s.parse().unwrap());
     let intervals: u64 = args.next().map_or(5, |s| s.parse().unwrap());
@@ -162,12 +178,18 @@ fn main() {
                 .status()
                 .unwrap();
         }
+        if std::env::var("CRASH_AT").is_ok_and(|c| now >= c.parse::<u64>().unwrap()) {
+            println!("exit without closing: {}", path.display());
+            std::process::exit(0);
+        }
         // REOPEN_AT=MS: close, evict the file from the page cache (a cold
         // start) and open it again, with the default full verification.
         if std::env::var("REOPEN_AT").is_ok_and(|r| {
             now >= r.parse::<u64>().unwrap() && now - r.parse::<u64>().unwrap() < step
         }) {
+            let t = Instant::now();
             store.close().unwrap();
+            println!("close (the log folded): {:.2} s", t.elapsed().as_secs_f64());
             std::process::Command::new("python3")
                 .args(["-c", "import os,sys; fd=os.open(sys.argv[1],os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)"])
                 .arg(&path)

@@ -38,7 +38,7 @@ pub use model::{
 };
 pub use schema::SCHEMA_VERSION;
 pub use store::{
-    DEFAULT_CACHE_BYTES, DEFAULT_MAX_CHANGES, DEFAULT_ZSTD_LEVEL, Store, StoreOptions,
+    DEFAULT_CACHE_BYTES, DEFAULT_MAX_CHANGES, DEFAULT_ZSTD_LEVEL, FOLD_EVERY, Store, StoreOptions,
     VersionsView, error_chain,
 };
 pub use writer::{CommitReport, Writer, WriterConfig};

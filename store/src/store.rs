@@ -58,12 +58,17 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// and its leaf header fit a two-page allocation instead of taking four.
 const CHUNK_BYTES: usize = 7 << 10;
 
-/// Watches the rolling fold walks per state a commit appends. With 1 a
-/// cycle lasts about as many states as there are watches, so a watch
-/// polled again within the cycle is folded once for two polls (the engine
-/// bench: 0.039-0.043 CPU-s per 1000 polls); with 2 every poll cost a
-/// folded row, each a random chunk read (0.052).
-const FOLD_WALK: usize = 1;
+/// States a commit appends per watch the rolling fold walks. A cycle lasts
+/// about this many states per watch, and a watch polled again within its
+/// cycle is not folded at all, so a longer cycle trades disk for CPU: a
+/// watch polled at a steady pace is folded once in 2 polls with 1, once in
+/// 18 with 3 (each fold a random chunk read). The engine bench, saturated:
+/// 0.031 against 0.034 CPU-s per 1000 polls, and 240 against 420-930 bytes
+/// written per poll (BENCHMARKS.md); 4 did no better. The log holds up to
+/// two cycles, six states a watch. With 1/2 (two watches walked per
+/// state) every poll cost a folded row (0.052 against 0.039-0.043).
+#[doc(hidden)]
+pub const FOLD_EVERY: usize = 3;
 
 /// Where a state sits in the log: the chunk's key and the entry's offset.
 /// An entry starts below `CHUNK_BYTES` (a chunk closes once it is that
@@ -127,17 +132,18 @@ struct Health {
 /// [`slot`]), and how far the rolling fold has come.
 ///
 /// The fold runs in cycles. A cycle starts at a chunk key; each commit
-/// then walks on through the index in id order, [`FOLD_WALK`] watches per
-/// state it appended, and copies into `watches` the state of each whose
-/// newest is older than the cycle. Once the walk has passed the last id,
-/// every chunk older than the cycle is folded; the first commit after that
-/// which brings the cycle to half as many states as there are watches ends
-/// it: it deletes those chunks and drops their watches from the index, and
-/// the next cycle starts. Without that floor a walk that keeps up with the
-/// appends could end a cycle per commit and fold the last commit's watches
-/// one random row each, as before the log. The log so holds one to two
-/// states per watch, a poll costs about half a row write, in id order (~20
-/// rows to a leaf), and no commit does more than its share.
+/// then walks on through the index in id order, a watch per
+/// [`FOLD_EVERY`] states it appended, and copies into `watches` the state
+/// of each whose newest is older than the cycle. Once the walk has passed
+/// the last id, every chunk older than the cycle is folded; the first
+/// commit after that which brings the cycle to half as many states as
+/// there are watches ends it: it deletes those chunks and drops their
+/// watches from the index, and the next cycle starts. Without that floor a
+/// walk that keeps up with the appends could end a cycle per commit and
+/// fold the last commit's watches one random row each, as before the log.
+/// The log so holds up to `2 × FOLD_EVERY` states per watch; a watch
+/// polled at least once a cycle is seldom folded, a row write in id order
+/// (~20 rows to a leaf) when it is; and no commit does more than its share.
 ///
 /// A commit updates the index right after it lands, before the next write
 /// transaction may begin (`Inner::committing`). A reader looks a watch up
@@ -825,7 +831,7 @@ impl Store {
                 let index = self.log_index();
                 let mut t = WriteTables::open(&txn, index.next)?;
                 let applied = t.apply(outcomes, &self.inner.opts, &index)?;
-                let step = t.fold_step(&index, FOLD_WALK * outcomes.len())?;
+                let step = t.fold_step(&index, outcomes.len().div_ceil(FOLD_EVERY))?;
                 (applied, t.finish_log(step)?)
             };
             if batch.needs_exclusive_commit() {
