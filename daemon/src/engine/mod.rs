@@ -1042,7 +1042,8 @@ impl<P: Poller> Engine<P> {
             });
         }
         if !recorded.stopped && entry.key.is_none() {
-            entry.key = Some(arm(&mut self.queue, completion.id.clone(), recorded.delay));
+            // The id's last use here: moved to the timer, not copied.
+            entry.key = Some(arm(&mut self.queue, completion.id, recorded.delay));
             entry.due = Instant::now() + recorded.delay;
         }
         let outcome = Outcome {

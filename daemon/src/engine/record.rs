@@ -46,7 +46,9 @@ pub(crate) fn apply(
 ) -> Recorded {
     let watch = entry.watch.clone();
     let state = &mut entry.state;
-    let id = state.id.clone();
+    // For log lines only: the list's id is the state's, and borrowing it
+    // saves a copy per poll.
+    let id = &watch.id;
     let previous = state.status;
     let now_ms = unix_ms(now);
 
@@ -60,8 +62,13 @@ pub(crate) fn apply(
         outcome.kind,
         OutcomeKind::NotModified | OutcomeKind::Changed { .. } | OutcomeKind::Unchanged { .. }
     ) {
-        state.etag = outcome.etag.clone();
-        state.last_modified = outcome.last_modified.clone();
+        // Mostly the same as stored (every 304): compared, not copied.
+        if state.etag != outcome.etag {
+            state.etag.clone_from(&outcome.etag);
+        }
+        if state.last_modified != outcome.last_modified {
+            state.last_modified.clone_from(&outcome.last_modified);
+        }
     }
     if outcome.cursor_reset {
         state.cursor = watch.cursor.as_ref().and_then(|c| c.initial.clone());
