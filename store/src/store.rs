@@ -63,9 +63,10 @@ const CHUNK_BYTES: usize = 7 << 10;
 /// cycle is not folded at all, so a longer cycle trades disk for CPU: a
 /// watch polled at a steady pace is folded once in 2 polls with 1, once in
 /// 18 with 3 (each fold a random chunk read). The engine bench, saturated:
-/// 0.031 against 0.034 CPU-s per 1000 polls, and 240 against 420-930 bytes
-/// written per poll (BENCHMARKS.md); 4 did no better. The log holds up to
-/// two cycles, six states a watch. With 1/2 (two watches walked per
+/// 0.036 against 0.038 CPU-s per 1000 polls (means of 7 and 9 runs; 0.039
+/// against 0.042 in 4 alternating pairs), and 240-246 against 403-934
+/// bytes written per poll (BENCHMARKS.md); 4 did no better beyond the
+/// spread. The log holds up to two cycles, six states a watch. With 1/2 (two watches walked per
 /// state) every poll cost a folded row (0.052 against 0.039-0.043).
 #[doc(hidden)]
 pub const FOLD_EVERY: usize = 3;
