@@ -271,7 +271,9 @@ fn fold_state_log(txn: &WriteTransaction, index: Option<&LogIndex>) -> Result<u6
     Ok(rows)
 }
 
-/// Each watch's newest entry in the log: the last one in log order.
+/// Each watch's newest entry in the log: the last one in log order. Only
+/// slots are kept, and the fold reads those records again: keeping the
+/// records would hold the whole log in memory at start-up.
 fn newest_in_log(
     log: &impl ReadableTable<u64, &'static [u8]>,
 ) -> Result<BTreeMap<Box<str>, u64>, StoreError> {
@@ -279,7 +281,7 @@ fn newest_in_log(
     for_each_logged(log, |chunk, offset, id, _| {
         let at = slot(chunk, offset);
         match newest.get_mut(id) {
-            Some(slot) => *slot = at,
+            Some(newer) => *newer = at,
             None => {
                 newest.insert(id.into(), at);
             }
