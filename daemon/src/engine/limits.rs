@@ -7,6 +7,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::entries::Slot;
+
 /// The permits a running poll holds; dropping them frees its slots.
 #[derive(Debug)]
 pub(crate) struct Permits {
@@ -18,14 +20,14 @@ pub(crate) struct Permits {
 #[derive(Debug)]
 pub(crate) struct Limits {
     /// Due watches in order; `push_front` jumps the queue ("poll now").
-    pub(crate) ready: VecDeque<String>,
+    pub(crate) ready: VecDeque<Slot>,
     /// Watches a finished poll let go ahead of `ready` ([`Limits::release`]),
     /// in the order they waited: the engine handles many completions before
     /// it starts polls again, and pushing each to the front of `ready`
     /// would start them last-waited first.
-    released: VecDeque<String>,
+    released: VecDeque<Slot>,
     /// Due watches whose host is at its limit, per host, in order.
-    waiting: FxHashMap<Arc<str>, VecDeque<String>>,
+    waiting: FxHashMap<Arc<str>, VecDeque<Slot>>,
     global: Arc<Semaphore>,
     hosts: FxHashMap<Arc<str>, Arc<Semaphore>>,
     per_host: usize,
@@ -48,8 +50,8 @@ impl Limits {
     /// was removed or is already in flight).
     pub(crate) fn next_ready(
         &mut self,
-        host_of: impl Fn(&str) -> Option<Arc<str>>,
-    ) -> Option<(String, Permits)> {
+        host_of: impl Fn(Slot) -> Option<Arc<str>>,
+    ) -> Option<(Slot, Permits)> {
         loop {
             // Before any id is looked up: at saturation the engine asks on
             // every turn, and each lookup of a watch among 100,000 is a
@@ -61,7 +63,7 @@ impl Limits {
                 Some(id) => (id, true),
                 None => (self.ready.pop_front()?, false),
             };
-            let Some(host) = host_of(&id) else {
+            let Some(host) = host_of(id) else {
                 continue;
             };
             let Ok(global) = self.global.clone().try_acquire_owned() else {
@@ -102,12 +104,12 @@ impl Limits {
     /// goes to the ready queue to take its new host's slot, and the search
     /// goes on for a watch of this host. Otherwise the freed slot could sit
     /// unused while watches of this host wait for a release that never comes.
-    pub(crate) fn release(&mut self, host: &Arc<str>, host_of: impl Fn(&str) -> Option<Arc<str>>) {
+    pub(crate) fn release(&mut self, host: &Arc<str>, host_of: impl Fn(Slot) -> Option<Arc<str>>) {
         let Some(queue) = self.waiting.get_mut(host) else {
             return;
         };
         while let Some(id) = queue.pop_front() {
-            let Some(now) = host_of(&id) else {
+            let Some(now) = host_of(id) else {
                 continue;
             };
             let same = now == *host;
@@ -132,21 +134,27 @@ impl Limits {
 mod tests {
     use super::*;
 
+    // Slots 11, 12... are watches a1, a2... of host "a"; 21, 22... of "b".
+    const A1: Slot = 11;
+    const A2: Slot = 12;
+    const A3: Slot = 13;
+    const A4: Slot = 14;
+    const B1: Slot = 21;
+    const B2: Slot = 22;
+
+    fn host(slot: Slot) -> Option<Arc<str>> {
+        Some(Arc::from(if slot < 20 { "a" } else { "b" }))
+    }
+
     #[test]
     fn per_host_and_global_limits_hold_and_release_in_order() {
         let mut limits = Limits::new(3, 2);
-        for id in ["a1", "a2", "a3", "b1", "b2"] {
-            limits.ready.push_back(id.to_owned());
-        }
-        let host = |id: &str| Some(Arc::<str>::from(&id[..1]));
+        limits.ready.extend([A1, A2, A3, B1, B2]);
         let a1 = limits.next_ready(host).unwrap();
         let a2 = limits.next_ready(host).unwrap();
         // a3 waits for host a; b1 takes the last global slot.
         let b1 = limits.next_ready(host).unwrap();
-        assert_eq!(
-            (a1.0.as_str(), a2.0.as_str(), b1.0.as_str()),
-            ("a1", "a2", "b1")
-        );
+        assert_eq!((a1.0, a2.0, b1.0), (A1, A2, B1));
         assert!(
             limits.next_ready(host).is_none(),
             "global limit of 3 reached"
@@ -156,19 +164,16 @@ mod tests {
         drop(a1.1);
         limits.release(&Arc::from("a"), host);
         let next = limits.next_ready(host).unwrap();
-        assert_eq!(next.0, "a3");
+        assert_eq!(next.0, A3);
         drop(b1.1);
         limits.release(&Arc::from("b"), host);
-        assert_eq!(limits.next_ready(host).unwrap().0, "b2");
+        assert_eq!(limits.next_ready(host).unwrap().0, B2);
     }
 
     #[test]
     fn watches_released_together_start_in_the_order_they_waited() {
         let mut limits = Limits::new(10, 2);
-        for id in ["a1", "a2", "a3", "a4"] {
-            limits.ready.push_back(id.to_owned());
-        }
-        let host = |id: &str| Some(Arc::<str>::from(&id[..1]));
+        limits.ready.extend([A1, A2, A3, A4]);
         let a1 = limits.next_ready(host).unwrap();
         let a2 = limits.next_ready(host).unwrap();
         assert!(
@@ -180,22 +185,20 @@ mod tests {
         drop((a1, a2));
         limits.release(&Arc::from("a"), host);
         limits.release(&Arc::from("a"), host);
-        let order: Vec<String> = std::iter::from_fn(|| limits.next_ready(host))
-            .map(|(id, _permits)| id)
+        let order: Vec<Slot> = std::iter::from_fn(|| limits.next_ready(host))
+            .map(|(slot, _permits)| slot)
             .collect();
-        assert_eq!(order, ["a3", "a4"]);
+        assert_eq!(order, [A3, A4]);
     }
 
     #[test]
     fn no_watch_is_looked_up_while_every_slot_is_taken() {
         let mut limits = Limits::new(1, 1);
-        for id in ["a1", "b1"] {
-            limits.ready.push_back(id.to_owned());
-        }
+        limits.ready.extend([A1, B1]);
         let looked_up = std::cell::Cell::new(0);
-        let host = |id: &str| {
+        let host = |slot: Slot| {
             looked_up.set(looked_up.get() + 1);
-            Some(Arc::<str>::from(&id[..1]))
+            host(slot)
         };
         let a1 = limits.next_ready(host).unwrap();
         assert_eq!(looked_up.get(), 1);
@@ -204,6 +207,6 @@ mod tests {
         }
         assert_eq!(looked_up.get(), 1, "asked again with no slot free");
         drop(a1);
-        assert_eq!(limits.next_ready(host).unwrap().0, "b1");
+        assert_eq!(limits.next_ready(host).unwrap().0, B1);
     }
 }

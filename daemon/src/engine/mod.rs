@@ -7,6 +7,7 @@
 //! global and a per-host semaphore, and report back on a channel. Nothing
 //! sleeps per watch, so 100,000 watches cost one queue entry each.
 
+mod entries;
 mod limits;
 pub mod policy;
 mod record;
@@ -27,7 +28,6 @@ use polld_store::{
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ use tokio_util::time::delay_queue::Key;
 
 use crate::agent::{Agent, PollOutcome, PollRequest};
 use crate::metrics::Metrics;
+use entries::{Entries, Slot};
 use limits::Limits;
 pub use watch::fingerprint;
 
@@ -294,10 +295,8 @@ pub struct Engine<P: Poller = Agent> {
     backlog: Arc<Backlog>,
     forwarder: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
-    /// Boxed: the table then costs a pointer per slot, not a whole entry
-    /// per slot (and per spare slot).
-    entries: FxHashMap<String, Box<Entry>>,
-    queue: DelayQueue<String>,
+    entries: Entries,
+    queue: DelayQueue<Slot>,
     limits: Limits,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions: mpsc::UnboundedReceiver<Completion>,
@@ -349,8 +348,10 @@ struct Entry {
 
 /// A finished (or cancelled) poll, reported back to the engine loop.
 struct Completion {
-    id: String,
-    /// Which poll of the watch this was.
+    slot: Slot,
+    /// Which poll of the watch this was: the slot's watch is the one polled
+    /// only if this is the poll it waits for (the slot may have been given
+    /// to a watch added since).
     poll: u64,
     generation: u64,
     /// The host whose permit the poll held (the watch's host may have
@@ -421,7 +422,7 @@ impl<P: Poller> Engine<P> {
             backlog,
             forwarder,
             metrics,
-            entries: FxHashMap::default(),
+            entries: Entries::default(),
             queue: DelayQueue::new(),
             completions_tx,
             completions,
@@ -532,19 +533,21 @@ impl<P: Poller> Engine<P> {
 
     /// A watch's timer fired: it joins the ready queue, unless the wait was
     /// longer than the timer holds (then its next step is armed).
-    fn expired(&mut self, id: String) {
-        let Some(entry) = self.entries.get_mut(&id) else {
+    fn expired(&mut self, slot: Slot) {
+        // A removed watch's timer is removed with it: the slot's watch is
+        // the one the timer was armed for.
+        let Some(entry) = self.entries.get_mut(slot) else {
             return;
         };
         entry.key = None;
         let left = entry.due.saturating_duration_since(Instant::now());
         if left > Duration::from_millis(1) {
-            entry.key = Some(arm(&mut self.queue, id, left));
+            entry.key = Some(arm(&mut self.queue, slot, left));
             return;
         }
         if !entry.queued && entry.in_flight.is_none() {
             entry.queued = true;
-            self.limits.ready.push_back(id);
+            self.limits.ready.push_back(slot);
         }
     }
 
@@ -583,13 +586,13 @@ impl<P: Poller> Engine<P> {
         match command {
             Command::PollNow(id, reply) => {
                 let now = self.options.clock.now();
-                let found = match self.entries.get_mut(&id) {
+                let found = match self.entries.find_mut(&id) {
                     // A poll under way (or one already due and queued)
                     // answers the request: a second one would be impolite.
-                    Some(entry) if entry.in_flight.is_some() || entry.queued => true,
+                    Some((_, entry)) if entry.in_flight.is_some() || entry.queued => true,
                     // Rate limited (its last answer a 429/503): polled as
                     // soon as the server's wait ends, not against it.
-                    Some(entry)
+                    Some((_, entry))
                         if entry.state.status == WatchStatus::RateLimited
                             && !server_hold(&entry.state, now).is_zero() =>
                     {
@@ -604,12 +607,12 @@ impl<P: Poller> Engine<P> {
                         true
                     }
                     // Waiting for its next poll: that poll moves to now.
-                    Some(entry) if entry.key.is_some() => {
+                    Some((slot, entry)) if entry.key.is_some() => {
                         if let Some(key) = entry.key.take() {
                             self.queue.remove(&key);
                         }
                         entry.queued = true;
-                        self.limits.ready.push_front(id);
+                        self.limits.ready.push_front(slot);
                         true
                     }
                     // Done (its `until` or `fail_if` held): not polled any more.
@@ -629,7 +632,7 @@ impl<P: Poller> Engine<P> {
         let added: Vec<String> = config
             .watches
             .iter()
-            .filter(|w| !self.entries.contains_key(w.id.as_str()))
+            .filter(|w| !self.entries.contains(w.id.as_str()))
             .map(|w| w.id.as_str().to_owned())
             .collect();
         let store = self.store.clone();
@@ -671,9 +674,9 @@ impl<P: Poller> Engine<P> {
         let wanted: HashSet<&str> = config.watches.iter().map(|w| w.id.as_str()).collect();
         let gone: Vec<String> = self
             .entries
-            .keys()
-            .filter(|id| !wanted.contains(id.as_str()))
-            .cloned()
+            .ids()
+            .filter(|id| !wanted.contains(id))
+            .map(str::to_owned)
             .collect();
         for id in gone {
             if let Some(entry) = self.entries.remove(&id) {
@@ -687,7 +690,7 @@ impl<P: Poller> Engine<P> {
         }
         for watch in &config.watches {
             let id = watch.id.as_str();
-            match self.entries.get_mut(id) {
+            match self.entries.find_mut(id) {
                 None => {
                     // A watch removed by an earlier reload and now back
                     // resumes its stored state (counters, validators, last
@@ -703,7 +706,7 @@ impl<P: Poller> Engine<P> {
                     self.add(watch.clone(), previous, now);
                     summary.added += 1;
                 }
-                Some(entry) => {
+                Some((slot, entry)) => {
                     if watch::same_settings(&entry.watch, watch) {
                         continue;
                     }
@@ -773,7 +776,7 @@ impl<P: Poller> Engine<P> {
                         && entry.key.is_some()
                     {
                         // Stored too: a restart before that poll keeps it.
-                        set_due(&mut self.queue, entry, id, delay, now);
+                        set_due(&mut self.queue, entry, slot, delay, now);
                     }
                     // A watch stopped by its `until` or `fail_if` is polled
                     // again once its request or those conditions changed:
@@ -782,7 +785,7 @@ impl<P: Poller> Engine<P> {
                         entry.state.status = WatchStatus::Ok;
                         let delay =
                             policy::first_delay(policy, &watch.schedule, now, &mut self.rng);
-                        set_due(&mut self.queue, entry, id, delay, now);
+                        set_due(&mut self.queue, entry, slot, delay, now);
                     }
                     let state = entry.state.clone();
                     self.submit(Outcome {
@@ -870,7 +873,6 @@ impl<P: Poller> Engine<P> {
                 (state, delay, vec![ChangeKind::WatchAdded], true)
             }
         };
-        let id = state.id.clone();
         // `until` or `fail_if` held before: still stopped after a restart.
         let done = watch::is_stopped(&state);
         let mut entry = Entry {
@@ -886,9 +888,6 @@ impl<P: Poller> Engine<P> {
         // A stopped watch has no poll ahead, also once its state is written
         // again (`is_stopped` reads a fail_if stop from that).
         entry.state.next_due_ms = (!done).then(|| record::unix_ms(now + delay));
-        if !done {
-            entry.key = Some(arm(&mut self.queue, id.clone(), delay));
-        }
         if write || !events.is_empty() {
             self.submit(Outcome {
                 state: entry.state.clone(),
@@ -899,8 +898,12 @@ impl<P: Poller> Engine<P> {
         }
         // The series comes back with the stored counters, not only at the
         // watch's next poll (hours away, or never for a stopped watch).
-        self.metrics.ratio(&id, record::ratio_304(&entry.state));
-        self.entries.insert(id, Box::new(entry));
+        self.metrics
+            .ratio(&entry.state.id, record::ratio_304(&entry.state));
+        let slot = self.entries.insert(entry.state.id.clone(), Box::new(entry));
+        if !done && let Some(entry) = self.entries.get_mut(slot) {
+            entry.key = Some(arm(&mut self.queue, slot, delay));
+        }
     }
 
     fn record_removed(&mut self, mut state: WatchState) {
@@ -918,9 +921,10 @@ impl<P: Poller> Engine<P> {
     /// Starts as many ready polls as the global and per-host limits allow.
     fn dispatch(&mut self) {
         while !self.backlog.full()
-            && let Some((id, permits)) = self.limits.next_ready(|id| pollable(&self.entries, id))
+            && let Some((slot, permits)) =
+                self.limits.next_ready(|slot| pollable(&self.entries, slot))
         {
-            let Some(entry) = self.entries.get_mut(&id) else {
+            let Some(entry) = self.entries.get_mut(slot) else {
                 continue;
             };
             self.polls_started += 1;
@@ -947,7 +951,7 @@ impl<P: Poller> Engine<P> {
             let mut report = Report {
                 permits: Some(permits),
                 completion: Some(Completion {
-                    id,
+                    slot,
                     poll,
                     generation,
                     host,
@@ -989,10 +993,10 @@ impl<P: Poller> Engine<P> {
         // The slot is free whatever became of the watch.
         let entries = &self.entries;
         self.limits
-            .release(&completion.host, |id| pollable(entries, id));
+            .release(&completion.host, |slot| pollable(entries, slot));
         let Some(entry) = self
             .entries
-            .get_mut(&completion.id)
+            .get_mut(completion.slot)
             .filter(|e| e.in_flight == Some(completion.poll))
         else {
             // Removed while polling (and maybe added again since, with a
@@ -1006,7 +1010,7 @@ impl<P: Poller> Engine<P> {
             // is recorded, and the watch is polled again soon.
             if !self.poll_cancel.is_cancelled() && entry.key.is_none() {
                 let delay = entry.watch.policy.min_interval;
-                entry.key = Some(arm(&mut self.queue, completion.id.clone(), delay));
+                entry.key = Some(arm(&mut self.queue, completion.slot, delay));
                 entry.due = Instant::now() + delay;
             }
             return;
@@ -1019,16 +1023,16 @@ impl<P: Poller> Engine<P> {
             entry.host = watch::host_of(&entry.state.url);
         }
         self.metrics.poll(
-            &completion.id,
+            &entry.state.id,
             recorded.result,
             outcome.elapsed,
             outcome.bytes_received,
         );
         self.metrics
-            .ratio(&completion.id, record::ratio_304(&entry.state));
+            .ratio(&entry.state.id, record::ratio_304(&entry.state));
         if let Some(spans) = &self.options.spans {
             spans.record(crate::telemetry::PollSpan {
-                watch: completion.id.clone(),
+                watch: entry.state.id.clone(),
                 url: entry.state.url.clone(),
                 method: entry.watch.method.clone(),
                 result: recorded.result,
@@ -1042,8 +1046,7 @@ impl<P: Poller> Engine<P> {
             });
         }
         if !recorded.stopped && entry.key.is_none() {
-            // The id's last use here: moved to the timer, not copied.
-            entry.key = Some(arm(&mut self.queue, completion.id, recorded.delay));
+            entry.key = Some(arm(&mut self.queue, completion.slot, recorded.delay));
             entry.due = Instant::now() + recorded.delay;
         }
         let outcome = Outcome {
@@ -1082,7 +1085,7 @@ impl<P: Poller> Engine<P> {
     }
 
     fn resync(&mut self, id: &str, stored: Option<WatchState>) {
-        if let Some(entry) = self.entries.get_mut(id) {
+        if let Some((_, entry)) = self.entries.find_mut(id) {
             // A poll under way was sent with validators the store may not
             // hold: its answer (a 304 to an ETag whose body was never
             // stored) must not be recorded over the state read back here.
@@ -1123,23 +1126,23 @@ const MAX_TIMER: Duration = Duration::from_secs(3600);
 /// Moves a watch's next poll to `delay` from now: on its timer (re-armed,
 /// or armed when it had none) and in the state that is stored.
 fn set_due(
-    queue: &mut DelayQueue<String>,
+    queue: &mut DelayQueue<Slot>,
     entry: &mut Entry,
-    id: &str,
+    slot: Slot,
     delay: Duration,
     now: SystemTime,
 ) {
     match &entry.key {
         Some(key) => queue.reset(key, delay.min(MAX_TIMER)),
-        None => entry.key = Some(arm(queue, id.to_owned(), delay)),
+        None => entry.key = Some(arm(queue, slot, delay)),
     }
     entry.due = Instant::now() + delay;
     entry.state.next_due_ms = Some(record::unix_ms(now + delay));
 }
 
 /// Arms a watch's timer for `delay` from now, or for the first step of it.
-fn arm(queue: &mut DelayQueue<String>, id: String, delay: Duration) -> Key {
-    queue.insert(id, delay.min(MAX_TIMER))
+fn arm(queue: &mut DelayQueue<Slot>, slot: Slot, delay: Duration) -> Key {
+    queue.insert(slot, delay.min(MAX_TIMER))
 }
 
 /// Whether a watch's pending wait is its policy's (after a successful
@@ -1161,9 +1164,9 @@ fn server_hold(state: &WatchState, now: SystemTime) -> Duration {
 
 /// The host a due watch is limited under, or None when it is not to be
 /// polled (removed from the list, or already polling).
-fn pollable(entries: &FxHashMap<String, Box<Entry>>, id: &str) -> Option<Arc<str>> {
+fn pollable(entries: &Entries, slot: Slot) -> Option<Arc<str>> {
     entries
-        .get(id)
+        .get(slot)
         .filter(|e| e.queued && e.in_flight.is_none())
         .map(|e| e.host.clone())
 }
