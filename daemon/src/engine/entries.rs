@@ -109,6 +109,7 @@ mod tests {
         let state = super::super::watch::new_state(&watch, 0);
         Box::new(Entry {
             host: super::super::watch::host_of(&state.url),
+            moved: None,
             watch,
             state,
             key: None,

@@ -333,7 +333,11 @@ impl<P: Poller> std::fmt::Debug for Engine<P> {
 struct Entry {
     watch: Arc<Watch>,
     state: WatchState,
+    /// The host its polls count against ([`Entry::locate`]).
     host: Arc<str>,
+    /// The URL a permanent move re-pointed it to, when that differs from
+    /// the configured one: parsed once, not compared and parsed per poll.
+    moved: Option<Arc<url::Url>>,
     key: Option<Key>,
     due: Instant,
     /// The number of the poll in flight, if one is.
@@ -344,6 +348,18 @@ struct Entry {
     /// Bumped when the watch's request changes, so a poll started before
     /// the change is not recorded over the new state.
     generation: u64,
+}
+
+impl Entry {
+    /// Where its polls go, after its stored URL may have changed (a
+    /// permanent move, an edited request, a stored state resumed).
+    fn locate(&mut self) {
+        let parsed = url::Url::parse(&self.state.url).ok();
+        self.host = watch::host_in(parsed.as_ref());
+        self.moved = parsed
+            .filter(|_| self.state.url != self.watch.url.as_str())
+            .map(Arc::new);
+    }
 }
 
 /// A finished (or cancelled) poll, reported back to the engine loop.
@@ -730,11 +746,11 @@ impl<P: Poller> Engine<P> {
                         // The request changed: what the server validated no longer applies.
                         watch::reset_request_state(&mut entry.state, watch, new_fingerprint);
                         entry.generation += 1;
-                        entry.host = watch::host_of(&entry.state.url);
                     }
                     let policy = &watch.policy;
                     let (interval, _) = watch::adopt_interval(&mut entry.state, policy);
                     entry.watch = watch.clone();
+                    entry.locate();
                     // The wait under way, if it must change; never before
                     // what the server last asked for.
                     let remaining = entry.due.saturating_duration_since(Instant::now());
@@ -876,7 +892,8 @@ impl<P: Poller> Engine<P> {
         // `until` or `fail_if` held before: still stopped after a restart.
         let done = watch::is_stopped(&state);
         let mut entry = Entry {
-            host: watch::host_of(&state.url),
+            host: Arc::from(""),
+            moved: None,
             watch: watch.clone(),
             state,
             key: None,
@@ -885,6 +902,7 @@ impl<P: Poller> Engine<P> {
             queued: false,
             generation: 0,
         };
+        entry.locate();
         // A stopped watch has no poll ahead, also once its state is written
         // again (`is_stopped` reads a fail_if stop from that).
         entry.state.next_due_ms = (!done).then(|| record::unix_ms(now + delay));
@@ -935,11 +953,9 @@ impl<P: Poller> Engine<P> {
             let lag = Instant::now().saturating_duration_since(entry.due);
             self.metrics.lag(lag);
             let watch = entry.watch.clone();
+            let moved_url = entry.moved.clone();
             // Only what the request needs, not the whole state record.
             let state = &entry.state;
-            let moved_url = (state.url != watch.url.as_str())
-                .then(|| url::Url::parse(&state.url).ok())
-                .flatten();
             let etag = state.etag.clone();
             let last_modified = state.last_modified.clone();
             let cursor = state.cursor.clone();
@@ -964,7 +980,7 @@ impl<P: Poller> Engine<P> {
                 // The stored URL differs from the configured one only after a move.
                 let request = PollRequest {
                     watch: &watch,
-                    url: moved_url.as_ref().unwrap_or(&watch.url),
+                    url: moved_url.as_deref().unwrap_or(&watch.url),
                     etag: etag.as_deref(),
                     last_modified: last_modified.as_deref(),
                     cursor: cursor.as_deref(),
@@ -1020,7 +1036,7 @@ impl<P: Poller> Engine<P> {
         // A permanent move may have re-pointed the watch to another host:
         // its next polls count against that host's limit.
         if outcome.moved_permanently.is_some() {
-            entry.host = watch::host_of(&entry.state.url);
+            entry.locate();
         }
         self.metrics.poll(
             &entry.state.id,

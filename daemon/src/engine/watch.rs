@@ -50,11 +50,12 @@ pub(crate) fn schedule_text(watch: &Watch) -> Option<&str> {
 
 /// The host a watch's polls count against for `per_host`.
 pub(crate) fn host_of(url: &str) -> Arc<str> {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default()
-        .into()
+    host_in(url::Url::parse(url).ok().as_ref())
+}
+
+/// [`host_of`] a URL already parsed (none when it does not parse).
+pub(crate) fn host_in(url: Option<&url::Url>) -> Arc<str> {
+    url.and_then(url::Url::host_str).unwrap_or_default().into()
 }
 
 /// The state of a watch never polled before.
