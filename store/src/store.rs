@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use compact_str::CompactString;
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     Table, WriteTransaction,
@@ -155,7 +156,7 @@ struct Health {
 #[derive(Debug, Default)]
 struct LogIndex {
     /// Watch id → slot of its newest committed state in `state_log`.
-    newest: BTreeMap<Box<str>, u64>,
+    newest: BTreeMap<CompactString, u64>,
     /// States in `state_log`.
     entries: u64,
     /// The key the next chunk gets; keys are never reused while the store
@@ -170,13 +171,13 @@ struct LogIndex {
     /// States in the chunks below `cycle_start`.
     entries_before_cycle: u64,
     /// The last id this cycle's walk reached; `None` at its start.
-    cursor: Option<Box<str>>,
+    cursor: Option<CompactString>,
 }
 
 /// What one commit's walk of the rolling fold did.
 struct FoldStep {
     /// The last id it reached.
-    cursor: Option<Box<str>>,
+    cursor: Option<CompactString>,
     /// Rows it created (watches that had none).
     new_rows: u64,
     /// It passed the last id: the chunks below the cycle are deleted.
@@ -185,7 +186,7 @@ struct FoldStep {
 
 /// What one transaction appended to the state log, and its fold step.
 struct LogBatch {
-    newest: HashMap<String, u64>,
+    newest: HashMap<CompactString, u64>,
     appended: u64,
     next: u64,
     new_watches: u64,
@@ -221,8 +222,7 @@ impl LogIndex {
             self.cycle_start = next;
             self.cursor = None;
         }
-        self.newest
-            .extend(newest.into_iter().map(|(id, at)| (id.into_boxed_str(), at)));
+        self.newest.extend(newest);
         self.entries += appended;
         self.next = next;
     }
@@ -276,8 +276,8 @@ fn fold_state_log(txn: &WriteTransaction, index: Option<&LogIndex>) -> Result<u6
 /// records would hold the whole log in memory at start-up.
 fn newest_in_log(
     log: &impl ReadableTable<u64, &'static [u8]>,
-) -> Result<BTreeMap<Box<str>, u64>, StoreError> {
-    let mut newest = BTreeMap::<Box<str>, u64>::new();
+) -> Result<BTreeMap<CompactString, u64>, StoreError> {
+    let mut newest = BTreeMap::<CompactString, u64>::new();
     for_each_logged(log, |chunk, offset, id, _| {
         let at = slot(chunk, offset);
         match newest.get_mut(id) {
@@ -1238,7 +1238,7 @@ struct WriteTables<'t> {
     /// Created on the first body of a batch and reused for the rest.
     compressor: Option<zstd::bulk::Compressor<'static>>,
     /// Slots this transaction appended, the newest per watch.
-    logged: HashMap<String, u64>,
+    logged: HashMap<CompactString, u64>,
     appended: u64,
     /// The chunk being filled, and its key.
     chunk: Vec<u8>,
@@ -1269,12 +1269,13 @@ impl<'t> WriteTables<'t> {
     /// chunk is inserted.
     fn log_state(
         &mut self,
-        id: String,
+        id: &str,
         state: &WatchState,
         versions: VersionFields,
     ) -> Result<(), StoreError> {
         let offset = push_logged_state(&mut self.chunk, state, versions);
-        self.logged.insert(id, slot(self.chunk_key, offset));
+        self.logged
+            .insert(CompactString::from(id), slot(self.chunk_key, offset));
         self.appended += 1;
         if self.chunk.len() >= CHUNK_BYTES {
             self.close_chunk()?;
@@ -1418,8 +1419,8 @@ impl<'t> WriteTables<'t> {
         // the engine's copy when the state is logged.
         let state = &o.state;
         let (new_version, events, keep_versions) = (&o.new_version, &o.events, o.keep_versions);
-        let id = state.id.clone();
-        let prev = self.newest_versions(&id, committed)?;
+        let id = state.id.as_str();
+        let prev = self.newest_versions(id, committed)?;
         if prev.is_none() {
             self.new_watches += 1;
         }
@@ -1440,14 +1441,14 @@ impl<'t> WriteTables<'t> {
                 headers: nv.headers.clone(),
             };
             self.versions
-                .insert((id.as_str(), number), encode_version(&version).as_slice())?;
+                .insert((id, number), encode_version(&version).as_slice())?;
             stored.versions += 1;
             stored.latest_version = Some(number);
             stored.latest_hash = Some(nv.hash);
             *seq += 1;
             self.changes.insert(
                 *seq,
-                encode_change(&id, Some(number), ChangeKind::NewVersion, nv.fetched_at_ms)
+                encode_change(id, Some(number), ChangeKind::NewVersion, nv.fetched_at_ms)
                     .as_slice(),
             )?;
             committed.seqs.push(*seq);
@@ -1456,10 +1457,10 @@ impl<'t> WriteTables<'t> {
         for &kind in events {
             *seq += 1;
             self.changes
-                .insert(*seq, encode_change(&id, None, kind, now).as_slice())?;
+                .insert(*seq, encode_change(id, None, kind, now).as_slice())?;
             committed.seqs.push(*seq);
         }
-        self.prune_versions(&id, &mut stored.versions, keep_versions)?;
+        self.prune_versions(id, &mut stored.versions, keep_versions)?;
         self.log_state(id, state, stored)?;
         Ok(committed)
     }
