@@ -74,7 +74,8 @@ fn outcome(events: Vec<ChangeKind>) -> Outcome {
             id: "bench".into(),
             url: "https://example.org/".into(),
             ..WatchState::default()
-        },
+        }
+        .into(),
         new_version: None,
         events,
         keep_versions: 10,

@@ -626,7 +626,8 @@ mod tests {
                         id: "w".into(),
                         url: "https://example.org/".into(),
                         ..WatchState::default()
-                    },
+                    }
+                    .into(),
                     new_version: Some(NewVersion {
                         body: body.to_vec(),
                         hash: hash_body(body),

@@ -94,7 +94,7 @@ fn main() {
         for pass in 0..PASSES {
             let written = disk_writes();
             let took = run(&writer, WATCHES, move |i| Outcome {
-                state: state(i, pass as u64 + 1),
+                state: state(i, pass as u64 + 1).into(),
                 new_version: None,
                 events: vec![],
                 keep_versions: 100,
@@ -127,7 +127,7 @@ fn main() {
             // 1 KiB of text that differs per version, like a small JSON feed.
             let body: Vec<u8> = format!("{{\"n\":{i},\"items\":[{}]}}", "\"item\",".repeat(150)).into_bytes()[..1024].to_vec();
             Outcome {
-                state: state(i % 10_000, 1),
+                state: state(i % 10_000, 1).into(),
                 new_version: Some(NewVersion { hash: hash_body(&body), body, content_type: Some("application/json".into()), headers: vec![], fetched_at_ms: 1 }),
                 events: vec![],
                 keep_versions: 100,

@@ -144,7 +144,7 @@ fn main() {
                 }
             });
             batch.push(Outcome {
-                state: state(i, p, now, next),
+                state: state(i, p, now, next).into(),
                 new_version,
                 events: Vec::new(),
                 keep_versions: 10,

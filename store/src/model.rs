@@ -5,6 +5,8 @@
 //! [`NewVersion`] / [`Committed`] (write side). They carry no behaviour
 //! beyond naming their enums the way the HTTP API spells them.
 
+use std::sync::Arc;
+
 use crate::Hash;
 
 /// What a watch is doing, as the API reports it in `state`.
@@ -208,8 +210,9 @@ pub struct NewVersion {
 /// The result of one poll, as the engine hands it to the store.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// The watch's new state (upserted).
-    pub state: WatchState,
+    /// The watch's new state (upserted). Shared: the engine keeps the
+    /// same state as its own copy of the watch until it changes again.
+    pub state: Arc<WatchState>,
     /// A new version to store, if the body changed.
     pub new_version: Option<NewVersion>,
     /// Change-log events besides `NewVersion` (which the store appends itself

@@ -1613,7 +1613,8 @@ mod readahead_tests {
                     id: format!("w{i:05}"),
                     url: format!("https://example.org/{i}/{}", "x".repeat(100)),
                     ..crate::WatchState::default()
-                },
+                }
+                .into(),
                 new_version: None,
                 events: Vec::new(),
                 keep_versions: 1,

@@ -61,7 +61,7 @@ fn crash_child() {
                     s.cursor = Some(token.clone());
                     let c = writer
                         .submit(Outcome {
-                            state: s,
+                            state: s.into(),
                             new_version: Some(NewVersion {
                                 hash: hash_body(&body),
                                 body,

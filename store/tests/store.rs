@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{changed, event, not_modified, state};
 use polld_store::{
     ChangeKind, Outcome, Store, StoreError, StoreOptions, WatchStatus, hash_body, hex, parse_hex,
@@ -96,7 +98,7 @@ fn every_state_field_is_kept() {
     s.rate_limited = 1;
     s.bytes_received = 123_456;
     let o = Outcome {
-        state: s.clone(),
+        state: s.clone().into(),
         new_version: None,
         events: vec![],
         keep_versions: 3,
@@ -203,9 +205,9 @@ fn store_owns_version_counters_in_the_state() {
         .unwrap();
     // The engine hands in stale or made-up values: they are ignored.
     let mut o = not_modified("w", 2);
-    o.state.versions = 99;
-    o.state.latest_version = Some(42);
-    o.state.latest_hash = Some([1; 32]);
+    Arc::make_mut(&mut o.state).versions = 99;
+    Arc::make_mut(&mut o.state).latest_version = Some(42);
+    Arc::make_mut(&mut o.state).latest_hash = Some([1; 32]);
     store.apply_blocking(vec![o]).unwrap();
     let s = store.watch("w").unwrap().unwrap();
     assert_eq!(
@@ -422,8 +424,8 @@ fn removed_watch_keeps_its_history() {
         .apply_blocking(vec![changed("gone", b"v1", 10)])
         .unwrap();
     let mut o = not_modified("gone", 3);
-    o.state.status = WatchStatus::Removed;
-    o.state.next_due_ms = None;
+    Arc::make_mut(&mut o.state).status = WatchStatus::Removed;
+    Arc::make_mut(&mut o.state).next_due_ms = None;
     o.events = vec![ChangeKind::WatchRemoved];
     let c = store.apply_blocking(vec![o]).unwrap();
     assert_eq!(c[0].seqs, vec![2]);
@@ -493,7 +495,7 @@ fn several_outcomes_for_one_watch_in_one_batch() {
 fn a_batch_logs_changes_in_arrival_order_whatever_the_key_order() {
     let (_dir, store) = fresh();
     let mut last = not_modified("b", 7);
-    last.state.etag = Some("\"last\"".into());
+    Arc::make_mut(&mut last.state).etag = Some("\"last\"".into());
     let c = store
         .apply_blocking(vec![
             changed("z", b"z1", 10),
@@ -805,7 +807,7 @@ fn the_rolling_fold_keeps_every_newest_state_and_bounds_the_log() {
             if (x >> 40).is_multiple_of(8) {
                 let body = format!("body {polls}").into_bytes();
                 let mut outcome = changed(id, &body, 3);
-                outcome.state.polls = polls;
+                Arc::make_mut(&mut outcome.state).polls = polls;
                 batch.push(outcome);
                 let e = made.entry(id).or_default();
                 *e = (e.0 + 1, body);

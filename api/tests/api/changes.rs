@@ -146,7 +146,7 @@ async fn a_commit_wakes_a_held_long_poll() {
     tokio::task::spawn_blocking(move || {
         store
             .apply_blocking(vec![polld_store::Outcome {
-                state: crate::common::state("alpha"),
+                state: crate::common::state("alpha").into(),
                 new_version: None,
                 events: vec![ChangeKind::ErrorStarted],
                 keep_versions: 10,
@@ -175,7 +175,7 @@ fn commit_500_times(fx: &Fx, events: Vec<ChangeKind>) -> tokio::task::JoinHandle
         for _ in 0..500 {
             store
                 .apply_blocking(vec![polld_store::Outcome {
-                    state: crate::common::state("alpha"),
+                    state: crate::common::state("alpha").into(),
                     new_version: None,
                     events: events.clone(),
                     keep_versions: 10,
@@ -265,7 +265,7 @@ async fn a_burst_larger_than_the_tail_is_read_from_the_store() {
     let store = fx.store.clone();
     tokio::task::spawn_blocking(move || {
         store.apply_blocking(vec![polld_store::Outcome {
-            state: crate::common::state("alpha"),
+            state: crate::common::state("alpha").into(),
             new_version: None,
             events,
             keep_versions: 10,

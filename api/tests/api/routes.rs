@@ -287,7 +287,7 @@ async fn versions_serve_their_stored_headers() {
     let commit = |body: &[u8], headers: &[(&str, &str)]| {
         fx.store
             .apply_blocking(vec![polld_store::Outcome {
-                state: state("alpha"),
+                state: state("alpha").into(),
                 new_version: Some(polld_store::NewVersion {
                     body: body.to_vec(),
                     hash: polld_store::hash_body(body),

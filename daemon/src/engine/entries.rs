@@ -111,7 +111,7 @@ mod tests {
             host: super::super::watch::host_of(&state.url),
             moved: None,
             watch,
-            state,
+            state: state.into(),
             key: None,
             due: Instant::now(),
             in_flight: None,

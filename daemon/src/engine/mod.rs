@@ -332,7 +332,10 @@ impl<P: Poller> std::fmt::Debug for Engine<P> {
 /// One watch as the engine holds it.
 struct Entry {
     watch: Arc<Watch>,
-    state: WatchState,
+    /// Shared with the outcome last handed to the store, so that handing
+    /// it over copies no strings; changed through `Arc::make_mut`, which
+    /// copies it only while that outcome is not yet committed.
+    state: Arc<WatchState>,
     /// The host its polls count against ([`Entry::locate`]).
     host: Arc<str>,
     /// The URL a permanent move re-pointed it to, when that differs from
@@ -479,7 +482,7 @@ impl<P: Poller> Engine<P> {
         }
         for state in stored.into_iter().filter_map(|(_, state)| state) {
             if state.status != WatchStatus::Removed {
-                engine.record_removed(state);
+                engine.record_removed(Arc::new(state));
             }
         }
         engine.log_budget.close();
@@ -744,11 +747,16 @@ impl<P: Poller> Engine<P> {
                     );
                     if request_changed {
                         // The request changed: what the server validated no longer applies.
-                        watch::reset_request_state(&mut entry.state, watch, new_fingerprint);
+                        watch::reset_request_state(
+                            Arc::make_mut(&mut entry.state),
+                            watch,
+                            new_fingerprint,
+                        );
                         entry.generation += 1;
                     }
                     let policy = &watch.policy;
-                    let (interval, _) = watch::adopt_interval(&mut entry.state, policy);
+                    let (interval, _) =
+                        watch::adopt_interval(Arc::make_mut(&mut entry.state), policy);
                     entry.watch = watch.clone();
                     entry.locate();
                     // The wait under way, if it must change; never before
@@ -798,7 +806,7 @@ impl<P: Poller> Engine<P> {
                     // again once its request or those conditions changed:
                     // what held was about another request or question.
                     if stopped && (request_changed || conditions_changed) {
-                        entry.state.status = WatchStatus::Ok;
+                        Arc::make_mut(&mut entry.state).status = WatchStatus::Ok;
                         let delay =
                             policy::first_delay(policy, &watch.schedule, now, &mut self.rng);
                         set_due(&mut self.queue, entry, slot, delay, now);
@@ -895,7 +903,7 @@ impl<P: Poller> Engine<P> {
             host: Arc::from(""),
             moved: None,
             watch: watch.clone(),
-            state,
+            state: Arc::new(state),
             key: None,
             due: Instant::now() + delay,
             in_flight: None,
@@ -905,7 +913,7 @@ impl<P: Poller> Engine<P> {
         entry.locate();
         // A stopped watch has no poll ahead, also once its state is written
         // again (`is_stopped` reads a fail_if stop from that).
-        entry.state.next_due_ms = (!done).then(|| record::unix_ms(now + delay));
+        Arc::make_mut(&mut entry.state).next_due_ms = (!done).then(|| record::unix_ms(now + delay));
         if write || !events.is_empty() {
             self.submit(Outcome {
                 state: entry.state.clone(),
@@ -924,9 +932,10 @@ impl<P: Poller> Engine<P> {
         }
     }
 
-    fn record_removed(&mut self, mut state: WatchState) {
-        state.status = WatchStatus::Removed;
-        state.next_due_ms = None;
+    fn record_removed(&mut self, mut state: Arc<WatchState>) {
+        let removed = Arc::make_mut(&mut state);
+        removed.status = WatchStatus::Removed;
+        removed.next_due_ms = None;
         per_watch!(self.log_budget, watch = %state.id, "watch removed from the list; its history is kept");
         self.submit(Outcome {
             state,
@@ -1106,7 +1115,7 @@ impl<P: Poller> Engine<P> {
             // hold: its answer (a 304 to an ETag whose body was never
             // stored) must not be recorded over the state read back here.
             entry.generation += 1;
-            let state = &mut entry.state;
+            let state = Arc::make_mut(&mut entry.state);
             match stored {
                 Some(stored) => {
                     state.etag = stored.etag;
@@ -1153,7 +1162,7 @@ fn set_due(
         None => entry.key = Some(arm(queue, slot, delay)),
     }
     entry.due = Instant::now() + delay;
-    entry.state.next_due_ms = Some(record::unix_ms(now + delay));
+    Arc::make_mut(&mut entry.state).next_due_ms = Some(record::unix_ms(now + delay));
 }
 
 /// Arms a watch's timer for `delay` from now, or for the first step of it.
@@ -1201,9 +1210,12 @@ async fn forward(
         tokio::select! {
             next = outbox.recv() => {
                 let Some(outcome) = next else { break };
-                let id = outcome.state.id.clone();
+                // The state, not a copy of its id: a reference count, not
+                // an allocation per outcome.
+                let state = outcome.state.clone();
+                let id = &state.id;
                 match writer.enqueue(outcome).await {
-                    Ok(commit) => pending.push(async move { (id, commit.await) }),
+                    Ok(commit) => pending.push(async move { (state, commit.await) }),
                     Err(err) => {
                         backlog.committed();
                         // A refused outcome; not one per outcome after the
@@ -1212,22 +1224,22 @@ async fn forward(
                             metrics.store_error();
                         }
                         tracing::error!(watch = %id, error = %err, "outcome refused by the store");
-                        let _ = failures.send(id);
+                        let _ = failures.send(id.clone());
                     }
                 }
             }
-            Some((id, result)) = pending.next(), if !pending.is_empty() => {
+            Some((state, result)) = pending.next(), if !pending.is_empty() => {
                 backlog.committed();
-                report(&id, result, &failures, &metrics);
+                report(&state.id, result, &failures, &metrics);
             }
         }
     }
     // Nothing more to hand over: the writer may commit its last batch now
     // rather than at the end of its linger.
     drop(writer);
-    while let Some((id, result)) = pending.next().await {
+    while let Some((state, result)) = pending.next().await {
         backlog.committed();
-        report(&id, result, &failures, &metrics);
+        report(&state.id, result, &failures, &metrics);
     }
 }
 

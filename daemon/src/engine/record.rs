@@ -2,6 +2,7 @@
 //! cursor, status transitions (with their change-log events and log lines),
 //! permanent moves, `until` / `fail_if`, and the next due time.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use polld_store::{ChangeKind, NewVersion, WatchState, WatchStatus};
@@ -45,7 +46,8 @@ pub(crate) fn apply(
     rng: &mut impl Rng,
 ) -> Recorded {
     let watch = entry.watch.clone();
-    let state = &mut entry.state;
+    // A copy only while the previous outcome's commit is pending.
+    let state = Arc::make_mut(&mut entry.state);
     // For log lines only: the list's id is the state's, and borrowing it
     // saves a copy per poll.
     let id = &watch.id;

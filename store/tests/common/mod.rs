@@ -22,7 +22,7 @@ pub fn not_modified(id: &str, polls: u64) -> Outcome {
     s.etag = Some("\"v1\"".into());
     s.last_status = Some(304);
     Outcome {
-        state: s,
+        state: s.into(),
         new_version: None,
         events: Vec::new(),
         keep_versions: 100,
@@ -45,7 +45,7 @@ pub fn changed(id: &str, body: &[u8], keep: u32) -> Outcome {
     s.changed = 1;
     s.last_status = Some(200);
     Outcome {
-        state: s,
+        state: s.into(),
         new_version: Some(new_version(body, 1_000)),
         events: Vec::new(),
         keep_versions: keep,
@@ -54,7 +54,7 @@ pub fn changed(id: &str, body: &[u8], keep: u32) -> Outcome {
 
 pub fn event(id: &str, kind: ChangeKind) -> Outcome {
     Outcome {
-        state: state(id),
+        state: state(id).into(),
         new_version: None,
         events: vec![kind],
         keep_versions: 100,

@@ -109,7 +109,7 @@ impl Fx {
         let out = self
             .store
             .apply_blocking(vec![Outcome {
-                state,
+                state: state.into(),
                 new_version,
                 events,
                 keep_versions: 100,
