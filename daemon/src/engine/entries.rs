@@ -11,16 +11,33 @@ use rustc_hash::FxHashMap;
 use super::Entry;
 
 /// A watch's place in [`Entries`]. A removed watch's slot is given to the
-/// next watch added, so what holds a slot across a reload checks that it
-/// still means the same watch (a poll's number, a queued flag).
+/// next watch added: what can outlive a watch holds more than its slot (a
+/// poll's [`Completion`](super::Completion) its poll's number, the ready
+/// queues a [`Ticket`]); its timer is removed with it.
 pub(crate) type Slot = u32;
+
+/// A due watch as the ready queues hold it: its slot, and which of the
+/// watches that slot has held. A ticket of a removed watch is void, so the
+/// watch added into its slot cannot take its place in the queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    pub(crate) slot: Slot,
+    pub(crate) tenant: u32,
+}
+
+/// A slot and the count of the watches it has held.
+#[derive(Default)]
+struct Place {
+    tenant: u32,
+    /// Boxed: a slot costs a pointer and a count, and the vector's growth
+    /// on a reload that adds watches moves those, not whole entries.
+    entry: Option<Box<Entry>>,
+}
 
 /// The running watches, by slot and by id.
 #[derive(Default)]
 pub(crate) struct Entries {
-    /// Boxed: a slot costs a pointer, and the vector's growth on a reload
-    /// that adds watches moves pointers, not whole entries.
-    slots: Vec<Option<Box<Entry>>>,
+    slots: Vec<Place>,
     by_id: FxHashMap<String, Slot>,
     free: Vec<Slot>,
 }
@@ -37,12 +54,33 @@ impl Entries {
         self.by_id.len()
     }
 
-    pub(crate) fn get(&self, slot: Slot) -> Option<&Entry> {
-        self.slots.get(slot as usize)?.as_deref()
+    pub(crate) fn get_mut(&mut self, slot: Slot) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize)?.entry.as_deref_mut()
     }
 
-    pub(crate) fn get_mut(&mut self, slot: Slot) -> Option<&mut Entry> {
-        self.slots.get_mut(slot as usize)?.as_deref_mut()
+    /// The ticket of the watch now in `slot`.
+    pub(crate) fn ticket(&self, slot: Slot) -> Ticket {
+        Ticket {
+            slot,
+            tenant: self.slots.get(slot as usize).map_or(0, |p| p.tenant),
+        }
+    }
+
+    /// The watch a ticket was given to, if it still runs.
+    pub(crate) fn by_ticket(&self, ticket: Ticket) -> Option<&Entry> {
+        let place = self.slots.get(ticket.slot as usize)?;
+        place
+            .entry
+            .as_deref()
+            .filter(|_| place.tenant == ticket.tenant)
+    }
+
+    pub(crate) fn by_ticket_mut(&mut self, ticket: Ticket) -> Option<&mut Entry> {
+        let place = self.slots.get_mut(ticket.slot as usize)?;
+        place
+            .entry
+            .as_deref_mut()
+            .filter(|_| place.tenant == ticket.tenant)
     }
 
     pub(crate) fn slot_of(&self, id: &str) -> Option<Slot> {
@@ -69,13 +107,16 @@ impl Entries {
         debug_assert!(!self.by_id.contains_key(&id), "watch {id} added twice");
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize] = Some(entry);
+                self.slots[slot as usize].entry = Some(entry);
                 slot
             }
             None => {
                 let slot = Slot::try_from(self.slots.len())
                     .expect("more than 4 billion watches in one list");
-                self.slots.push(Some(entry));
+                self.slots.push(Place {
+                    tenant: 0,
+                    entry: Some(entry),
+                });
                 slot
             }
         };
@@ -83,12 +124,14 @@ impl Entries {
         slot
     }
 
-    /// Takes a watch out; its slot goes to the next watch added.
+    /// Takes a watch out; its slot goes to the next watch added, and its
+    /// tickets are void.
     pub(crate) fn remove(&mut self, id: &str) -> Option<Box<Entry>> {
         let slot = self.by_id.remove(id)?;
-        let entry = self.slots[slot as usize].take();
+        let place = &mut self.slots[slot as usize];
+        place.tenant = place.tenant.wrapping_add(1);
         self.free.push(slot);
-        entry
+        place.entry.take()
     }
 }
 
@@ -127,13 +170,23 @@ mod tests {
         let b = entries.insert("b".into(), entry("b"));
         assert_ne!(a, b);
         assert_eq!(entries.slot_of("b"), Some(b));
-        assert_eq!(entries.get(b).unwrap().state.id, "b");
+        assert_eq!(entries.get_mut(b).unwrap().state.id, "b");
+        let a_ticket = entries.ticket(a);
+        assert_eq!(entries.by_ticket(a_ticket).unwrap().state.id, "a");
         assert!(entries.remove("a").is_some());
-        assert!(entries.get(a).is_none(), "a removed watch's slot is empty");
+        assert!(
+            entries.get_mut(a).is_none(),
+            "a removed watch's slot is empty"
+        );
         assert!(entries.remove("a").is_none());
         let c = entries.insert("c".into(), entry("c"));
         assert_eq!(c, a, "the free slot is reused");
-        assert_eq!(entries.get(c).unwrap().state.id, "c");
+        assert_eq!(entries.get_mut(c).unwrap().state.id, "c");
+        assert!(
+            entries.by_ticket(a_ticket).is_none(),
+            "a removed watch's ticket does not stand for the watch in its slot now"
+        );
+        assert_eq!(entries.by_ticket(entries.ticket(c)).unwrap().state.id, "c");
         assert_eq!(entries.len(), 2);
         let mut ids: Vec<&str> = entries.ids().collect();
         ids.sort_unstable();

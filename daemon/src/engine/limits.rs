@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::entries::Slot;
+use super::entries::Ticket;
 
 /// The permits a running poll holds; dropping them frees its slots.
 #[derive(Debug)]
@@ -20,14 +20,14 @@ pub(crate) struct Permits {
 #[derive(Debug)]
 pub(crate) struct Limits {
     /// Due watches in order; `push_front` jumps the queue ("poll now").
-    pub(crate) ready: VecDeque<Slot>,
+    pub(crate) ready: VecDeque<Ticket>,
     /// Watches a finished poll let go ahead of `ready` ([`Limits::release`]),
     /// in the order they waited: the engine handles many completions before
     /// it starts polls again, and pushing each to the front of `ready`
     /// would start them last-waited first.
-    released: VecDeque<Slot>,
+    released: VecDeque<Ticket>,
     /// Due watches whose host is at its limit, per host, in order.
-    waiting: FxHashMap<Arc<str>, VecDeque<Slot>>,
+    waiting: FxHashMap<Arc<str>, VecDeque<Ticket>>,
     global: Arc<Semaphore>,
     hosts: FxHashMap<Arc<str>, Arc<Semaphore>>,
     per_host: usize,
@@ -50,8 +50,8 @@ impl Limits {
     /// was removed or is already in flight).
     pub(crate) fn next_ready(
         &mut self,
-        host_of: impl Fn(Slot) -> Option<Arc<str>>,
-    ) -> Option<(Slot, Permits)> {
+        host_of: impl Fn(Ticket) -> Option<Arc<str>>,
+    ) -> Option<(Ticket, Permits)> {
         loop {
             // Before any id is looked up: at saturation the engine asks on
             // every turn, and each lookup of a watch among 100,000 is a
@@ -104,7 +104,11 @@ impl Limits {
     /// goes to the ready queue to take its new host's slot, and the search
     /// goes on for a watch of this host. Otherwise the freed slot could sit
     /// unused while watches of this host wait for a release that never comes.
-    pub(crate) fn release(&mut self, host: &Arc<str>, host_of: impl Fn(Slot) -> Option<Arc<str>>) {
+    pub(crate) fn release(
+        &mut self,
+        host: &Arc<str>,
+        host_of: impl Fn(Ticket) -> Option<Arc<str>>,
+    ) {
         let Some(queue) = self.waiting.get_mut(host) else {
             return;
         };
@@ -135,15 +139,18 @@ mod tests {
     use super::*;
 
     // Slots 11, 12... are watches a1, a2... of host "a"; 21, 22... of "b".
-    const A1: Slot = 11;
-    const A2: Slot = 12;
-    const A3: Slot = 13;
-    const A4: Slot = 14;
-    const B1: Slot = 21;
-    const B2: Slot = 22;
+    const fn ticket(slot: u32) -> Ticket {
+        Ticket { slot, tenant: 0 }
+    }
+    const A1: Ticket = ticket(11);
+    const A2: Ticket = ticket(12);
+    const A3: Ticket = ticket(13);
+    const A4: Ticket = ticket(14);
+    const B1: Ticket = ticket(21);
+    const B2: Ticket = ticket(22);
 
-    fn host(slot: Slot) -> Option<Arc<str>> {
-        Some(Arc::from(if slot < 20 { "a" } else { "b" }))
+    fn host(t: Ticket) -> Option<Arc<str>> {
+        Some(Arc::from(if t.slot < 20 { "a" } else { "b" }))
     }
 
     #[test]
@@ -185,7 +192,7 @@ mod tests {
         drop((a1, a2));
         limits.release(&Arc::from("a"), host);
         limits.release(&Arc::from("a"), host);
-        let order: Vec<Slot> = std::iter::from_fn(|| limits.next_ready(host))
+        let order: Vec<Ticket> = std::iter::from_fn(|| limits.next_ready(host))
             .map(|(slot, _permits)| slot)
             .collect();
         assert_eq!(order, [A3, A4]);
@@ -196,9 +203,9 @@ mod tests {
         let mut limits = Limits::new(1, 1);
         limits.ready.extend([A1, B1]);
         let looked_up = std::cell::Cell::new(0);
-        let host = |slot: Slot| {
+        let host = |t: Ticket| {
             looked_up.set(looked_up.get() + 1);
-            host(slot)
+            host(t)
         };
         let a1 = limits.next_ready(host).unwrap();
         assert_eq!(looked_up.get(), 1);

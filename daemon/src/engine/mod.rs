@@ -37,7 +37,7 @@ use tokio_util::time::delay_queue::Key;
 
 use crate::agent::{Agent, PollOutcome, PollRequest};
 use crate::metrics::Metrics;
-use entries::{Entries, Slot};
+use entries::{Entries, Slot, Ticket};
 use limits::Limits;
 pub use watch::fingerprint;
 
@@ -566,7 +566,7 @@ impl<P: Poller> Engine<P> {
         }
         if !entry.queued && entry.in_flight.is_none() {
             entry.queued = true;
-            self.limits.ready.push_back(slot);
+            self.limits.ready.push_back(self.entries.ticket(slot));
         }
     }
 
@@ -631,7 +631,7 @@ impl<P: Poller> Engine<P> {
                             self.queue.remove(&key);
                         }
                         entry.queued = true;
-                        self.limits.ready.push_front(slot);
+                        self.limits.ready.push_front(self.entries.ticket(slot));
                         true
                     }
                     // Done (its `until` or `fail_if` held): not polled any more.
@@ -948,10 +948,12 @@ impl<P: Poller> Engine<P> {
     /// Starts as many ready polls as the global and per-host limits allow.
     fn dispatch(&mut self) {
         while !self.backlog.full()
-            && let Some((slot, permits)) =
-                self.limits.next_ready(|slot| pollable(&self.entries, slot))
+            && let Some((ticket, permits)) = self
+                .limits
+                .next_ready(|ticket| pollable(&self.entries, ticket))
         {
-            let Some(entry) = self.entries.get_mut(slot) else {
+            let slot = ticket.slot;
+            let Some(entry) = self.entries.by_ticket_mut(ticket) else {
                 continue;
             };
             self.polls_started += 1;
@@ -1018,7 +1020,7 @@ impl<P: Poller> Engine<P> {
         // The slot is free whatever became of the watch.
         let entries = &self.entries;
         self.limits
-            .release(&completion.host, |slot| pollable(entries, slot));
+            .release(&completion.host, |ticket| pollable(entries, ticket));
         let Some(entry) = self
             .entries
             .get_mut(completion.slot)
@@ -1188,10 +1190,11 @@ fn server_hold(state: &WatchState, now: SystemTime) -> Duration {
 }
 
 /// The host a due watch is limited under, or None when it is not to be
-/// polled (removed from the list, or already polling).
-fn pollable(entries: &Entries, slot: Slot) -> Option<Arc<str>> {
+/// polled (removed from the list, which voids its ticket, or already
+/// polling).
+fn pollable(entries: &Entries, ticket: Ticket) -> Option<Arc<str>> {
     entries
-        .get(slot)
+        .by_ticket(ticket)
         .filter(|e| e.queued && e.in_flight.is_none())
         .map(|e| e.host.clone())
 }

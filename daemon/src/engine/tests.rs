@@ -49,6 +49,8 @@ struct Seen {
     wall: SystemTime,
     /// The job the poll was asked to resume.
     job: Option<String>,
+    /// The URL asked.
+    url: String,
 }
 
 type Script = dyn Fn(&str, usize) -> Reply + Send + Sync;
@@ -128,6 +130,7 @@ impl Poller for Scripted {
                 at: self.start.elapsed(),
                 wall: self.clock.now(),
                 job: request.job.map(str::to_owned),
+                url: request.url.to_string(),
             });
             before
         };
@@ -756,6 +759,48 @@ async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_watch_added_into_a_removed_one_s_slot_does_not_take_its_place_in_line() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
+    let (_dir, store) = open_store();
+    let poller =
+        Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified).holding(secs(100));
+    let running = start_limited(&watch_list(defaults, 3), &store, poller.clone(), 1).await;
+    run_until(secs(20), || poller.firsts().len() == 1).await;
+    let first = index(poller.firsts().keys().next().unwrap());
+    let mut waiting: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    waiting.sort_by_key(|i| {
+        let state = store.watch(&format!("w{i}")).unwrap().unwrap();
+        state.next_due_ms.unwrap()
+    });
+    tokio::time::sleep(secs(10)).await;
+    // The first in line leaves the list as w3 joins it, in one reload: w3
+    // takes its slot, and falls due while the first poll still holds the
+    // host, behind the watch that waited longer.
+    let (gone, kept) = (waiting[0], waiting[1]);
+    running
+        .handle
+        .reload(some_of(defaults, &[first, kept, 3]))
+        .await;
+    let kept = format!("w{kept}");
+    run_until(secs(500), || {
+        !poller.times(&kept).is_empty() && !poller.times("w3").is_empty()
+    })
+    .await;
+    running.stop().await;
+    assert!(poller.times(&format!("w{gone}")).is_empty());
+    let ended = poller.times(&format!("w{first}"))[0] + secs(100);
+    assert_near(
+        poller.times(&kept)[0],
+        ended,
+        "the watch that waited longer",
+    );
+    assert!(
+        poller.times("w3")[0] > poller.times(&kept)[0],
+        "w3 polled before the watch that waited longer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_watch_removed_and_re_added_by_reloads_resumes_its_stored_state() {
     let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\nbackoff = 1.0\njitter = 0.0";
     let (_dir, store) = open_store();
@@ -848,6 +893,20 @@ async fn a_watch_moved_to_another_host_counts_against_that_host() {
     let state = store.watch("w0").unwrap().expect("stored");
     assert_eq!(state.url, "http://localhost:9/moved", "re-pointed");
     assert_eq!(poller.most_at_once("localhost"), 1, "per_host = 1 holds");
+    let polls = poller.polls("w0");
+    assert_eq!(polls[0].url, "http://127.0.0.1:9/0");
+    assert_eq!(
+        polls.last().unwrap().url,
+        "http://localhost:9/moved",
+        "polls go to the new URL"
+    );
+
+    // After a restart, the stored move still holds.
+    let poller = Scripted::new(wall_clock(1_700_100_000), |_, _| Reply::NotModified);
+    let running = start_limited(&config(text), &store, poller.clone(), 1).await;
+    run_until(secs(100), || !poller.times("w0").is_empty()).await;
+    running.stop().await;
+    assert_eq!(poller.polls("w0")[0].url, "http://localhost:9/moved");
 }
 
 /// A watch list of one watch `w0` at `url` with `until = [until]`.
