@@ -725,16 +725,26 @@ async fn a_watch_removed_while_polling_frees_its_host_slot() {
     running.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
-    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
-    let (_dir, store) = open_store();
+/// Watches w0, w1 and w2 on one host with `per_host = 1`, each poll taking
+/// 100 s: the first to poll holds the host while the two others fall due
+/// and wait for it. Returns the first's index and the others' in the
+/// order they wait.
+struct OnePollingTwoWaiting {
+    /// The store's directory, kept until the test ends.
+    dir: tempfile::TempDir,
+    poller: Scripted,
+    running: Running,
+    first: usize,
+    waiting: [usize; 2],
+}
+
+async fn one_polling_two_waiting(defaults: &str) -> OnePollingTwoWaiting {
+    let (dir, store) = open_store();
     let poller =
         Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified).holding(secs(100));
     let running = start_limited(&watch_list(defaults, 3), &store, poller.clone(), 1).await;
     run_until(secs(20), || poller.firsts().len() == 1).await;
-    // The two others fall due and wait for the host while the first polls,
-    // in the order of their first due times.
+    // They wait in the order of their first due times.
     let first = index(poller.firsts().keys().next().unwrap());
     let mut waiting: Vec<usize> = (0..3).filter(|&i| i != first).collect();
     waiting.sort_by_key(|i| {
@@ -742,8 +752,26 @@ async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
         state.next_due_ms.unwrap()
     });
     tokio::time::sleep(secs(10)).await;
+    OnePollingTwoWaiting {
+        dir,
+        poller,
+        running,
+        first,
+        waiting: [waiting[0], waiting[1]],
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
+    let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
+    let OnePollingTwoWaiting {
+        dir: _dir,
+        poller,
+        running,
+        first,
+        waiting: [gone, kept],
+    } = one_polling_two_waiting(defaults).await;
     // The one that waits first leaves the list.
-    let (gone, kept) = (waiting[0], waiting[1]);
     running
         .handle
         .reload(some_of(defaults, &[first, kept]))
@@ -761,22 +789,16 @@ async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
 #[tokio::test(start_paused = true)]
 async fn a_watch_added_into_a_removed_one_s_slot_does_not_take_its_place_in_line() {
     let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
-    let (_dir, store) = open_store();
-    let poller =
-        Scripted::new(wall_clock(1_700_000_000), |_, _| Reply::NotModified).holding(secs(100));
-    let running = start_limited(&watch_list(defaults, 3), &store, poller.clone(), 1).await;
-    run_until(secs(20), || poller.firsts().len() == 1).await;
-    let first = index(poller.firsts().keys().next().unwrap());
-    let mut waiting: Vec<usize> = (0..3).filter(|&i| i != first).collect();
-    waiting.sort_by_key(|i| {
-        let state = store.watch(&format!("w{i}")).unwrap().unwrap();
-        state.next_due_ms.unwrap()
-    });
-    tokio::time::sleep(secs(10)).await;
+    let OnePollingTwoWaiting {
+        dir: _dir,
+        poller,
+        running,
+        first,
+        waiting: [gone, kept],
+    } = one_polling_two_waiting(defaults).await;
     // The first in line leaves the list as w3 joins it, in one reload: w3
     // takes its slot, and falls due while the first poll still holds the
     // host, behind the watch that waited longer.
-    let (gone, kept) = (waiting[0], waiting[1]);
     running
         .handle
         .reload(some_of(defaults, &[first, kept, 3]))
