@@ -67,8 +67,9 @@ const CHUNK_BYTES: usize = 7 << 10;
 /// 0.036 against 0.038 CPU-s per 1000 polls (means of 7 and 9 runs; 0.039
 /// against 0.042 in 4 alternating pairs), and 240-246 against 403-934
 /// bytes written per poll (BENCHMARKS.md); 4 did no better beyond the
-/// spread. The log holds up to two cycles, six states a watch. With 1/2 (two watches walked per
-/// state) every poll cost a folded row (0.052 against 0.039-0.043).
+/// spread. The log holds up to two cycles, six states a watch. With 1/2
+/// (two watches walked per state) every poll cost a folded row (0.052
+/// against 0.039-0.043).
 #[doc(hidden)]
 pub const FOLD_EVERY: usize = 3;
 

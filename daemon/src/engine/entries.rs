@@ -58,11 +58,11 @@ impl Entries {
         self.slots.get_mut(slot as usize)?.entry.as_deref_mut()
     }
 
-    /// The ticket of the watch now in `slot`.
+    /// The ticket of the watch now in `slot` (one the engine holds).
     pub(crate) fn ticket(&self, slot: Slot) -> Ticket {
         Ticket {
             slot,
-            tenant: self.slots.get(slot as usize).map_or(0, |p| p.tenant),
+            tenant: self.slots[slot as usize].tenant,
         }
     }
 
@@ -150,17 +150,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let watch = config.watches[0].clone();
         let state = super::super::watch::new_state(&watch, 0);
-        Box::new(Entry {
-            host: super::super::watch::host_of(&state.url),
-            moved: None,
-            watch,
-            state: state.into(),
-            key: None,
-            due: Instant::now(),
-            in_flight: None,
-            queued: false,
-            generation: 0,
-        })
+        Box::new(Entry::new(watch, state, Instant::now()))
     }
 
     #[test]

@@ -53,24 +53,24 @@ impl Limits {
         host_of: impl Fn(Ticket) -> Option<Arc<str>>,
     ) -> Option<(Ticket, Permits)> {
         loop {
-            // Before any id is looked up: at saturation the engine asks on
+            // Before any watch is looked up: at saturation the engine asks on
             // every turn, and each lookup of a watch among 100,000 is a
             // cache miss (2 % of a poll's CPU, for nothing).
             if self.global.available_permits() == 0 {
                 return None;
             }
-            let (id, released) = match self.released.pop_front() {
-                Some(id) => (id, true),
+            let (ticket, released) = match self.released.pop_front() {
+                Some(ticket) => (ticket, true),
                 None => (self.ready.pop_front()?, false),
             };
-            let Some(host) = host_of(id) else {
+            let Some(host) = host_of(ticket) else {
                 continue;
             };
             let Ok(global) = self.global.clone().try_acquire_owned() else {
                 if released {
-                    self.released.push_front(id);
+                    self.released.push_front(ticket);
                 } else {
-                    self.ready.push_front(id);
+                    self.ready.push_front(ticket);
                 }
                 return None;
             };
@@ -82,14 +82,14 @@ impl Limits {
             match semaphore.clone().try_acquire_owned() {
                 Ok(host_permit) => {
                     return Some((
-                        id,
+                        ticket,
                         Permits {
                             _global: global,
                             _host: host_permit,
                         },
                     ));
                 }
-                Err(_) => self.waiting.entry(host).or_default().push_back(id),
+                Err(_) => self.waiting.entry(host).or_default().push_back(ticket),
             }
         }
     }
@@ -99,7 +99,7 @@ impl Limits {
     /// the ready queue (after those released before it).
     ///
     /// `host_of` is the same check as in [`Limits::next_ready`]. A waiting
-    /// id it skips (removed from the list meanwhile) is dropped here rather
+    /// watch it skips (removed from the list meanwhile) is dropped here rather
     /// than taking the slot; one whose host changed (its URL was edited)
     /// goes to the ready queue to take its new host's slot, and the search
     /// goes on for a watch of this host. Otherwise the freed slot could sit
@@ -112,12 +112,12 @@ impl Limits {
         let Some(queue) = self.waiting.get_mut(host) else {
             return;
         };
-        while let Some(id) = queue.pop_front() {
-            let Some(now) = host_of(id) else {
+        while let Some(ticket) = queue.pop_front() {
+            let Some(now) = host_of(ticket) else {
                 continue;
             };
             let same = now == *host;
-            self.released.push_back(id);
+            self.released.push_back(ticket);
             if same {
                 break;
             }
@@ -193,7 +193,7 @@ mod tests {
         limits.release(&Arc::from("a"), host);
         limits.release(&Arc::from("a"), host);
         let order: Vec<Ticket> = std::iter::from_fn(|| limits.next_ready(host))
-            .map(|(slot, _permits)| slot)
+            .map(|(ticket, _permits)| ticket)
             .collect();
         assert_eq!(order, [A3, A4]);
     }

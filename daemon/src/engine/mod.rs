@@ -354,6 +354,23 @@ struct Entry {
 }
 
 impl Entry {
+    /// A watch not yet armed or polled, due at `due`.
+    fn new(watch: Arc<Watch>, state: WatchState, due: Instant) -> Entry {
+        let mut entry = Entry {
+            host: Arc::from(""),
+            moved: None,
+            watch,
+            state: Arc::new(state),
+            key: None,
+            due,
+            in_flight: None,
+            queued: false,
+            generation: 0,
+        };
+        entry.locate();
+        entry
+    }
+
     /// Where its polls go, after its stored URL may have changed (a
     /// permanent move, an edited request, a stored state resumed).
     fn locate(&mut self) {
@@ -899,18 +916,7 @@ impl<P: Poller> Engine<P> {
         };
         // `until` or `fail_if` held before: still stopped after a restart.
         let done = watch::is_stopped(&state);
-        let mut entry = Entry {
-            host: Arc::from(""),
-            moved: None,
-            watch: watch.clone(),
-            state: Arc::new(state),
-            key: None,
-            due: Instant::now() + delay,
-            in_flight: None,
-            queued: false,
-            generation: 0,
-        };
-        entry.locate();
+        let mut entry = Entry::new(watch.clone(), state, Instant::now() + delay);
         // A stopped watch has no poll ahead, also once its state is written
         // again (`is_stopped` reads a fail_if stop from that).
         Arc::make_mut(&mut entry.state).next_due_ms = (!done).then(|| record::unix_ms(now + delay));

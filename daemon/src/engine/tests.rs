@@ -731,7 +731,7 @@ async fn a_watch_removed_while_polling_frees_its_host_slot() {
 /// order they wait.
 struct OnePollingTwoWaiting {
     /// The store's directory, kept until the test ends.
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     poller: Scripted,
     running: Running,
     first: usize,
@@ -753,7 +753,7 @@ async fn one_polling_two_waiting(defaults: &str) -> OnePollingTwoWaiting {
     });
     tokio::time::sleep(secs(10)).await;
     OnePollingTwoWaiting {
-        dir,
+        _dir: dir,
         poller,
         running,
         first,
@@ -764,21 +764,17 @@ async fn one_polling_two_waiting(defaults: &str) -> OnePollingTwoWaiting {
 #[tokio::test(start_paused = true)]
 async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
     let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
-    let OnePollingTwoWaiting {
-        dir: _dir,
-        poller,
-        running,
-        first,
-        waiting: [gone, kept],
-    } = one_polling_two_waiting(defaults).await;
+    let setup = one_polling_two_waiting(defaults).await;
+    let (poller, first, [gone, kept]) = (&setup.poller, setup.first, setup.waiting);
     // The one that waits first leaves the list.
-    running
+    setup
+        .running
         .handle
         .reload(some_of(defaults, &[first, kept]))
         .await;
     let kept = format!("w{kept}");
     run_until(secs(500), || poller.times(&kept).len() >= 2).await;
-    running.stop().await;
+    setup.running.stop().await;
     assert!(poller.times(&format!("w{gone}")).is_empty());
     // The kept watch takes the host as soon as the first poll ends, not
     // after the first watch's next poll.
@@ -789,28 +785,25 @@ async fn a_waiting_watch_removed_from_the_list_does_not_strand_the_next() {
 #[tokio::test(start_paused = true)]
 async fn a_watch_added_into_a_removed_one_s_slot_does_not_take_its_place_in_line() {
     let defaults = "interval = \"10s\"\nmin_interval = \"1s\"\njitter = 0.0";
-    let OnePollingTwoWaiting {
-        dir: _dir,
-        poller,
-        running,
-        first,
-        waiting: [gone, kept],
-    } = one_polling_two_waiting(defaults).await;
+    let setup = one_polling_two_waiting(defaults).await;
+    let [gone, kept] = setup.waiting;
+    let poller = &setup.poller;
     // The first in line leaves the list as w3 joins it, in one reload: w3
     // takes its slot, and falls due while the first poll still holds the
     // host, behind the watch that waited longer.
-    running
+    setup
+        .running
         .handle
-        .reload(some_of(defaults, &[first, kept, 3]))
+        .reload(some_of(defaults, &[setup.first, kept, 3]))
         .await;
     let kept = format!("w{kept}");
     run_until(secs(500), || {
         !poller.times(&kept).is_empty() && !poller.times("w3").is_empty()
     })
     .await;
-    running.stop().await;
+    setup.running.stop().await;
     assert!(poller.times(&format!("w{gone}")).is_empty());
-    let ended = poller.times(&format!("w{first}"))[0] + secs(100);
+    let ended = poller.times(&format!("w{}", setup.first))[0] + secs(100);
     assert_near(
         poller.times(&kept)[0],
         ended,
